@@ -1,0 +1,184 @@
+// Package caddymodule is idlink's Caddy module: the "idlink" app that holds
+// the store and the tenants, the "idlink" HTTP handler that verifies what an
+// SDK client sends and injects the resolved identity for the upstream, and
+// their Caddyfile syntax.
+package caddymodule
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/idlink/idlink/caddymodule/store"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// Store-outage policies.
+const (
+	FailClosed = "fail_closed"
+	FailOpen   = "fail_open"
+)
+
+// App is the "idlink" Caddy app: the Redis store shared by every idlink
+// handler, and the tenants they serve.
+type App struct {
+	// Redis is the URL of the Redis deployment in go-redis's forms:
+	// redis://[user:pass@]host:port[/db] (rediss:// for TLS) for one node,
+	// redis://h1:p1?addr=h2:p2&addr=h3:p3 for a Redis Cluster, and
+	// redis://s1:p1?addr=s2:p2&master_name=NAME for a Sentinel-managed
+	// primary. Placeholders such as {env.REDIS_URL} are replaced at
+	// provision time. Default: empty, which starts an embedded in-process
+	// store (not durable, not shared between instances).
+	Redis string `json:"redis,omitempty"`
+
+	// RedisTimeout bounds each Redis call. Default: 250ms.
+	RedisTimeout caddy.Duration `json:"redis_timeout,omitempty"`
+
+	// OnStoreError is what a request gets when the store fails or times
+	// out: "fail_closed" (default) answers 503 store_unavailable with
+	// Retry-After; "fail_open" passes the request on as anonymous (unless
+	// the tenant denies anonymous requests).
+	OnStoreError string `json:"on_store_error,omitempty"`
+
+	// Tenants by name.
+	Tenants map[string]*Tenant `json:"tenants,omitempty"`
+
+	store   *store.Store
+	poolKey string
+	logger  *zap.Logger
+	now     func() time.Time
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "idlink",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// stores holds the store clients, keyed by their full connection identity,
+// so that they survive config reloads and are closed when the last config
+// that uses one is cleaned up.
+var stores = caddy.NewUsagePool()
+
+type pooledStore struct{ *store.Store }
+
+func (p pooledStore) Destruct() error { return p.Close() }
+
+// Provision sets defaults, connects (lazily) to the store and provisions
+// the tenants.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	if a.now == nil {
+		a.now = time.Now
+	}
+	if a.OnStoreError == "" {
+		a.OnStoreError = FailClosed
+	}
+	if a.RedisTimeout <= 0 {
+		a.RedisTimeout = caddy.Duration(store.DefaultTimeout)
+	}
+	timeout := time.Duration(a.RedisTimeout)
+
+	url, err := caddy.NewReplacer().ReplaceOrErr(a.Redis, true, true)
+	if a.Redis != "" && err != nil {
+		return fmt.Errorf("redis: %v", err)
+	}
+	if url == "" {
+		a.poolKey = "embedded"
+	} else {
+		a.poolKey = url + "|" + strconv.FormatInt(int64(timeout), 10)
+	}
+	val, loaded, err := stores.LoadOrNew(a.poolKey, func() (caddy.Destructor, error) {
+		if url == "" {
+			s, err := store.OpenEmbedded(timeout)
+			return pooledStore{s}, err
+		}
+		s, err := store.Open(url, timeout)
+		return pooledStore{s}, err
+	})
+	if err != nil {
+		return err
+	}
+	a.store = val.(pooledStore).Store
+	if !loaded {
+		if a.store.Kind() == "embedded" {
+			a.logger.Warn("no redis configured: using the embedded in-process store; " +
+				"its state is lost when Caddy stops and is not shared with other instances")
+		} else {
+			a.logger.Info("identity store", zap.String("kind", a.store.Kind()), zap.Duration("timeout", timeout))
+		}
+	}
+
+	names := make([]string, 0, len(a.Tenants))
+	for name := range a.Tenants {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		t := a.Tenants[name]
+		if t == nil {
+			t = new(Tenant)
+			a.Tenants[name] = t
+		}
+		if err := t.provision(ctx, a, name); err != nil {
+			return fmt.Errorf("tenant %q: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// Validate checks the configuration.
+func (a *App) Validate() error {
+	switch a.OnStoreError {
+	case FailClosed, FailOpen:
+	default:
+		return fmt.Errorf("on_store_error must be fail_closed or fail_open, not %q", a.OnStoreError)
+	}
+	for _, t := range a.Tenants {
+		if err := t.validate(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Start starts the app.
+func (a *App) Start() error { return nil }
+
+// Stop stops the app.
+func (a *App) Stop() error { return nil }
+
+// Cleanup releases the store (closed when no config uses it any more).
+func (a *App) Cleanup() error {
+	if a.poolKey != "" {
+		_, err := stores.Delete(a.poolKey)
+		return err
+	}
+	return nil
+}
+
+// tenant returns the named tenant.
+func (a *App) tenant(name string) (*Tenant, error) {
+	t := a.Tenants[name]
+	if t == nil {
+		return nil, fmt.Errorf("tenant %q is not defined in the idlink app (global option idlink { tenant %s { ... } })", name, name)
+	}
+	return t, nil
+}
+
+// Interface guards
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+)

@@ -1,0 +1,247 @@
+package caddymodule
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	httpcaddyfile.RegisterGlobalOption("idlink", parseGlobalOption)
+	httpcaddyfile.RegisterHandlerDirective("idlink", parseHandler)
+	// Just before reverse_proxy, after handle/handle_path/route: a
+	// handle_path block answering API calls runs first, and idlink inside
+	// a handle block guards just that block. No `order` line needed.
+	httpcaddyfile.RegisterDirectiveOrder("idlink", httpcaddyfile.Before, "reverse_proxy")
+}
+
+// parseGlobalOption parses the idlink global option into the idlink app.
+//
+// Syntax:
+//
+//	idlink {
+//		redis <url>
+//		redis_timeout <duration>
+//		on_store_error fail_closed|fail_open
+//		tenant <name> {
+//			platform <name> {
+//				secret <secret>...
+//				mode off|report|enforce
+//			}
+//			default_platform <name>
+//			anonymous allow|deny
+//			cache_size <entries>
+//			cache_ttl <duration>
+//		}
+//	}
+func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
+	app := new(App)
+	if existing != nil {
+		return nil, d.Err("the idlink global option may appear only once")
+	}
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "idlink", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// UnmarshalCaddyfile sets up the app from Caddyfile tokens (see
+// parseGlobalOption for the syntax).
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "redis":
+			if a.Redis != "" {
+				return d.Err("redis already specified")
+			}
+			if err := oneArg(d, &a.Redis); err != nil {
+				return err
+			}
+		case "redis_timeout":
+			if err := durationArg(d, &a.RedisTimeout); err != nil {
+				return err
+			}
+		case "on_store_error":
+			if err := oneArg(d, &a.OnStoreError); err != nil {
+				return err
+			}
+			if a.OnStoreError != FailClosed && a.OnStoreError != FailOpen {
+				return d.Errf("on_store_error must be fail_closed or fail_open, not '%s'", a.OnStoreError)
+			}
+		case "tenant":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			name := d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if !tenantNameRE.MatchString(name) {
+				return d.Errf("tenant name '%s': use 1-63 of a-z, 0-9, '_' and '-'", name)
+			}
+			if a.Tenants == nil {
+				a.Tenants = map[string]*Tenant{}
+			}
+			if a.Tenants[name] != nil {
+				return d.Errf("tenant '%s' already defined", name)
+			}
+			t := new(Tenant)
+			if err := t.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
+			a.Tenants[name] = t
+		default:
+			return d.Errf("unrecognized subdirective '%s'", d.Val())
+		}
+	}
+	return nil
+}
+
+func (t *Tenant) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "platform":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			name := d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if t.Platforms == nil {
+				t.Platforms = map[string]*Platform{}
+			}
+			if t.Platforms[name] != nil {
+				return d.Errf("platform '%s' already defined", name)
+			}
+			p := new(Platform)
+			for pn := d.Nesting(); d.NextBlock(pn); {
+				switch d.Val() {
+				case "secret":
+					args := d.RemainingArgs()
+					if len(args) == 0 {
+						return d.ArgErr()
+					}
+					p.Secrets = append(p.Secrets, args...)
+				case "mode":
+					if err := oneArg(d, &p.Mode); err != nil {
+						return err
+					}
+					switch p.Mode {
+					case ModeOff, ModeReport, ModeEnforce:
+					default:
+						return d.Errf("mode must be off, report or enforce, not '%s'", p.Mode)
+					}
+				default:
+					return d.Errf("unrecognized platform subdirective '%s'", d.Val())
+				}
+			}
+			t.Platforms[name] = p
+		case "default_platform":
+			if err := oneArg(d, &t.DefaultPlatform); err != nil {
+				return err
+			}
+		case "anonymous":
+			if err := oneArg(d, &t.Anonymous); err != nil {
+				return err
+			}
+			if t.Anonymous != AnonymousAllow && t.Anonymous != AnonymousDeny {
+				return d.Errf("anonymous must be allow or deny, not '%s'", t.Anonymous)
+			}
+		case "cache_size":
+			var s string
+			if err := oneArg(d, &s); err != nil {
+				return err
+			}
+			n, err := strconv.Atoi(s)
+			if err != nil || n <= 0 {
+				return d.Errf("cache_size must be a positive number of entries, not '%s'", s)
+			}
+			t.CacheSize = n
+		case "cache_ttl":
+			if err := durationArg(d, &t.CacheTTL); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unrecognized tenant subdirective '%s'", d.Val())
+		}
+	}
+	return nil
+}
+
+// parseHandler parses the idlink handler directive.
+//
+// Syntax:
+//
+//	idlink <tenant> {
+//		forward_credentials
+//	}
+func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Handler)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if !d.NextArg() {
+		return d.Err("idlink needs a tenant name: idlink <tenant>")
+	}
+	h.Tenant = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "forward_credentials":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.ForwardCredentials = true
+		default:
+			return d.Errf("unrecognized subdirective '%s'", d.Val())
+		}
+	}
+	return nil
+}
+
+// oneArg reads exactly one argument into dst.
+func oneArg(d *caddyfile.Dispenser, dst *string) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	*dst = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+// durationArg reads exactly one positive duration into dst.
+func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	v, err := caddy.ParseDuration(s)
+	if err != nil || v <= 0 {
+		return d.Errf("'%s' is not a positive duration", s)
+	}
+	*dst = caddy.Duration(v)
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddyfile.Unmarshaler = (*App)(nil)
+	_ caddyfile.Unmarshaler = (*Handler)(nil)
+)

@@ -1,0 +1,207 @@
+package caddymodule
+
+import (
+	"net/http"
+	"unicode/utf8"
+)
+
+// Inbound credential headers (what an SDK sends).
+const (
+	hdrInstallID         = "X-Install-Id"
+	hdrExternalID        = "X-External-Id"
+	hdrExternalIDSig     = "X-External-Id-Signature"
+	hdrPlatform          = "X-Platform"
+	hdrUserEmail         = "X-User-Email"
+	hdrUserEmailSig      = "X-User-Email-Signature"
+	hdrUserPhone         = "X-User-Phone"
+	hdrUserPhoneSig      = "X-User-Phone-Signature"
+	hdrContactToken      = "X-Contact-Token"
+	hdrSSOToken          = "X-Sso-Token"
+	hdrSessionID         = "X-Session-Id"
+	hdrAuthorization     = "Authorization"
+	hdrAccessControlReqM = "Access-Control-Request-Method"
+)
+
+// Identity headers (what the upstream receives).
+const (
+	hdrPlatformUserID   = "X-Platform-User-Id"
+	hdrIdentitySource   = "X-Identity-Source"
+	hdrIdentityVerified = "X-Identity-Verified"
+	hdrVerifiedEmail    = "X-Verified-Email"
+	hdrVerifiedPhone    = "X-Verified-Phone"
+	// X-External-Id, X-Install-Id and X-Session-Id are both.
+)
+
+// identityHeaders are deleted from every request before anything else, in
+// every spelling, and only ever set by idlink.
+var identityHeaders = []string{
+	hdrPlatformUserID, hdrIdentitySource, hdrIdentityVerified,
+	hdrExternalID, hdrInstallID, hdrSessionID,
+	hdrVerifiedEmail, hdrVerifiedPhone,
+}
+
+// credentialHeaders are inputs of verification that are not forwarded
+// (unless the operator asks): signatures, the unverified attribute values
+// they sign, and tokens.
+var credentialHeaders = []string{
+	hdrExternalIDSig, hdrUserEmail, hdrUserEmailSig, hdrUserPhone, hdrUserPhoneSig,
+	hdrContactToken, hdrSSOToken,
+}
+
+// headerSet matches header names the way CGI, PHP and WSGI upstreams fold
+// them: ASCII case-insensitive, with '_' and '-' the same.
+type headerSet struct {
+	byLen map[int][]string // lower-case, '-' separated names by length
+}
+
+func newHeaderSet(names ...[]string) headerSet {
+	s := headerSet{byLen: map[int][]string{}}
+	seen := map[string]bool{}
+	for _, list := range names {
+		for _, n := range list {
+			f := foldHeader(n)
+			if !seen[f] {
+				seen[f] = true
+				s.byLen[len(f)] = append(s.byLen[len(f)], f)
+			}
+		}
+	}
+	return s
+}
+
+func foldHeader(n string) string {
+	b := []byte(n)
+	for i, c := range b {
+		b[i] = foldByte(c)
+	}
+	return string(b)
+}
+
+func foldByte(c byte) byte {
+	if c >= 'A' && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	if c == '_' {
+		return '-'
+	}
+	return c
+}
+
+// has reports whether name is in the set, in any spelling.
+func (s headerSet) has(name string) bool {
+	for _, f := range s.byLen[len(name)] {
+		if equalFolded(name, f) {
+			return true
+		}
+	}
+	return false
+}
+
+func equalFolded(name, folded string) bool {
+	for i := 0; i < len(name); i++ {
+		if foldByte(name[i]) != folded[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// strip deletes every header of the set, all spellings and duplicates.
+func (s headerSet) strip(h http.Header) {
+	for k := range h {
+		if s.has(k) {
+			delete(h, k)
+		}
+	}
+}
+
+// Limits on client values that can reach an upstream header.
+const (
+	maxExternalIDLen = 256
+	maxEmailLen      = 320
+	maxPhoneLen      = 64
+	maxIDLen         = 128
+	maxSignatureLen  = 256 // longer values are rejected before decoding
+)
+
+// validHeaderValue reports whether v is 1..max bytes of UTF-8 with no
+// control characters (so no CR/LF, NUL or DEL can reach a header).
+func validHeaderValue(v string, max int) bool {
+	if len(v) == 0 || len(v) > max || !utf8.ValidString(v) {
+		return false
+	}
+	for _, r := range v {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == '\u2028' || r == '\u2029' {
+			return false
+		}
+	}
+	return true
+}
+
+// credentials is what a request presented, read before stripping.
+type credentials struct {
+	platform      string
+	externalID    string
+	externalIDSig string
+	email         string
+	emailSig      string
+	phone         string
+	phoneSig      string
+	installID     string
+	sessionID     string
+	contactToken  string
+	ssoToken      string
+}
+
+// readCredentials reads the credential headers. A header sent more than
+// once, or a value too long or holding a control character, is a bad
+// request: identity must never be ambiguous.
+func readCredentials(h http.Header) (credentials, *apiError) {
+	var c credentials
+	var e *apiError
+	get := func(name string, max int, what string) string {
+		vs := h[name]
+		switch {
+		case len(vs) == 0 || e != nil:
+			return ""
+		case len(vs) > 1:
+			e = errInvalidRequest(name + " was sent more than once")
+			return ""
+		case !validHeaderValue(vs[0], max):
+			e = errInvalidRequest(what + " must be 1 to " + itoa(max) + " bytes of UTF-8 without control characters")
+			return ""
+		}
+		return vs[0]
+	}
+	c.platform = get(hdrPlatform, 64, "X-Platform")
+	c.externalID = get(hdrExternalID, maxExternalIDLen, "the external id")
+	c.externalIDSig = get(hdrExternalIDSig, maxSignatureLen, "the external id signature")
+	c.email = get(hdrUserEmail, maxEmailLen, "the email")
+	c.emailSig = get(hdrUserEmailSig, maxSignatureLen, "the email signature")
+	c.phone = get(hdrUserPhone, maxPhoneLen, "the phone")
+	c.phoneSig = get(hdrUserPhoneSig, maxSignatureLen, "the phone signature")
+	c.installID = get(hdrInstallID, maxIDLen, "the install id")
+	c.sessionID = get(hdrSessionID, maxIDLen, "the session id")
+	c.ssoToken = get(hdrSSOToken, 8192, "the SSO token")
+	c.contactToken = get(hdrContactToken, 8192, "the contact token")
+	return c, e
+}
+
+func itoa(n int) string {
+	if n == 0 {
+		return "0"
+	}
+	var b [20]byte
+	i := len(b)
+	for n > 0 {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+	}
+	return string(b[i:])
+}
+
+// isPreflight reports a CORS preflight request.
+func isPreflight(r *http.Request) bool {
+	return r.Method == http.MethodOptions && r.Header.Get(hdrAccessControlReqM) != ""
+}

@@ -1,0 +1,86 @@
+package caddymodule
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"hash"
+	"sync"
+)
+
+// signatureHexLen is the length of a hex HMAC-SHA256: 32 bytes, 64 digits.
+const signatureHexLen = 2 * sha256.Size
+
+// hmacKey is one platform secret with a pool of keyed HMAC states, so a
+// verification costs no key schedule and no allocation.
+type hmacKey struct {
+	pool sync.Pool
+}
+
+func newHMACKey(secret []byte) *hmacKey {
+	k := &hmacKey{}
+	key := append([]byte(nil), secret...)
+	k.pool.New = func() any { return hmac.New(sha256.New, key) }
+	return k
+}
+
+// sum computes HMAC-SHA256(secret, msg) into out.
+func (k *hmacKey) sum(msg string, out *[sha256.Size]byte) {
+	m := k.pool.Get().(hash.Hash)
+	m.Reset()
+	m.Write([]byte(msg))
+	m.Sum(out[:0])
+	k.pool.Put(m)
+}
+
+// decodeSignature decodes a 64-digit hex signature of either case. It
+// rejects every other length and every non-hex digit.
+func decodeSignature(s string, out *[sha256.Size]byte) bool {
+	if len(s) != signatureHexLen {
+		return false
+	}
+	for i := 0; i < sha256.Size; i++ {
+		hi, ok1 := unhex(s[2*i])
+		lo, ok2 := unhex(s[2*i+1])
+		if !ok1 || !ok2 {
+			return false
+		}
+		out[i] = hi<<4 | lo
+	}
+	return true
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10, true
+	case c >= 'A' && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
+
+// verifyHMAC reports whether sigHex is the hex HMAC-SHA256 of msg under any
+// of keys. Every key is tried (no early exit) and each comparison is
+// constant-time, so timing tells neither how much of a signature matched
+// nor which secret did.
+func verifyHMAC(keys []*hmacKey, msg, sigHex string) bool {
+	var want, got [sha256.Size]byte
+	if !decodeSignature(sigHex, &want) {
+		return false
+	}
+	ok := 0
+	for _, k := range keys {
+		k.sum(msg, &got)
+		ok |= boolToInt(hmac.Equal(got[:], want[:]))
+	}
+	return ok == 1
+}
+
+func boolToInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,136 @@
+package store
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strings"
+)
+
+// Shards is the number of hash-tag shards of each tenant. Every key of a
+// tenant carries the hash tag {<tenant>:<shard>}, with the shard written as
+// two hex digits, so one tenant's data spreads over Shards slots of a Redis
+// Cluster while each multi-key script stays inside one slot.
+//
+// The number is part of the key schema: ids embed the shard they live in and
+// external ids are placed by a hash modulo Shards, so it can never change for
+// existing data.
+const Shards = 16
+
+// Id kinds: the first letter of every id idlink issues.
+const (
+	KindUser    = 'u'
+	KindInstall = 'i'
+	KindSession = 's'
+)
+
+// idRandomBytes is the randomness of every issued id: 144 bits.
+const idRandomBytes = 18
+
+// idLen is the length of an issued id: kind, '_', two hex digits of shard,
+// and the base64url of the random part.
+var idLen = 2 + 2 + base64.RawURLEncoding.EncodedLen(idRandomBytes)
+
+// ErrBadID is returned by ParseID for a string that is not an id of the
+// wanted kind.
+var ErrBadID = errors.New("malformed id")
+
+// NewID returns a new unguessable, URL-safe id of the given kind living in
+// the given shard, e.g. "u_0aKq3...".
+func NewID(kind byte, shard int) string {
+	var raw [idRandomBytes]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		// crypto/rand never fails on supported platforms (Go 1.24+ panics
+		// itself); keep the guard for older runtimes.
+		panic(fmt.Sprintf("idlink: crypto/rand: %v", err))
+	}
+	b := make([]byte, 0, idLen)
+	b = append(b, kind, '_')
+	b = append(b, hexDigits[shard>>4&0xf], hexDigits[shard&0xf])
+	b = base64.RawURLEncoding.AppendEncode(b, raw[:])
+	return string(b)
+}
+
+const hexDigits = "0123456789abcdef"
+
+// ParseID checks that id is an id of the given kind as NewID makes them and
+// returns the shard it lives in. Everything a client sends as an id goes
+// through here before it reaches a key.
+func ParseID(kind byte, id string) (int, error) {
+	if len(id) != idLen || id[0] != kind || id[1] != '_' {
+		return 0, ErrBadID
+	}
+	hi, lo := strings.IndexByte(hexDigits, id[2]), strings.IndexByte(hexDigits, id[3])
+	if hi < 0 || lo < 0 || hi<<4|lo >= Shards {
+		return 0, ErrBadID
+	}
+	shard := hi<<4 | lo
+	for i := 4; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return 0, ErrBadID
+		}
+	}
+	return shard, nil
+}
+
+// ExternalShard is the shard an external id lives in, and so the shard of
+// the user first created for it.
+func ExternalShard(externalID string) int {
+	h := fnv.New32a()
+	h.Write([]byte(externalID))
+	return int(h.Sum32() % Shards)
+}
+
+// Keys names the Redis keys of one tenant. The schema (README "Key schema"):
+//
+//	idl:{T:SS}:ext:<external id>      string  user id of an external id
+//	idl:{T:SS}:user:<user id>         hash    ext, created (unix ms), ...
+//	idl:{T:SS}:user:<user id>:installs set    install ids of the user
+//	idl:{T:SS}:inst:<install id>      hash    user, created
+//	idl:{T:SS}:events                 stream  the shard's outbox of events
+//
+// T is the tenant and SS the shard in two hex digits; {T:SS} is the hash
+// tag, so every key of one shard is in one Cluster slot.
+type Keys struct {
+	tenant string
+	tags   [Shards]string // "idl:{T:SS}:"
+}
+
+// NewKeys returns the key names of a tenant.
+func NewKeys(tenant string) *Keys {
+	k := &Keys{tenant: tenant}
+	for s := range Shards {
+		k.tags[s] = "idl:{" + tenant + ":" + string(hexDigits[s>>4&0xf]) + string(hexDigits[s&0xf]) + "}:"
+	}
+	return k
+}
+
+// Tenant is the tenant the keys belong to.
+func (k *Keys) Tenant() string { return k.tenant }
+
+// Prefix is the tag prefix of a shard, e.g. "idl:{acme:0a}:".
+func (k *Keys) Prefix(shard int) string { return k.tags[shard] }
+
+// External is the key of an external id's user.
+func (k *Keys) External(externalID string) string {
+	return k.tags[ExternalShard(externalID)] + "ext:" + externalID
+}
+
+// User is the hash of a user; the id must have passed ParseID.
+func (k *Keys) User(shard int, userID string) string { return k.tags[shard] + "user:" + userID }
+
+// UserInstalls is the set of a user's installs.
+func (k *Keys) UserInstalls(shard int, userID string) string {
+	return k.tags[shard] + "user:" + userID + ":installs"
+}
+
+// Install is the hash of an install.
+func (k *Keys) Install(shard int, installID string) string {
+	return k.tags[shard] + "inst:" + installID
+}
+
+// Events is the outbox stream of a shard.
+func (k *Keys) Events(shard int) string { return k.tags[shard] + "events" }

@@ -1,0 +1,15 @@
+-- Resolve an external id to its user, creating the user on first sight.
+-- KEYS[1] ext key, KEYS[2] hash of the candidate user, KEYS[3] outbox stream
+--   (all three in the external id's shard: one slot)
+-- ARGV[1] candidate user id, ARGV[2] external id, ARGV[3] now (unix ms),
+-- ARGV[4] tenant, ARGV[5] data of the user.created event (JSON)
+-- Returns {user id, 1 if created else 0}.
+local u = redis.call('GET', KEYS[1])
+if u then
+  return {u, 0}
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], 'ext', ARGV[2], 'created', ARGV[3])
+redis.call('XADD', KEYS[3], '*', 'type', 'user.created', 'tenant', ARGV[4],
+  'occurred_at', ARGV[3], 'data', ARGV[5])
+return {ARGV[1], 1}

@@ -1,0 +1,25 @@
+package store
+
+import (
+	"embed"
+
+	"github.com/redis/go-redis/v9"
+)
+
+//go:embed lua/*.lua
+var luaFiles embed.FS
+
+func script(name string) *redis.Script {
+	src, err := luaFiles.ReadFile("lua/" + name + ".lua")
+	if err != nil {
+		panic("idlink: missing Lua script " + name)
+	}
+	return redis.NewScript(string(src))
+}
+
+// The scripts, loaded once. Each runs with EVALSHA and falls back to EVAL
+// (redis.Script.Run), and every key it touches comes through KEYS and
+// shares one hash tag.
+var (
+	resolveScript = script("resolve")
+)

@@ -1,0 +1,205 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/idlink/idlink/caddymodule/store"
+)
+
+// Platform modes.
+const (
+	ModeOff     = "off"     // signatures ignored; the external id is taken as claimed, unverified
+	ModeReport  = "report"  // signatures checked; failures pass unverified and are logged
+	ModeEnforce = "enforce" // signatures checked; failures are 401 invalid_signature
+)
+
+// Anonymous policies.
+const (
+	AnonymousAllow = "allow"
+	AnonymousDeny  = "deny"
+)
+
+var tenantNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// Tenant is one customer app: all of its state is its own.
+type Tenant struct {
+	// Platforms by name (e.g. "ios", "android", "web"), each with its HMAC
+	// secrets and mode.
+	Platforms map[string]*Platform `json:"platforms,omitempty"`
+
+	// DefaultPlatform is used when a request has no X-Platform header.
+	// Default: none, in which case a request without X-Platform is treated
+	// as naming an unknown platform.
+	DefaultPlatform string `json:"default_platform,omitempty"`
+
+	// Anonymous is the policy for requests without any credential: "allow"
+	// (default) passes them with X-Identity-Source: anonymous, "deny"
+	// answers 401 authentication_required.
+	Anonymous string `json:"anonymous,omitempty"`
+
+	// CacheSize bounds each in-process cache of the tenant (entries).
+	// Default: 100000.
+	CacheSize int `json:"cache_size,omitempty"`
+
+	// CacheTTL is how long a resolved external id stays in the in-process
+	// cache. The mapping never changes once made, so this only bounds
+	// memory turnover. Default: 10m.
+	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
+
+	name         string
+	app          *App
+	keys         *store.Keys
+	strictest    string // the strictest mode among platforms: used for unknown platforms
+	users        *ttlCache[string, string]
+	flight       singleflight.Group
+	strip        headerSet
+	now          func() time.Time
+	logger       *zap.Logger
+	lastErrorLog atomic.Int64
+}
+
+// Platform is one client platform's trusted-identity settings.
+type Platform struct {
+	// Secrets are the HMAC-SHA256 secrets; a signature made with any of
+	// them verifies (several while a secret rotates). Use {env.*} or
+	// {file.*} placeholders: they are replaced at provision time.
+	Secrets []string `json:"secrets,omitempty"`
+
+	// Mode is "off", "report" or "enforce" (default).
+	Mode string `json:"mode,omitempty"`
+
+	keys []*hmacKey
+}
+
+func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
+	if !tenantNameRE.MatchString(name) {
+		return fmt.Errorf("tenant name %q: use 1-63 of a-z, 0-9, '_' and '-', starting with a letter or digit", name)
+	}
+	t.name, t.app = name, app
+	t.keys = store.NewKeys(name)
+	t.now = app.now
+	t.logger = app.logger.With(zap.String("tenant", name))
+	if t.Anonymous == "" {
+		t.Anonymous = AnonymousAllow
+	}
+	if t.CacheSize <= 0 {
+		t.CacheSize = 100_000
+	}
+	if t.CacheTTL <= 0 {
+		t.CacheTTL = caddy.Duration(10 * time.Minute)
+	}
+	t.users = newTTLCache[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
+	t.strip = newHeaderSet(identityHeaders, credentialHeaders)
+
+	repl := caddy.NewReplacer()
+	names := make([]string, 0, len(t.Platforms))
+	for pname := range t.Platforms {
+		names = append(names, pname)
+	}
+	sort.Strings(names)
+	for _, pname := range names {
+		p := t.Platforms[pname]
+		if p == nil {
+			return fmt.Errorf("platform %q: empty", pname)
+		}
+		if p.Mode == "" {
+			p.Mode = ModeEnforce
+		}
+		p.keys = p.keys[:0]
+		for i, s := range p.Secrets {
+			secret, err := repl.ReplaceOrErr(s, true, true)
+			if err != nil {
+				return fmt.Errorf("platform %q: secret %d: %v", pname, i+1, err)
+			}
+			if secret == "" {
+				return fmt.Errorf("platform %q: secret %d is empty", pname, i+1)
+			}
+			if len(secret) < 16 {
+				t.logger.Warn("platform secret is shorter than 16 bytes; use a long random secret",
+					zap.String("platform", pname), zap.Int("secret", i+1))
+			}
+			p.keys = append(p.keys, newHMACKey([]byte(secret)))
+		}
+		t.strictest = stricter(t.strictest, p.Mode)
+	}
+	return nil
+}
+
+func (t *Tenant) validate() error {
+	for pname, p := range t.Platforms {
+		switch p.Mode {
+		case ModeOff, ModeReport, ModeEnforce:
+		default:
+			return fmt.Errorf("tenant %q platform %q: mode must be off, report or enforce, not %q", t.name, pname, p.Mode)
+		}
+		if p.Mode != ModeOff && len(p.Secrets) == 0 {
+			return fmt.Errorf("tenant %q platform %q: mode %s needs at least one secret", t.name, pname, p.Mode)
+		}
+	}
+	if t.DefaultPlatform != "" && t.Platforms[t.DefaultPlatform] == nil {
+		return fmt.Errorf("tenant %q: default_platform %q is not a configured platform", t.name, t.DefaultPlatform)
+	}
+	switch t.Anonymous {
+	case AnonymousAllow, AnonymousDeny:
+	default:
+		return fmt.Errorf("tenant %q: anonymous must be allow or deny, not %q", t.name, t.Anonymous)
+	}
+	return nil
+}
+
+func stricter(a, b string) string {
+	rank := map[string]int{"": 0, ModeOff: 1, ModeReport: 2, ModeEnforce: 3}
+	if rank[b] > rank[a] {
+		return b
+	}
+	return a
+}
+
+// resolveExternal returns the platform user id of an external id: from the
+// in-process cache when warm (no Redis round trip), else from Redis in one
+// round trip, creating the user on first sight. Concurrent cold lookups of
+// one external id in this process share one call.
+func (t *Tenant) resolveExternal(ctx context.Context, externalID string) (string, error) {
+	if u, ok := t.users.Get(externalID); ok {
+		return u, nil
+	}
+	v, err, _ := t.flight.Do(externalID, func() (any, error) {
+		// The call is shared: it must not die with the first caller's
+		// request, only with its own deadline.
+		u, created, err := t.app.store.ResolveExternal(context.WithoutCancel(ctx), t.keys, externalID, t.now())
+		if err != nil {
+			return "", err
+		}
+		if created {
+			t.logger.Debug("user created", zap.String("user_id", u))
+		}
+		t.users.Add(externalID, u)
+		return u, nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return v.(string), nil
+}
+
+// logStoreError logs a store failure at error level, at most once a second
+// per tenant, so an outage does not flood the log.
+func (t *Tenant) logStoreError(err error) {
+	now := t.now().Unix()
+	last := t.lastErrorLog.Load()
+	if now > last && t.lastErrorLog.CompareAndSwap(last, now) {
+		t.logger.Error("identity store unavailable", zap.Error(err))
+	}
+}
+
+func isStoreError(err error) bool { return errors.Is(err, store.ErrUnavailable) }
