@@ -5,6 +5,7 @@
 package caddymodule
 
 import (
+	"context"
 	"fmt"
 	"sort"
 	"strconv"
@@ -54,6 +55,8 @@ type App struct {
 	poolKey string
 	logger  *zap.Logger
 	now     func() time.Time
+	stop    context.CancelFunc
+	done    chan struct{}
 }
 
 // CaddyModule returns the Caddy module information.
@@ -151,11 +154,26 @@ func (a *App) Validate() error {
 	return nil
 }
 
-// Start starts the app.
-func (a *App) Start() error { return nil }
+// Start starts the app's background work: the invalidation listener.
+// Everything started here stops in Stop, so nothing outlives a reload.
+func (a *App) Start() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	a.stop, a.done = cancel, make(chan struct{})
+	go func() {
+		defer close(a.done)
+		a.listen(ctx)
+	}()
+	return nil
+}
 
-// Stop stops the app.
-func (a *App) Stop() error { return nil }
+// Stop stops the background work and waits for it.
+func (a *App) Stop() error {
+	if a.stop != nil {
+		a.stop()
+		<-a.done
+	}
+	return nil
+}
 
 // Cleanup releases the store (closed when no config uses it any more).
 func (a *App) Cleanup() error {

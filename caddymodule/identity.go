@@ -53,68 +53,132 @@ func setIf(h http.Header, name, v string) {
 	}
 }
 
-var anonymous = identity{source: SourceAnonymous}
+// A credentialCheck verifies one kind of credential of a request. It
+// returns nil, nil when the request does not present that kind; a claim
+// when it verified (or, in report/off mode, accepted) it; an error when
+// the request must be refused.
+type credentialCheck func(t *Tenant, ctx context.Context, c *credentials) (*identity, error)
+
+// credentialChecks in SPEC.md's order of precedence: contact token, HMAC
+// external id, SSO token, session id, install id. The first that is
+// present names the user; every other one present must name the same user.
+var credentialChecks = []credentialCheck{
+	(*Tenant).checkHMAC,
+}
 
 // authenticate verifies the credentials of a request and resolves the
-// user. Precedence (SPEC.md): contact token, HMAC external id, SSO token,
-// session id, install id, anonymous.
+// user. Store failures are turned into the on_store_error policy here.
 func (t *Tenant) authenticate(ctx context.Context, c *credentials) (identity, *apiError) {
-	platform, mode := t.platformFor(c.platform)
-	id := identity{}
-	if platform != nil && mode != ModeOff {
-		if c.email != "" && c.emailSig != "" {
-			if verifyHMAC(platform.keys, c.email, c.emailSig) {
-				id.verifiedEmail = c.email
-			} else if mode == ModeEnforce {
-				return identity{}, t.badSignature("the email signature does not match")
-			}
+	id, err := t.identify(ctx, c)
+	if err != nil {
+		if ae, ok := err.(*apiError); ok {
+			return identity{}, ae
 		}
-		if c.phone != "" && c.phoneSig != "" {
-			if verifyHMAC(platform.keys, c.phone, c.phoneSig) {
-				id.verifiedPhone = c.phone
-			} else if mode == ModeEnforce {
-				return identity{}, t.badSignature("the phone signature does not match")
-			}
-		}
+		return t.storeFailed(err)
 	}
+	return id, nil
+}
 
-	if c.externalID != "" && len(t.Platforms) > 0 {
-		verified, why := false, ""
-		switch {
-		case mode == ModeOff:
-		case platform == nil:
-			why = "unknown platform"
-		case c.externalIDSig == "":
-			why = "the external id has no signature"
-		case !verifyHMAC(platform.keys, c.externalID, c.externalIDSig):
-			why = "the external id signature does not match"
-		default:
-			verified = true
-		}
-		if !verified && mode == ModeEnforce {
-			return identity{}, t.badSignature(why)
-		}
-		if !verified && mode == ModeReport {
-			t.logger.Info("report mode: unverified external id passed", zap.String("reason", why))
-		}
-		userID, err := t.resolveExternal(ctx, c.externalID)
+func (t *Tenant) identify(ctx context.Context, c *credentials) (identity, error) {
+	email, phone, err := t.verifyAttributes(c)
+	if err != nil {
+		return identity{}, err
+	}
+	var id *identity
+	for _, check := range credentialChecks {
+		claim, err := check(t, ctx, c)
 		if err != nil {
-			return t.storeFailed(err)
+			return identity{}, err
 		}
-		id.source, id.verified = SourceHMAC, verified
-		id.userID, id.externalID = userID, c.externalID
-		return id, nil
+		if claim == nil {
+			continue
+		}
+		if id == nil {
+			id = claim
+			continue
+		}
+		if claim.userID != id.userID {
+			t.debug("credentials disagree", zap.String("primary", id.source), zap.String("other", claim.source))
+			return identity{}, newError(http.StatusUnauthorized, codeIdentityMismatch,
+				"the credentials presented name different users")
+		}
+		// Secondary credentials add what they know (install, session).
+		if id.installID == "" {
+			id.installID = claim.installID
+		}
+		if id.sessionID == "" {
+			id.sessionID = claim.sessionID
+		}
 	}
+	if id == nil {
+		if t.Anonymous == AnonymousDeny {
+			return identity{}, newError(http.StatusUnauthorized, codeAuthRequired,
+				"this endpoint needs an identified user")
+		}
+		id = &identity{source: SourceAnonymous}
+	}
+	id.verifiedEmail, id.verifiedPhone = email, phone
+	return *id, nil
+}
 
-	if t.Anonymous == AnonymousDeny {
-		return identity{}, &apiError{
-			Status: http.StatusUnauthorized, Code: codeAuthRequired,
-			Message: "this endpoint needs an identified user",
-		}
+// verifyAttributes checks the signed email and phone. They are injected
+// only when their signature verifies; a bad one is refused in enforce mode
+// and dropped otherwise.
+func (t *Tenant) verifyAttributes(c *credentials) (email, phone string, err error) {
+	platform, mode := t.platformFor(c.platform)
+	if platform == nil || mode == ModeOff {
+		return "", "", nil
 	}
-	anon := anonymous
-	anon.verifiedEmail, anon.verifiedPhone = id.verifiedEmail, id.verifiedPhone
-	return anon, nil
+	check := func(v, sig, what string) (string, error) {
+		if v == "" || sig == "" {
+			return "", nil
+		}
+		if verifyHMAC(platform.keys, v, sig) {
+			return v, nil
+		}
+		if mode == ModeEnforce {
+			return "", t.badSignature("the " + what + " signature does not match")
+		}
+		return "", nil
+	}
+	if email, err = check(c.email, c.emailSig, "email"); err != nil {
+		return "", "", err
+	}
+	phone, err = check(c.phone, c.phoneSig, "phone")
+	return email, phone, err
+}
+
+// checkHMAC verifies X-External-Id with X-External-Id-Signature under the
+// platform's secrets and resolves the user of the external id. A tenant
+// without platforms does not accept external ids.
+func (t *Tenant) checkHMAC(ctx context.Context, c *credentials) (*identity, error) {
+	if c.externalID == "" || len(t.Platforms) == 0 {
+		return nil, nil
+	}
+	platform, mode := t.platformFor(c.platform)
+	verified, why := false, ""
+	switch {
+	case mode == ModeOff:
+	case platform == nil:
+		why = "unknown platform"
+	case c.externalIDSig == "":
+		why = "the external id has no signature"
+	case !verifyHMAC(platform.keys, c.externalID, c.externalIDSig):
+		why = "the external id signature does not match"
+	default:
+		verified = true
+	}
+	if !verified && mode == ModeEnforce {
+		return nil, t.badSignature(why)
+	}
+	if !verified && mode == ModeReport {
+		t.logger.Info("report mode: unverified external id passed", zap.String("reason", why))
+	}
+	userID, err := t.resolveExternal(ctx, c.externalID)
+	if err != nil {
+		return nil, err
+	}
+	return &identity{source: SourceHMAC, verified: verified, userID: userID, externalID: c.externalID}, nil
 }
 
 // platformFor returns the platform a request names (or the default one)
@@ -132,17 +196,25 @@ func (t *Tenant) platformFor(name string) (*Platform, string) {
 }
 
 func (t *Tenant) badSignature(why string) *apiError {
-	if ce := t.logger.Check(zap.DebugLevel, "signature refused"); ce != nil {
-		ce.Write(zap.String("reason", why))
-	}
+	t.debug("signature refused", zap.String("reason", why))
 	return newError(http.StatusUnauthorized, codeInvalidSignature, why)
 }
 
-// storeFailed applies the on_store_error policy.
+// debug logs a refused credential at debug level: never at error level,
+// never with the credential itself.
+func (t *Tenant) debug(msg string, fields ...zap.Field) {
+	if ce := t.logger.Check(zap.DebugLevel, msg); ce != nil {
+		ce.Write(fields...)
+	}
+}
+
+// storeFailed applies the on_store_error policy: fail_closed answers 503
+// store_unavailable; fail_open passes the request as anonymous, never with
+// an identity it did not verify (and not at all if anonymous is denied).
 func (t *Tenant) storeFailed(err error) (identity, *apiError) {
 	t.logStoreError(err)
 	if t.app.OnStoreError == FailOpen && t.Anonymous == AnonymousAllow {
-		return anonymous, nil
+		return identity{source: SourceAnonymous}, nil
 	}
 	return identity{}, errStoreUnavailable()
 }

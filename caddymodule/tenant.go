@@ -66,6 +66,7 @@ type Tenant struct {
 	now          func() time.Time
 	logger       *zap.Logger
 	lastErrorLog atomic.Int64
+	inval        invalidators
 }
 
 // Platform is one client platform's trusted-identity settings.
