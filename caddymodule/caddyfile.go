@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -13,9 +14,12 @@ import (
 func init() {
 	httpcaddyfile.RegisterGlobalOption("idlink", parseGlobalOption)
 	httpcaddyfile.RegisterHandlerDirective("idlink", parseHandler)
-	// Just before reverse_proxy, after handle/handle_path/route: a
-	// handle_path block answering API calls runs first, and idlink inside
-	// a handle block guards just that block. No `order` line needed.
+	httpcaddyfile.RegisterHandlerDirective("idlink_api", parseAPI)
+	// idlink_api, then idlink, both just before reverse_proxy and so after
+	// handle/handle_path/route: a handle_path block holding idlink_api
+	// answers API calls before a site-level idlink sees them, and idlink
+	// inside a handle block guards just that block. No `order` line needed.
+	httpcaddyfile.RegisterDirectiveOrder("idlink_api", httpcaddyfile.Before, "reverse_proxy")
 	httpcaddyfile.RegisterDirectiveOrder("idlink", httpcaddyfile.Before, "reverse_proxy")
 }
 
@@ -34,6 +38,7 @@ func init() {
 //			}
 //			default_platform <name>
 //			anonymous allow|deny
+//			api_key <sha256-hex-of-key> <scope>...
 //			cache_size <entries>
 //			cache_ttl <duration>
 //		}
@@ -156,6 +161,16 @@ func (t *Tenant) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if t.Anonymous != AnonymousAllow && t.Anonymous != AnonymousDeny {
 				return d.Errf("anonymous must be allow or deny, not '%s'", t.Anonymous)
 			}
+		case "api_key":
+			args := d.RemainingArgs()
+			if len(args) < 2 {
+				return d.Err("api_key needs the key's SHA-256 and at least one scope: api_key <sha256-hex> <scope>...")
+			}
+			k := APIKey{SHA256: strings.ToLower(args[0]), Scopes: args[1:]}
+			if err := k.provision(); err != nil {
+				return d.Err(err.Error())
+			}
+			t.APIKeys = append(t.APIKeys, k)
 		case "cache_size":
 			var s string
 			if err := oneArg(d, &s); err != nil {
@@ -214,6 +229,33 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// parseAPI parses the idlink_api handler directive.
+//
+// Syntax:
+//
+//	idlink_api <tenant>
+func parseAPI(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(API)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile sets up the API handler from Caddyfile tokens.
+func (a *API) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if !d.NextArg() {
+		return d.Err("idlink_api needs a tenant name: idlink_api <tenant>")
+	}
+	a.Tenant = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		return d.Errf("unrecognized subdirective '%s'", d.Val())
+	}
+	return nil
+}
+
 // oneArg reads exactly one argument into dst.
 func oneArg(d *caddyfile.Dispenser, dst *string) error {
 	if !d.NextArg() {
@@ -244,4 +286,5 @@ func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 var (
 	_ caddyfile.Unmarshaler = (*App)(nil)
 	_ caddyfile.Unmarshaler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler = (*API)(nil)
 )

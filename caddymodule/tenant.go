@@ -47,6 +47,9 @@ type Tenant struct {
 	// answers 401 authentication_required.
 	Anonymous string `json:"anonymous,omitempty"`
 
+	// APIKeys are the tenant's server-to-server keys with their scopes.
+	APIKeys []APIKey `json:"api_keys,omitempty"`
+
 	// CacheSize bounds each in-process cache of the tenant (entries).
 	// Default: 100000.
 	CacheSize int `json:"cache_size,omitempty"`
@@ -101,6 +104,12 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 	}
 	t.users = newTTLCache[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
 	t.strip = newHeaderSet(identityHeaders, credentialHeaders)
+
+	for i := range t.APIKeys {
+		if err := t.APIKeys[i].provision(); err != nil {
+			return err
+		}
+	}
 
 	repl := caddy.NewReplacer()
 	names := make([]string, 0, len(t.Platforms))

@@ -1,0 +1,149 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(API{})
+}
+
+// maxBodyBytes bounds every API request body.
+const maxBodyBytes = 16 << 10
+
+// API is the "idlink_api" HTTP handler: idlink's JSON API for one tenant,
+// served at paths relative to where it is mounted (e.g. inside
+// `handle_path /idlink/*`). It answers every request itself and never
+// calls the next handler.
+//
+// Every error is {"error": "<code>", "message": "<sentence>"}: 400
+// invalid_request, 401 invalid_api_key, 403 insufficient_scope, 404
+// not_found, 405 method_not_allowed, 413 body_too_large, 503
+// store_unavailable.
+type API struct {
+	// Tenant is the name of the tenant in the idlink app. Required.
+	Tenant string `json:"tenant"`
+
+	tenant *Tenant
+	app    *App
+	logger *zap.Logger
+	mux    *http.ServeMux
+}
+
+// CaddyModule returns the Caddy module information.
+func (API) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.idlink_api",
+		New: func() caddy.Module { return new(API) },
+	}
+}
+
+// apiRoutes are the endpoints, as http.ServeMux patterns, each added by
+// the file of its concern.
+var apiRoutes = map[string]func(a *API, w http.ResponseWriter, r *http.Request){}
+
+// Provision finds the tenant and builds the routes.
+func (a *API) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	appIface, err := ctx.App("idlink")
+	if err != nil {
+		return fmt.Errorf("loading idlink app: %v", err)
+	}
+	a.app = appIface.(*App)
+	if a.Tenant == "" {
+		return fmt.Errorf("tenant is required")
+	}
+	if a.tenant, err = a.app.tenant(a.Tenant); err != nil {
+		return err
+	}
+	a.mux = http.NewServeMux()
+	for pattern, h := range apiRoutes {
+		a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) { h(a, w, r) })
+	}
+	return nil
+}
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		repl.Set("idlink.tenant", a.Tenant)
+	}
+	h, pattern := a.mux.Handler(r)
+	if pattern == "" {
+		writeError(w, a.unmatched(r))
+		return nil
+	}
+	h.ServeHTTP(w, r)
+	return nil
+}
+
+// unmatched tells a path that exists under another method from one that
+// does not exist.
+func (a *API) unmatched(r *http.Request) *apiError {
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodDelete, http.MethodPut, http.MethodPatch} {
+		if m == r.Method {
+			continue
+		}
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, p := a.mux.Handler(probe); p != "" {
+			return newError(http.StatusMethodNotAllowed, codeMethodNotAllowed, "this endpoint does not accept "+r.Method)
+		}
+	}
+	return newError(http.StatusNotFound, codeNotFound, "no such endpoint")
+}
+
+// fail answers an error from the tenant's logic: an *apiError as it is,
+// anything else as a store failure (503 with Retry-After; the cause is
+// logged, never answered).
+func (a *API) fail(w http.ResponseWriter, err error) {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		writeError(w, ae)
+		return
+	}
+	a.tenant.logStoreError(err)
+	writeError(w, errStoreUnavailable())
+}
+
+// readJSON decodes a JSON object body of at most maxBodyBytes into v.
+func readJSON(w http.ResponseWriter, r *http.Request, v any) *apiError {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(strings.ToLower(ct), "application/json") {
+		return newError(http.StatusUnsupportedMediaType, "unsupported_media_type", "send the body as application/json")
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return newError(http.StatusRequestEntityTooLarge, "body_too_large",
+				fmt.Sprintf("the body must be at most %d bytes", maxBodyBytes))
+		}
+		return errInvalidRequest("the body could not be read")
+	}
+	if len(body) == 0 {
+		return errInvalidRequest("a JSON object body is required")
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	if err := dec.Decode(v); err != nil {
+		return errInvalidRequest("the body is not a valid JSON object of the expected shape")
+	}
+	if dec.More() {
+		return errInvalidRequest("the body holds more than one JSON value")
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*API)(nil)
+	_ caddyhttp.MiddlewareHandler = (*API)(nil)
+)
