@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -57,6 +58,7 @@ type App struct {
 	now     func() time.Time
 	stop    context.CancelFunc
 	done    chan struct{}
+	wg      *sync.WaitGroup // the tenants' background work
 }
 
 // CaddyModule returns the Caddy module information.
@@ -79,7 +81,10 @@ func (p pooledStore) Destruct() error { return p.Close() }
 // Provision sets defaults, connects (lazily) to the store and provisions
 // the tenants.
 func (a *App) Provision(ctx caddy.Context) error {
-	a.logger = ctx.Logger()
+	if a.logger == nil { // tests may inject one
+		a.logger = ctx.Logger()
+	}
+	registerMetrics(ctx.GetMetricsRegistry())
 	if a.now == nil {
 		a.now = time.Now
 	}
@@ -154,15 +159,19 @@ func (a *App) Validate() error {
 	return nil
 }
 
-// Start starts the app's background work: the invalidation listener.
-// Everything started here stops in Stop, so nothing outlives a reload.
+// Start starts the app's background work: the invalidation listener and
+// the tenants' JWKS refresh. Everything started here stops in Stop, so
+// nothing outlives a reload.
 func (a *App) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
-	a.stop, a.done = cancel, make(chan struct{})
+	a.stop, a.done, a.wg = cancel, make(chan struct{}), new(sync.WaitGroup)
 	go func() {
 		defer close(a.done)
 		a.listen(ctx)
 	}()
+	for _, t := range a.Tenants {
+		t.start(ctx, a.wg)
+	}
 	return nil
 }
 
@@ -171,6 +180,7 @@ func (a *App) Stop() error {
 	if a.stop != nil {
 		a.stop()
 		<-a.done
+		a.wg.Wait()
 	}
 	return nil
 }

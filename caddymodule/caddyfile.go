@@ -38,6 +38,30 @@ func init() {
 //			}
 //			default_platform <name>
 //			anonymous allow|deny
+//			contact_token {
+//				jwks_url <url>
+//				key <kid> <pem-file> [<alg>]     # repeatable
+//				algorithms <alg>...
+//				issuer <iss>
+//				audience <aud>...
+//				leeway <duration>
+//				max_lifetime <duration>
+//				user_claim <claim>
+//				claim_header <claim> <header>    # repeatable
+//				sign_key <kid> <pem-file> [<alg>] # repeatable: the first signs
+//				sign_issuer <iss>
+//				ttl <duration>
+//				jwks_refresh <duration>
+//				jwks_refetch_min <duration>
+//				jwks_timeout <duration>
+//			}
+//			sso {
+//				token_info_url <url>
+//				audience <aud>...
+//				timeout <duration>
+//				token_param <name>
+//				leeway <duration>
+//			}
 //			api_key <sha256-hex-of-key> <scope>...
 //			cache_size <entries>
 //			cache_ttl <duration>
@@ -171,6 +195,28 @@ func (t *Tenant) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err(err.Error())
 			}
 			t.APIKeys = append(t.APIKeys, k)
+		case "contact_token":
+			if t.ContactToken != nil {
+				return d.Err("contact_token already specified")
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			t.ContactToken = new(ContactToken)
+			if err := t.ContactToken.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
+		case "sso":
+			if t.SSO != nil {
+				return d.Err("sso already specified")
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			t.SSO = new(SSO)
+			if err := t.SSO.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
 		case "cache_size":
 			var s string
 			if err := oneArg(d, &s); err != nil {
@@ -188,6 +234,136 @@ func (t *Tenant) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("unrecognized tenant subdirective '%s'", d.Val())
 		}
+	}
+	return nil
+}
+
+func (c *ContactToken) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	seen := map[string]bool{}
+	once := func(name string) error {
+		if seen[name] {
+			return d.Errf("%s already specified", name)
+		}
+		seen[name] = true
+		return nil
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		switch name {
+		case "jwks_url", "issuer", "user_claim", "sign_issuer":
+			if err := once(name); err != nil {
+				return err
+			}
+			dst := map[string]*string{"jwks_url": &c.JWKSURL, "issuer": &c.Issuer,
+				"user_claim": &c.UserClaim, "sign_issuer": &c.SignIssuer}[name]
+			if err := oneArg(d, dst); err != nil {
+				return err
+			}
+		case "key", "sign_key":
+			args := d.RemainingArgs()
+			if len(args) < 2 || len(args) > 3 {
+				return d.Errf("%s needs a kid and a PEM file, and optionally an algorithm: %s <kid> <pem-file> [<alg>]", name, name)
+			}
+			k := TokenKey{KID: args[0], File: args[1]}
+			if len(args) == 3 {
+				k.Alg = args[2]
+				if !asymmetricAlgs[k.Alg] {
+					return d.Errf("%s %s: algorithm '%s' is not accepted", name, k.KID, k.Alg)
+				}
+			}
+			if name == "key" {
+				c.Keys = append(c.Keys, k)
+			} else {
+				c.SignKeys = append(c.SignKeys, k)
+			}
+		case "algorithms":
+			if err := once(name); err != nil {
+				return err
+			}
+			c.Algorithms = d.RemainingArgs()
+			if len(c.Algorithms) == 0 {
+				return d.ArgErr()
+			}
+			for _, a := range c.Algorithms {
+				if !asymmetricAlgs[a] {
+					return d.Errf("algorithm '%s' is not accepted (use ES256, ES384, ES512, RS256, RS384, RS512, PS256, PS384, PS512 or EdDSA)", a)
+				}
+			}
+		case "audience":
+			if err := once(name); err != nil {
+				return err
+			}
+			c.Audience = d.RemainingArgs()
+			if len(c.Audience) == 0 {
+				return d.ArgErr()
+			}
+		case "leeway", "max_lifetime", "ttl", "jwks_refresh", "jwks_refetch_min", "jwks_timeout":
+			if err := once(name); err != nil {
+				return err
+			}
+			dst := map[string]*caddy.Duration{"leeway": &c.Leeway, "max_lifetime": &c.MaxLifetime, "ttl": &c.TTL,
+				"jwks_refresh": &c.JWKSRefresh, "jwks_refetch_min": &c.JWKSRefetchMin, "jwks_timeout": &c.JWKSTimeout}[name]
+			if err := durationArg(d, dst); err != nil {
+				return err
+			}
+		case "claim_header":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.Err("claim_header needs a claim and a header: claim_header <claim> <header>")
+			}
+			if !validHeaderName(args[1]) {
+				return d.Errf("claim_header: '%s' is not a valid header name", args[1])
+			}
+			if reservedClaimHeaders.has(args[1]) {
+				return d.Errf("claim_header: %s is reserved and cannot be set from a claim", args[1])
+			}
+			c.ClaimHeaders = append(c.ClaimHeaders, ClaimHeader{Claim: args[0], Header: args[1]})
+		default:
+			return d.Errf("unrecognized contact_token subdirective '%s'", name)
+		}
+	}
+	if c.JWKSURL == "" && len(c.Keys) == 0 && len(c.SignKeys) == 0 {
+		return d.Err("contact_token needs jwks_url, key or sign_key")
+	}
+	return nil
+}
+
+func (s *SSO) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		if seen[name] {
+			return d.Errf("%s already specified", name)
+		}
+		seen[name] = true
+		switch name {
+		case "token_info_url":
+			if err := oneArg(d, &s.TokenInfoURL); err != nil {
+				return err
+			}
+		case "token_param":
+			if err := oneArg(d, &s.TokenParam); err != nil {
+				return err
+			}
+		case "audience":
+			s.Audience = d.RemainingArgs()
+			if len(s.Audience) == 0 {
+				return d.ArgErr()
+			}
+		case "timeout":
+			if err := durationArg(d, &s.Timeout); err != nil {
+				return err
+			}
+		case "leeway":
+			if err := durationArg(d, &s.Leeway); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unrecognized sso subdirective '%s'", name)
+		}
+	}
+	if s.TokenInfoURL == "" || len(s.Audience) == 0 {
+		return d.Err("sso needs token_info_url and audience")
 	}
 	return nil
 }

@@ -31,8 +31,10 @@ const (
 // in every spelling (case, duplicates, and the underscore forms CGI, PHP
 // and WSGI fold into the same name), on every path. Then it sets
 // X-Platform-User-Id, X-Identity-Source, X-Identity-Verified,
-// X-External-Id, X-Verified-Email and X-Verified-Phone from what it
-// verified. Signatures and tokens are not forwarded.
+// X-External-Id, X-Verified-Email, X-Verified-Phone and the contact
+// token's claim_header headers from what it verified. Signatures and
+// tokens (X-Contact-Token, X-Sso-Token, and Authorization: Bearer when
+// the tenant verifies contact tokens) are not forwarded.
 //
 // Placeholders set: {http.auth.user.id} (the platform user id, as Caddy's
 // authentication handler does), {idlink.user_id}, {idlink.external_id},
@@ -42,8 +44,11 @@ const (
 //
 // Answers, all JSON {"error","message"}: 400 invalid_request (ambiguous,
 // over-long or control-character values), 401 invalid_signature (enforce
-// mode), 401 authentication_required (anonymous deny), 503
-// store_unavailable with Retry-After (store down, fail_closed).
+// mode), 401 invalid_token with WWW-Authenticate (contact or SSO token
+// refused), 401 authentication_required (anonymous deny), 401
+// identity_mismatch, 503 key_source_unavailable (JWKS down, no key),
+// 503 sso_unavailable (token-info URL down), 503 store_unavailable with
+// Retry-After (store down, fail_closed).
 //
 // CORS preflight requests (OPTIONS with Access-Control-Request-Method) are
 // passed on without authentication (identity headers are still removed).
@@ -84,7 +89,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if h.ForwardCredentials {
-		h.strip = newHeaderSet(identityHeaders)
+		h.strip = h.tenant.identityStrip
 	} else {
 		h.strip = h.tenant.strip
 	}
@@ -103,6 +108,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// (and, unless forwarded, every credential) before anything can fail.
 	creds, bad := readCredentials(r.Header)
 	h.strip.strip(r.Header)
+	if creds.bearer != "" && h.tenant.ContactToken != nil && !h.ForwardCredentials {
+		// The bearer token is this tenant's contact token: a credential.
+		delete(r.Header, hdrAuthorization)
+	}
 	if isPreflight(r) {
 		return next.ServeHTTP(w, r)
 	}

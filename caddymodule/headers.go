@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"net/http"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -149,7 +150,8 @@ type credentials struct {
 	phoneSig      string
 	installID     string
 	sessionID     string
-	contactToken  string
+	contactToken  string // X-Contact-Token, unvalidated: the token check refuses what is not a JWS
+	bearer        string // the token of Authorization: Bearer, unvalidated likewise
 	ssoToken      string
 }
 
@@ -183,8 +185,42 @@ func readCredentials(h http.Header) (credentials, *apiError) {
 	c.installID = get(hdrInstallID, maxIDLen, "the install id")
 	c.sessionID = get(hdrSessionID, maxIDLen, "the session id")
 	c.ssoToken = get(hdrSSOToken, 8192, "the SSO token")
-	c.contactToken = get(hdrContactToken, 8192, "the contact token")
+	c.contactToken = getRaw(h, hdrContactToken, &e)
+	c.bearer = bearerToken(h, &e)
 	return c, e
+}
+
+// getRaw reads a token header that the token check validates itself (so
+// that an over-long or malformed token is 401 invalid_token, not 400); only
+// a repeated header is a bad request here.
+func getRaw(h http.Header, name string, e **apiError) string {
+	vs := h[name]
+	switch {
+	case len(vs) == 0 || *e != nil:
+		return ""
+	case len(vs) > 1:
+		*e = errInvalidRequest(name + " was sent more than once")
+		return ""
+	}
+	return vs[0]
+}
+
+// bearerToken returns the token of "Authorization: Bearer <token>" (scheme
+// case-insensitive), or "" for another scheme. Whether it is read as a
+// contact token depends on the tenant.
+func bearerToken(h http.Header, e **apiError) string {
+	vs := h[hdrAuthorization]
+	bearer := ""
+	for _, v := range vs {
+		if len(v) > 7 && strings.EqualFold(v[:7], "bearer ") {
+			bearer = strings.TrimLeft(v[7:], " ")
+		}
+	}
+	if bearer != "" && len(vs) > 1 && *e == nil {
+		*e = errInvalidRequest("Authorization was sent more than once")
+		return ""
+	}
+	return bearer
 }
 
 func itoa(n int) string {

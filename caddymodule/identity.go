@@ -18,6 +18,7 @@ type identity struct {
 	sessionID     string
 	verifiedEmail string
 	verifiedPhone string
+	claimHeaders  []headerValue // from a contact token's claim_header mappings
 }
 
 // apply sets the identity headers on the request to the upstream (which
@@ -35,6 +36,9 @@ func (id *identity) apply(h http.Header, repl *caddy.Replacer) {
 	setIf(h, hdrSessionID, id.sessionID)
 	setIf(h, hdrVerifiedEmail, id.verifiedEmail)
 	setIf(h, hdrVerifiedPhone, id.verifiedPhone)
+	for _, hv := range id.claimHeaders {
+		h[hv.name] = []string{hv.value}
+	}
 
 	repl.Set("idlink.source", id.source)
 	repl.Set("idlink.verified", verified)
@@ -63,7 +67,9 @@ type credentialCheck func(t *Tenant, ctx context.Context, c *credentials) (*iden
 // external id, SSO token, session id, install id. The first that is
 // present names the user; every other one present must name the same user.
 var credentialChecks = []credentialCheck{
+	(*Tenant).checkContactToken,
 	(*Tenant).checkHMAC,
+	(*Tenant).checkSSO,
 }
 
 // authenticate verifies the credentials of a request and resolves the
@@ -109,6 +115,15 @@ func (t *Tenant) identify(ctx context.Context, c *credentials) (identity, error)
 		if id.sessionID == "" {
 			id.sessionID = claim.sessionID
 		}
+		if id.externalID == "" && claim.verified {
+			id.externalID = claim.externalID
+		}
+		if id.verifiedEmail == "" {
+			id.verifiedEmail = claim.verifiedEmail
+		}
+		if id.claimHeaders == nil {
+			id.claimHeaders = claim.claimHeaders
+		}
 	}
 	if id == nil {
 		if t.Anonymous == AnonymousDeny {
@@ -117,7 +132,11 @@ func (t *Tenant) identify(ctx context.Context, c *credentials) (identity, error)
 		}
 		id = &identity{source: SourceAnonymous}
 	}
-	id.verifiedEmail, id.verifiedPhone = email, phone
+	// A signed X-User-Email wins over an email a credential vouched for.
+	if email != "" {
+		id.verifiedEmail = email
+	}
+	id.verifiedPhone = phone
 	return *id, nil
 }
 

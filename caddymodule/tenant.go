@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -47,6 +48,15 @@ type Tenant struct {
 	// answers 401 authentication_required.
 	Anonymous string `json:"anonymous,omitempty"`
 
+	// ContactToken configures verification of contact tokens (JWTs by kid)
+	// and their issuance. Default: none (contact tokens are refused and
+	// Authorization is left alone).
+	ContactToken *ContactToken `json:"contact_token,omitempty"`
+
+	// SSO configures SSO tokens (X-Sso-Token) checked against a token-info
+	// URL. Default: none (SSO tokens are refused).
+	SSO *SSO `json:"sso,omitempty"`
+
 	// APIKeys are the tenant's server-to-server keys with their scopes.
 	APIKeys []APIKey `json:"api_keys,omitempty"`
 
@@ -59,17 +69,18 @@ type Tenant struct {
 	// memory turnover. Default: 10m.
 	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
 
-	name         string
-	app          *App
-	keys         *store.Keys
-	strictest    string // the strictest mode among platforms: used for unknown platforms
-	users        *ttlCache[string, string]
-	flight       singleflight.Group
-	strip        headerSet
-	now          func() time.Time
-	logger       *zap.Logger
-	lastErrorLog atomic.Int64
-	inval        invalidators
+	name          string
+	app           *App
+	keys          *store.Keys
+	strictest     string // the strictest mode among platforms: used for unknown platforms
+	users         *ttlCache[string, string]
+	flight        singleflight.Group
+	strip         headerSet // identity, claim and credential headers
+	identityStrip headerSet // identity and claim headers (forward_credentials)
+	now           func() time.Time
+	logger        *zap.Logger
+	lastErrorLog  atomic.Int64
+	inval         invalidators
 }
 
 // Platform is one client platform's trusted-identity settings.
@@ -103,7 +114,19 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 		t.CacheTTL = caddy.Duration(10 * time.Minute)
 	}
 	t.users = newTTLCache[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
-	t.strip = newHeaderSet(identityHeaders, credentialHeaders)
+	if t.ContactToken != nil {
+		if err := t.ContactToken.provision(t); err != nil {
+			return err
+		}
+	}
+	if t.SSO != nil {
+		if err := t.SSO.provision(t); err != nil {
+			return err
+		}
+	}
+	claimHeaders := t.ContactToken.stripHeaders()
+	t.strip = newHeaderSet(identityHeaders, credentialHeaders, claimHeaders)
+	t.identityStrip = newHeaderSet(identityHeaders, claimHeaders)
 
 	for i := range t.APIKeys {
 		if err := t.APIKeys[i].provision(); err != nil {
@@ -164,7 +187,20 @@ func (t *Tenant) validate() error {
 	default:
 		return fmt.Errorf("tenant %q: anonymous must be allow or deny, not %q", t.name, t.Anonymous)
 	}
+	if t.ContactToken != nil {
+		if err := t.ContactToken.validate(t.name); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// start starts the tenant's background work (the JWKS refresh), which
+// stops when ctx is done.
+func (t *Tenant) start(ctx context.Context, wg *sync.WaitGroup) {
+	if t.ContactToken != nil && t.ContactToken.source != nil {
+		t.ContactToken.source.start(ctx, wg)
+	}
 }
 
 func stricter(a, b string) string {

@@ -1,0 +1,318 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// tokenInfoServer is a real local token-info endpoint: each token gets the
+// answer its test gives it.
+type tokenInfoServer struct {
+	*httptest.Server
+	mu      sync.Mutex
+	answers map[string]func(w http.ResponseWriter)
+	calls   map[string]int
+	bad     atomic.Value // a description of a malformed request, if any
+}
+
+func startTokenInfoServer(t testing.TB) *tokenInfoServer {
+	s := &tokenInfoServer{answers: map[string]func(http.ResponseWriter){}, calls: map[string]int{}}
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost || r.URL.RawQuery != "" ||
+			r.Header.Get("Content-Type") != "application/x-www-form-urlencoded" {
+			s.bad.Store(fmt.Sprintf("%s %s %s", r.Method, r.URL, r.Header.Get("Content-Type")))
+		}
+		tok := r.PostFormValue("token")
+		s.mu.Lock()
+		s.calls[tok]++
+		answer := s.answers[tok]
+		s.mu.Unlock()
+		if answer == nil {
+			http.Error(w, `{"error":"invalid_token"}`, http.StatusUnauthorized)
+			return
+		}
+		answer(w)
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func (s *tokenInfoServer) answer(token string, f func(w http.ResponseWriter)) {
+	s.mu.Lock()
+	s.answers[token] = f
+	s.mu.Unlock()
+}
+
+func (s *tokenInfoServer) callsFor(token string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls[token]
+}
+
+func jsonAnswer(status int, body any) func(http.ResponseWriter) {
+	return func(w http.ResponseWriter) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		if s, ok := body.(string); ok {
+			_, _ = w.Write([]byte(s))
+			return
+		}
+		_ = json.NewEncoder(w).Encode(body)
+	}
+}
+
+func newSSOEnv(t *testing.T, clock *testClock) (*App, *testHandler, *tokenInfoServer) {
+	srv := startTokenInfoServer(t)
+	var now func() time.Time
+	if clock != nil {
+		now = clock.Now
+	}
+	a := startTestApp(t, now, map[string]*Tenant{"acme": {
+		Platforms: map[string]*Platform{"ios": {Secrets: []string{"secret-0123456789abcdef"}}},
+		SSO: &SSO{
+			TokenInfoURL: srv.URL + "/tokeninfo",
+			Audience:     []string{"sdk"},
+			Timeout:      caddy.Duration(300 * time.Millisecond),
+		},
+	}})
+	return a, newTestHandler(a, "acme", false), srv
+}
+
+func TestSSOOutcomes(t *testing.T) {
+	_, h, srv := newSSOEnv(t, nil)
+	now := time.Now()
+	exp, iat := now.Add(10*time.Minute).Unix(), now.Unix()
+	answers := []struct {
+		name   string
+		answer func(http.ResponseWriter)
+		status int
+		code   string
+		check  func(t *testing.T, seen http.Header)
+	}{
+		{"valid", jsonAnswer(200, map[string]any{"sub": "sso-alice", "aud": "sdk", "exp": exp, "iat": iat, "email": "alice@example.com", "name": "Alice"}), 200, "",
+			func(t *testing.T, seen http.Header) {
+				if seen.Get(hdrIdentitySource) != SourceSSO || seen.Get(hdrIdentityVerified) != "true" ||
+					seen.Get(hdrExternalID) != "sso-alice" || seen.Get(hdrVerifiedEmail) != "alice@example.com" ||
+					seen.Get(hdrPlatformUserID) == "" || seen.Get(hdrSSOToken) != "" {
+					t.Fatalf("upstream %v", seen)
+				}
+			}},
+		{"google style strings", jsonAnswer(200, map[string]any{"sub": "g-1", "aud": "sdk", "exp": strconv.FormatInt(exp, 10), "iat": strconv.FormatInt(iat, 10), "email": "g@example.com", "email_verified": "false"}), 200, "",
+			func(t *testing.T, seen http.Header) {
+				if seen.Get(hdrExternalID) != "g-1" || seen.Get(hdrVerifiedEmail) != "" {
+					t.Fatalf("upstream %v", seen)
+				}
+			}},
+		{"aud array", jsonAnswer(200, map[string]any{"sub": "a", "aud": []string{"x", "sdk"}, "exp": exp}), 200, "", nil},
+		{"active true", jsonAnswer(200, map[string]any{"sub": "a", "aud": "sdk", "exp": exp, "active": true}), 200, "", nil},
+		{"endpoint 401", jsonAnswer(401, `{"error":"bad"}`), 401, codeInvalidToken, nil},
+		{"endpoint 403", jsonAnswer(403, `{}`), 401, codeInvalidToken, nil},
+		{"endpoint 404", jsonAnswer(404, `{}`), 401, codeInvalidToken, nil},
+		{"endpoint redirect", func(w http.ResponseWriter) { w.Header().Set("Location", "/elsewhere"); w.WriteHeader(302) }, 401, codeInvalidToken, nil},
+		{"endpoint 500", jsonAnswer(500, `{}`), 503, codeSSOUnavailable, nil},
+		{"endpoint 502", jsonAnswer(502, `{}`), 503, codeSSOUnavailable, nil},
+		{"endpoint 429", jsonAnswer(429, `{}`), 503, codeSSOUnavailable, nil},
+		{"endpoint too slow", func(w http.ResponseWriter) { time.Sleep(500 * time.Millisecond); jsonAnswer(200, `{}`)(w) }, 503, codeSSOUnavailable, nil},
+		{"200 not JSON", jsonAnswer(200, `<html>`), 503, codeSSOUnavailable, nil},
+		{"200 huge", jsonAnswer(200, `{"sub":"`+strings.Repeat("a", 70<<10)+`"}`), 503, codeSSOUnavailable, nil},
+		{"wrong aud", jsonAnswer(200, map[string]any{"sub": "a", "aud": "other-app", "exp": exp}), 401, codeInvalidToken, nil},
+		{"no aud", jsonAnswer(200, map[string]any{"sub": "a", "exp": exp}), 401, codeInvalidToken, nil},
+		{"exp past", jsonAnswer(200, map[string]any{"sub": "a", "aud": "sdk", "exp": now.Add(-time.Hour).Unix()}), 401, codeInvalidToken, nil},
+		{"no exp", jsonAnswer(200, map[string]any{"sub": "a", "aud": "sdk"}), 401, codeInvalidToken, nil},
+		{"iat future", jsonAnswer(200, map[string]any{"sub": "a", "aud": "sdk", "exp": exp, "iat": now.Add(time.Hour).Unix()}), 401, codeInvalidToken, nil},
+		{"no sub", jsonAnswer(200, map[string]any{"aud": "sdk", "exp": exp}), 401, codeInvalidToken, nil},
+		{"sub with CRLF", jsonAnswer(200, map[string]any{"sub": "a\r\nX-Platform-User-Id: u", "aud": "sdk", "exp": exp}), 401, codeInvalidToken, nil},
+		{"active false", jsonAnswer(200, map[string]any{"sub": "a", "aud": "sdk", "exp": exp, "active": false}), 401, codeInvalidToken, nil},
+	}
+	for i, c := range answers {
+		t.Run(c.name, func(t *testing.T) {
+			token := "opaque-token-" + strconv.Itoa(i)
+			srv.answer(token, c.answer)
+			w := h.do(t, hdr(hdrSSOToken, token))
+			if w.Code != c.status {
+				t.Fatalf("status %d, want %d: %s", w.Code, c.status, w.Body)
+			}
+			if c.status != 200 {
+				code, _ := errorBody(t, w)
+				if code != c.code || h.seen != nil {
+					t.Fatalf("answer %s (upstream reached: %v)", code, h.seen != nil)
+				}
+				if strings.Contains(w.Body.String(), token) {
+					t.Fatal("the answer echoes the token")
+				}
+				if c.code == codeInvalidToken && w.Header().Get("WWW-Authenticate") == "" {
+					t.Fatal("no WWW-Authenticate")
+				}
+				if c.code == codeSSOUnavailable && w.Header().Get("Retry-After") == "" {
+					t.Fatal("no Retry-After")
+				}
+			} else if c.check != nil {
+				c.check(t, h.seen)
+			}
+		})
+	}
+	if bad := srv.bad.Load(); bad != nil {
+		t.Fatalf("malformed token-info request: %v", bad)
+	}
+}
+
+func TestSSOCache(t *testing.T) {
+	clock := newTestClock()
+	_, h, srv := newSSOEnv(t, clock)
+	now := clock.Now()
+	srv.answer("good", jsonAnswer(200, map[string]any{"sub": "alice", "aud": "sdk", "exp": now.Add(2 * time.Minute).Unix()}))
+	srv.answer("down", jsonAnswer(503, `{}`))
+	// "refused" has no answer: the server says 401.
+
+	for i := 0; i < 3; i++ {
+		if w := h.do(t, hdr(hdrSSOToken, "good")); w.Code != 200 {
+			t.Fatal(w.Code)
+		}
+		if w := h.do(t, hdr(hdrSSOToken, "refused")); w.Code != 401 {
+			t.Fatal(w.Code)
+		}
+		if w := h.do(t, hdr(hdrSSOToken, "down")); w.Code != 503 {
+			t.Fatal(w.Code)
+		}
+	}
+	if g, r, d := srv.callsFor("good"), srv.callsFor("refused"), srv.callsFor("down"); g != 1 || r != 1 || d != 3 {
+		t.Fatalf("calls good=%d refused=%d down=%d; want 1, 1 (cached) and 3 (outages are not cached)", g, r, d)
+	}
+	// Refusals are remembered briefly.
+	clock.Advance(ssoFailureTTL + time.Second)
+	h.do(t, hdr(hdrSSOToken, "refused"))
+	if r := srv.callsFor("refused"); r != 2 {
+		t.Fatalf("refused asked %d times after the failure TTL", r)
+	}
+	// A valid answer is cached until its exp; past exp (and the leeway)
+	// the endpoint is asked again and its answer is expired.
+	clock.Advance(3 * time.Minute)
+	w := h.do(t, hdr(hdrSSOToken, "good"))
+	if code, _ := errorBody(t, w); w.Code != 401 || code != codeInvalidToken || srv.callsFor("good") != 2 {
+		t.Fatalf("after exp: %d %s, %d calls", w.Code, code, srv.callsFor("good"))
+	}
+}
+
+// TestSSOConcurrentLookupsCollapse: concurrent checks of one token make one
+// call (the answer is an outage, which is not cached, so only collapsing
+// can explain a single call).
+func TestSSOConcurrentLookupsCollapse(t *testing.T) {
+	a, _, srv := newSSOEnv(t, nil)
+	tn := a.Tenants["acme"]
+	tn.SSO.client.Timeout = 5 * time.Second
+	tn.SSO.Timeout = caddy.Duration(5 * time.Second)
+	release := make(chan struct{})
+	srv.answer("slow", func(w http.ResponseWriter) {
+		<-release
+		jsonAnswer(500, `{}`)(w)
+	})
+	const n = 20
+	var started, done sync.WaitGroup
+	codes := make(chan string, n)
+	for i := 0; i < n; i++ {
+		started.Add(1)
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			started.Done()
+			_, err := tn.checkSSO(context.Background(), &credentials{ssoToken: "slow"})
+			if ae, ok := err.(*apiError); ok {
+				codes <- ae.Code
+			} else {
+				codes <- fmt.Sprint(err)
+			}
+		}()
+	}
+	started.Wait()
+	waitFor(t, "the token-info call", func() bool { return srv.callsFor("slow") == 1 })
+	time.Sleep(100 * time.Millisecond) // let every goroutine join the call in flight
+	close(release)
+	done.Wait()
+	close(codes)
+	for c := range codes {
+		if c != codeSSOUnavailable {
+			t.Fatalf("answer %s", c)
+		}
+	}
+	if c := srv.callsFor("slow"); c != 1 {
+		t.Fatalf("%d concurrent checks made %d calls, want 1", n, c)
+	}
+}
+
+func TestSSOServerDown(t *testing.T) {
+	a, h, srv := newSSOEnv(t, nil)
+	_ = a
+	srv.Close()
+	w := h.do(t, hdr(hdrSSOToken, "any"))
+	if code, _ := errorBody(t, w); w.Code != 503 || code != codeSSOUnavailable {
+		t.Fatalf("%d %s", w.Code, code)
+	}
+}
+
+// TestSSOWithHMAC: an SSO token and a signed external id must name the same
+// user; the SSO email is kept.
+func TestSSOWithHMAC(t *testing.T) {
+	_, h, srv := newSSOEnv(t, nil)
+	exp := time.Now().Add(time.Hour).Unix()
+	srv.answer("alice-token", jsonAnswer(200, map[string]any{"sub": "alice", "aud": "sdk", "exp": exp, "email": "a@example.com"}))
+	sig := func(v string) string { return sign("secret-0123456789abcdef", v) }
+	w := h.do(t, hdr(hdrSSOToken, "alice-token", hdrPlatform, "ios", hdrExternalID, "alice", hdrExternalIDSig, sig("alice")))
+	if w.Code != 200 || h.seen.Get(hdrIdentitySource) != SourceHMAC || h.seen.Get(hdrVerifiedEmail) != "a@example.com" {
+		t.Fatalf("agreeing: %d %v", w.Code, h.seen)
+	}
+	w = h.do(t, hdr(hdrSSOToken, "alice-token", hdrPlatform, "ios", hdrExternalID, "bob", hdrExternalIDSig, sig("bob")))
+	if code, _ := errorBody(t, w); w.Code != 401 || code != codeIdentityMismatch {
+		t.Fatalf("disagreeing: %d %s", w.Code, code)
+	}
+}
+
+func TestSSORefusedWithoutConfig(t *testing.T) {
+	a := startTestApp(t, nil, map[string]*Tenant{"plain": {}})
+	h := newTestHandler(a, "plain", false)
+	w := h.do(t, hdr(hdrSSOToken, "x"))
+	if code, _ := errorBody(t, w); w.Code != 401 || code != codeInvalidToken {
+		t.Fatalf("%d %s", w.Code, code)
+	}
+}
+
+// FuzzTokenInfo: any token-info answer is either refused or yields a usable
+// external id for the configured audience, never a panic.
+func FuzzTokenInfo(f *testing.F) {
+	f.Add(`{"sub":"a","aud":"sdk","exp":99999999999}`)
+	f.Add(`{"sub":"a","aud":["sdk"],"exp":"99999999999","iat":"1","email_verified":"true","email":"a@b"}`)
+	f.Add(`{"sub":"a\u0000","aud":"sdk","exp":1e300}`)
+	f.Add(`{"aud":{"x":1}}`)
+	f.Add(`[]`)
+	a := startTestApp(f, nil, map[string]*Tenant{"acme": {SSO: &SSO{TokenInfoURL: "http://127.0.0.1:1/", Audience: []string{"sdk"}}}})
+	s := a.Tenants["acme"].SSO
+	f.Fuzz(func(t *testing.T, body string) {
+		var info tokenInfo
+		if json.Unmarshal([]byte(body), &info) != nil {
+			return
+		}
+		r := s.judge(&info)
+		if r.refused != nil {
+			if r.refused.Code != codeInvalidToken || r.refused.Status != 401 {
+				t.Fatalf("refusal %+v", r.refused)
+			}
+			return
+		}
+		if !validHeaderValue(r.externalID, maxExternalIDLen) || !info.Aud.hasAny([]string{"sdk"}) {
+			t.Fatalf("accepted %q", body)
+		}
+		if r.email != "" && !validHeaderValue(r.email, maxEmailLen) {
+			t.Fatalf("email %q", r.email)
+		}
+	})
+}
