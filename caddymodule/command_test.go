@@ -1,0 +1,171 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/MicahParks/jwkset"
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/spf13/cobra"
+)
+
+// runIdlink runs `caddy idlink <args>` in process.
+func runIdlink(t *testing.T, stdin string, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	root := &cobra.Command{Use: "idlink", SilenceUsage: true, SilenceErrors: true}
+	for _, c := range subcommands() {
+		root.AddCommand(c)
+	}
+	var out, errOut bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&errOut)
+	root.SetIn(strings.NewReader(stdin))
+	root.SetArgs(args)
+	err = root.Execute()
+	return out.String(), errOut.String(), err
+}
+
+func TestKeygen(t *testing.T) {
+	for _, alg := range []string{"ES256", "EdDSA", "RS256"} {
+		t.Run(alg, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "k.pem")
+			args := []string{"keygen", "--kid", "k-" + alg, "--alg", alg, "--out", out}
+			if alg == "RS256" {
+				args = append(args, "--bits", "2048") // keep the test fast
+			}
+			stdout, stderr, err := runIdlink(t, "", args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var jwk jwkset.JWKMarshal
+			if err := json.Unmarshal([]byte(stdout), &jwk); err != nil {
+				t.Fatalf("stdout is not a JWK: %v\n%s", err, stdout)
+			}
+			if jwk.KID != "k-"+alg || string(jwk.ALG) != alg || jwk.USE != "sig" || jwk.D != "" {
+				t.Fatalf("jwk %+v", jwk)
+			}
+			if !strings.Contains(stderr, "sign_key k-"+alg+" "+out) {
+				t.Fatalf("stderr %q", stderr)
+			}
+			st, _ := os.Stat(out)
+			if st.Mode().Perm() != 0o600 {
+				t.Fatalf("mode %v", st.Mode())
+			}
+			// The key loads as a sign_key and its tokens verify.
+			a := startTestApp(t, nil, map[string]*Tenant{"acme": {
+				ContactToken: &ContactToken{SignKeys: []TokenKey{{KID: "k-" + alg, File: out}}},
+			}})
+			tn := a.Tenants["acme"]
+			ctx := context.Background()
+			uid, _ := tn.resolveExternal(ctx, "alice")
+			tok, _, err := tn.issueContactToken(ctx, uid, "", "alice", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tn.ContactToken.verify(ctx, tok); err != nil {
+				t.Fatal(err)
+			}
+			// The printed JWK verifies the token.
+			j, err := jwkset.NewJWKFromMarshal(jwk, jwkset.JWKMarshalOptions{}, jwkset.JWKValidateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := jwt.Parse(tok, func(*jwt.Token) (any, error) { return j.Key(), nil }, jwt.WithValidMethods([]string{alg})); err != nil {
+				t.Fatalf("printed JWK does not verify: %v", err)
+			}
+			// Never over an existing file.
+			if _, _, err := runIdlink(t, "", args...); err == nil {
+				t.Fatal("overwrote an existing key")
+			}
+		})
+	}
+	for _, bad := range [][]string{
+		{"keygen", "--kid", "k", "--alg", "HS256", "--out", filepath.Join(t.TempDir(), "x.pem")},
+		{"keygen", "--kid", "k", "--alg", "none", "--out", filepath.Join(t.TempDir(), "x.pem")},
+		{"keygen", "--alg", "ES256", "--out", filepath.Join(t.TempDir(), "x.pem")},
+		{"keygen", "--kid", "k"},
+	} {
+		if _, _, err := runIdlink(t, "", bad...); err == nil {
+			t.Errorf("%v succeeded", bad)
+		}
+	}
+}
+
+func TestSignCommand(t *testing.T) {
+	t.Setenv("IDLINK_TEST_SECRET", "secret-0123456789abcdef")
+	want := sign("secret-0123456789abcdef", "alice") + "\n"
+	if out, _, err := runIdlink(t, "", "sign", "--secret-env", "IDLINK_TEST_SECRET", "alice"); err != nil || out != want {
+		t.Fatalf("env: %q %v", out, err)
+	}
+	file := filepath.Join(t.TempDir(), "secret")
+	os.WriteFile(file, []byte("secret-0123456789abcdef\n"), 0o600)
+	if out, _, err := runIdlink(t, "", "sign", "--secret-file", file, "alice"); err != nil || out != want {
+		t.Fatalf("file: %q %v", out, err)
+	}
+	if out, _, err := runIdlink(t, "secret-0123456789abcdef\n", "sign", "--secret-file", "-", "alice"); err != nil || out != want {
+		t.Fatalf("stdin: %q %v", out, err)
+	}
+	// The signature is what the handler accepts.
+	keys := []*hmacKey{newHMACKey([]byte("secret-0123456789abcdef"))}
+	if !verifyHMAC(keys, "alice", strings.TrimSpace(want)) {
+		t.Fatal("the handler would refuse it")
+	}
+	for _, bad := range [][]string{
+		{"sign", "alice"},
+		{"sign", "--secret-env", "IDLINK_TEST_UNSET_VAR", "alice"},
+		{"sign", "--secret-env", "IDLINK_TEST_SECRET", "--secret-file", file, "alice"},
+		{"sign", "--secret-env", "IDLINK_TEST_SECRET", "a\nb"},
+		{"sign", "--secret", "inline", "alice"},
+	} {
+		if _, _, err := runIdlink(t, "", bad...); err == nil {
+			t.Errorf("%v succeeded", bad)
+		}
+	}
+}
+
+func TestAPIKeyCommand(t *testing.T) {
+	out, stderr, err := runIdlink(t, "", "api-key", "--scope", "user.link", "--scope", "user.read")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var key, digest, line string
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		k, v, _ := strings.Cut(l, ":")
+		switch k {
+		case "key":
+			key = strings.TrimSpace(v)
+		case "sha256":
+			digest = strings.TrimSpace(v)
+		case "Caddyfile":
+			line = strings.TrimSpace(v)
+		}
+	}
+	sum := sha256.Sum256([]byte(key))
+	if !strings.HasPrefix(key, apiKeyPrefix) || len(key) < 40 || digest != hex.EncodeToString(sum[:]) {
+		t.Fatalf("key %q digest %q", key, digest)
+	}
+	if line != "api_key "+digest+" user.link user.read" || !strings.Contains(stderr, "shown only now") {
+		t.Fatalf("line %q", line)
+	}
+	k := APIKey{SHA256: digest, Scopes: []string{"user.link", "user.read"}}
+	if err := k.provision(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := runIdlink(t, "", "api-key", "--scope", "admin"); err == nil {
+		t.Fatal("unknown scope accepted")
+	}
+	if _, _, err := runIdlink(t, "", "api-key"); err == nil {
+		t.Fatal("no scope accepted")
+	}
+	out2, _, _ := runIdlink(t, "", "api-key", "--scope", "user.read")
+	if strings.Contains(out2, key) {
+		t.Fatal("keys repeat")
+	}
+}
