@@ -186,7 +186,10 @@ func TestHandlerBadInput(t *testing.T) {
 		"CR LF":             func(r *http.Request) { r.Header[hdrExternalID] = []string{"a\r\nX-Platform-User-Id: u_x"} },
 		"duplicate":         func(r *http.Request) { r.Header[hdrExternalID] = []string{"alice", "mallory"} },
 		"invalid UTF-8":     func(r *http.Request) { r.Header[hdrExternalID] = []string{"\xff\xfe"} },
-		"huge signature":    func(r *http.Request) { r.Header.Set(hdrExternalID, "a"); r.Header.Set(hdrExternalIDSig, strings.Repeat("0", 4096)) },
+		"huge signature": func(r *http.Request) {
+			r.Header.Set(hdrExternalID, "a")
+			r.Header.Set(hdrExternalIDSig, strings.Repeat("0", 4096))
+		},
 	}
 	for name, mut := range cases {
 		r := httptest.NewRequest(http.MethodGet, "/", nil)
