@@ -132,7 +132,9 @@ http://127.0.0.1:%d {
 	if path, err := exec.LookPath("wrk"); err == nil && *useWrk {
 		driver = "wrk"
 		script := writeWrkScript(t, ids)
-		run = func(url string, signed bool) result { return wrkLoad(t, path, url, script, signed, round, *connections) }
+		run = func(url string, signed bool) result {
+			return wrkLoad(t, path, url, script, signed, round, *connections)
+		}
 	}
 
 	var plainRes, idlinkRes []result
