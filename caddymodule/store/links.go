@@ -333,10 +333,10 @@ func (l *linker) lockOnce(ctx context.Context, candidate string) (installState, 
 		if st.kind == "repair" {
 			st.prev = r[4]
 		}
-	case st.kind == "locked" && len(r) == 11:
+	case st.kind == "locked" && len(r) == 10:
 		st.user, st.anon, st.claim = r[1], r[2], r[3]
 		st.linkExt, st.linkUser, st.linkCreated, st.linkMerged = r[4], r[5], r[6] == "1", r[7]
-		st.prev, st.candidate = r[8], r[10]
+		st.prev, st.candidate = r[8], r[9]
 		if sh, err := ParseID(KindUser, st.candidate); err != nil || sh != l.sE {
 			st.candidate = candidate // never make a user outside E's shard
 		}
