@@ -31,10 +31,12 @@ const (
 // in every spelling (case, duplicates, and the underscore forms CGI, PHP
 // and WSGI fold into the same name), on every path. Then it sets
 // X-Platform-User-Id, X-Identity-Source, X-Identity-Verified,
-// X-External-Id, X-Verified-Email, X-Verified-Phone and the contact
-// token's claim_header headers from what it verified. Signatures and
-// tokens (X-Contact-Token, X-Sso-Token, and Authorization: Bearer when
-// the tenant verifies contact tokens) are not forwarded.
+// X-External-Id, X-Install-Id, X-Verified-Email, X-Verified-Phone and the
+// contact token's claim_header headers from what it verified. X-Install-Id
+// alone identifies the install's user, unverified (X-Identity-Source:
+// install). Signatures and tokens (X-Contact-Token, X-Sso-Token, and
+// Authorization: Bearer when the tenant verifies contact tokens) are not
+// forwarded.
 //
 // Placeholders set: {http.auth.user.id} (the platform user id, as Caddy's
 // authentication handler does), {idlink.user_id}, {idlink.external_id},
@@ -45,10 +47,11 @@ const (
 // Answers, all JSON {"error","message"}: 400 invalid_request (ambiguous,
 // over-long or control-character values), 401 invalid_signature (enforce
 // mode), 401 invalid_token with WWW-Authenticate (contact or SSO token
-// refused), 401 authentication_required (anonymous deny), 401
-// identity_mismatch, 503 key_source_unavailable (JWKS down, no key),
-// 503 sso_unavailable (token-info URL down), 503 store_unavailable with
-// Retry-After (store down, fail_closed).
+// refused), 401 unknown_install (X-Install-Id not an install of the
+// tenant), 401 identity_mismatch (credentials naming different users), 401
+// authentication_required (anonymous deny), 503 key_source_unavailable
+// (JWKS down, no key), 503 sso_unavailable (token-info URL down), 503
+// store_unavailable with Retry-After (store down, fail_closed).
 //
 // CORS preflight requests (OPTIONS with Access-Control-Request-Method) are
 // passed on without authentication (identity headers are still removed).
@@ -81,7 +84,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("loading idlink app: %v", err)
 	}
-	h.app = appIface.(*App)
+	return h.provisionWith(appIface.(*App))
+}
+
+// provisionWith binds the handler to a provisioned app.
+func (h *Handler) provisionWith(app *App) (err error) {
+	h.app = app
 	if h.Tenant == "" {
 		return fmt.Errorf("tenant is required")
 	}

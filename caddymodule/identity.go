@@ -70,6 +70,7 @@ var credentialChecks = []credentialCheck{
 	(*Tenant).checkContactToken,
 	(*Tenant).checkHMAC,
 	(*Tenant).checkSSO,
+	(*Tenant).checkInstall,
 }
 
 // authenticate verifies the credentials of a request and resolves the

@@ -86,7 +86,7 @@ func newSSOEnv(t *testing.T, clock *testClock) (*App, *testHandler, *tokenInfoSe
 			Timeout:      caddy.Duration(300 * time.Millisecond),
 		},
 	}})
-	return a, newTestHandler(a, "acme", false), srv
+	return a, newTokenHandler(a, "acme", false), srv
 }
 
 func TestSSOOutcomes(t *testing.T) {
@@ -279,7 +279,7 @@ func TestSSOWithHMAC(t *testing.T) {
 
 func TestSSORefusedWithoutConfig(t *testing.T) {
 	a := startTestApp(t, nil, map[string]*Tenant{"plain": {}})
-	h := newTestHandler(a, "plain", false)
+	h := newTokenHandler(a, "plain", false)
 	w := h.do(t, hdr(hdrSSOToken, "x"))
 	if code, _ := errorBody(t, w); w.Code != 401 || code != codeInvalidToken {
 		t.Fatalf("%d %s", w.Code, code)

@@ -81,6 +81,8 @@ type Tenant struct {
 	logger        *zap.Logger
 	lastErrorLog  atomic.Int64
 	inval         invalidators
+	installs      installCache
+	linkOpts      atomic.Pointer[store.LinkOptions] // tests shorten the lock and hook into steps
 }
 
 // Platform is one client platform's trusted-identity settings.
@@ -127,6 +129,7 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 	claimHeaders := t.ContactToken.stripHeaders()
 	t.strip = newHeaderSet(identityHeaders, credentialHeaders, claimHeaders)
 	t.identityStrip = newHeaderSet(identityHeaders, claimHeaders)
+	t.provisionInstalls()
 
 	for i := range t.APIKeys {
 		if err := t.APIKeys[i].provision(); err != nil {

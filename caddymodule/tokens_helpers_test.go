@@ -206,7 +206,7 @@ type testHandler struct {
 	seen http.Header // what reached the next handler (nil if nothing did)
 }
 
-func newTestHandler(a *App, tenant string, forward bool) *testHandler {
+func newTokenHandler(a *App, tenant string, forward bool) *testHandler {
 	t := a.Tenants[tenant]
 	h := &Handler{Tenant: tenant, ForwardCredentials: forward, tenant: t, app: a, logger: zap.NewNop()}
 	h.strip = t.strip
@@ -239,16 +239,6 @@ func (th *testHandler) do(t testing.TB, hdr http.Header) *httptest.ResponseRecor
 		t.Fatal(err)
 	}
 	return w
-}
-
-// errorBody decodes a JSON error answer.
-func errorBody(t testing.TB, w *httptest.ResponseRecorder) (code, message string) {
-	t.Helper()
-	var b struct{ Error, Message string }
-	if err := json.Unmarshal(w.Body.Bytes(), &b); err != nil {
-		t.Fatalf("error body %q: %v", w.Body.String(), err)
-	}
-	return b.Error, b.Message
 }
 
 // waitFor polls cond until it holds or the deadline passes.

@@ -78,7 +78,7 @@ func newCatalogueEnv(t *testing.T, refetchMin time.Duration) *catalogueEnv {
 			ClaimHeaders:   []ClaimHeader{{Claim: "contact_id", Header: "X-Contact-Id"}},
 		},
 	}})
-	return &catalogueEnv{app: a, h: newTestHandler(a, "acme", false), srv: srv, es: es, rs: rs, ed: ed}
+	return &catalogueEnv{app: a, h: newTokenHandler(a, "acme", false), srv: srv, es: es, rs: rs, ed: ed}
 }
 
 // TestContactTokenAttackCatalogue: every case states the exact answer, and
@@ -277,7 +277,7 @@ func TestJWKSDown(t *testing.T) {
 			JWKSRefetchMin: caddy.Duration(time.Millisecond),
 		},
 	}})
-	h := newTestHandler(a, "acme", false)
+	h := newTokenHandler(a, "acme", false)
 	src := a.Tenants["acme"].ContactToken.source
 	now := time.Now()
 	claims := jwt.MapClaims{"sub": "alice", "iat": now.Unix(), "exp": now.Add(time.Minute).Unix()}
@@ -323,7 +323,7 @@ func TestJWKSUnreachableFromStart(t *testing.T) {
 	a := startTestApp(t, nil, map[string]*Tenant{"acme": {
 		ContactToken: &ContactToken{JWKSURL: url + "/jwks.json", JWKSTimeout: caddy.Duration(time.Second)},
 	}})
-	h := newTestHandler(a, "acme", false)
+	h := newTokenHandler(a, "acme", false)
 	now := time.Now()
 	tok := newTestKey(t, "k", "ES256").sign(t, jwt.MapClaims{"sub": "a", "exp": now.Add(time.Minute).Unix()}, nil)
 	w := h.do(t, hdr(hdrContactToken, tok))
@@ -345,7 +345,7 @@ func TestStaticKeys(t *testing.T) {
 			Algorithms: []string{"ES256", "PS256"},
 		},
 	}})
-	h := newTestHandler(a, "acme", false)
+	h := newTokenHandler(a, "acme", false)
 	now := time.Now()
 	claims := jwt.MapClaims{"sub": "alice", "iat": now.Unix(), "exp": now.Add(time.Minute).Unix()}
 	for _, c := range []struct {
@@ -494,7 +494,7 @@ func TestAuthorizationHandling(t *testing.T) {
 	env := newCatalogueEnv(t, time.Hour)
 	tok := env.es.sign(t, goodClaims("alice", time.Now()), nil)
 	plain := startTestApp(t, nil, map[string]*Tenant{"plain": {}})
-	ph := newTestHandler(plain, "plain", false)
+	ph := newTokenHandler(plain, "plain", false)
 
 	// No contact_token: a bearer token is the upstream's business.
 	if w := ph.do(t, hdr("Authorization", "Bearer "+tok)); w.Code != 200 || ph.seen.Get("Authorization") != "Bearer "+tok ||
@@ -521,7 +521,7 @@ func TestAuthorizationHandling(t *testing.T) {
 		t.Fatalf("two Authorization headers: %d", w.Code)
 	}
 	// forward_credentials keeps the token.
-	fh := newTestHandler(env.app, "acme", true)
+	fh := newTokenHandler(env.app, "acme", true)
 	if w := fh.do(t, hdr("Authorization", "Bearer "+tok)); w.Code != 200 || fh.seen.Get("Authorization") == "" {
 		t.Fatalf("forward: %d %v", w.Code, fh.seen)
 	}
@@ -535,7 +535,7 @@ func TestContactTokenAndHMACMustAgree(t *testing.T) {
 		Platforms:    map[string]*Platform{"ios": {Secrets: []string{"secret-0123456789abcdef"}}},
 		ContactToken: &ContactToken{Keys: []TokenKey{{KID: "es", File: es.writePEM(t, false)}}},
 	}})
-	h := newTestHandler(a, "acme", false)
+	h := newTokenHandler(a, "acme", false)
 	now := time.Now()
 	tok := es.sign(t, jwt.MapClaims{"sub": "alice", "exp": now.Add(time.Minute).Unix()}, nil)
 	same := hdr(hdrContactToken, tok, hdrPlatform, "ios", hdrExternalID, "alice", hdrExternalIDSig, sign("secret-0123456789abcdef", "alice"))
@@ -553,7 +553,7 @@ func TestContactTokenAndHMACMustAgree(t *testing.T) {
 // refuses X-Contact-Token rather than ignoring it.
 func TestContactTokenRefusedWithoutConfig(t *testing.T) {
 	a := startTestApp(t, nil, map[string]*Tenant{"plain": {}})
-	h := newTestHandler(a, "plain", false)
+	h := newTokenHandler(a, "plain", false)
 	w := h.do(t, hdr(hdrContactToken, "a.b.c"))
 	if code, _ := errorBody(t, w); w.Code != 401 || code != codeInvalidToken {
 		t.Fatalf("%d %s", w.Code, code)
@@ -674,7 +674,7 @@ func TestIssuedTokens(t *testing.T) {
 		},
 	}})
 	tn := a.Tenants["acme"]
-	h := newTestHandler(a, "acme", false)
+	h := newTokenHandler(a, "acme", false)
 	ctx := context.Background()
 	userID, err := tn.resolveExternal(ctx, "alice")
 	if err != nil {
@@ -727,7 +727,7 @@ func TestIssuedTokens(t *testing.T) {
 	b := startTestApp(t, nil, map[string]*Tenant{"partner": {
 		ContactToken: &ContactToken{JWKSURL: pub.URL, Issuer: "idlink/acme", Audience: []string{"acme"}},
 	}})
-	bh := newTestHandler(b, "partner", false)
+	bh := newTokenHandler(b, "partner", false)
 	if w := bh.do(t, hdr(hdrContactToken, tok)); w.Code != 200 || bh.seen.Get(hdrExternalID) != userID {
 		t.Fatalf("third party: %d %s", w.Code, w.Body)
 	}

@@ -21,5 +21,12 @@ func script(name string) *redis.Script {
 // (redis.Script.Run), and every key it touches comes through KEYS and
 // shares one hash tag.
 var (
-	resolveScript = script("resolve")
+	resolveScript       = script("resolve")
+	installCreateScript = script("install_create")
+	userGetScript       = script("user_get")
+	linkLockScript      = script("link_lock")
+	linkClaimScript     = script("link_claim")
+	linkAdoptScript     = script("link_adopt")
+	linkMoveScript      = script("link_move")
+	linkFinishScript    = script("link_finish")
 )
