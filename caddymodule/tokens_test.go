@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -778,4 +779,35 @@ func BenchmarkContactTokenVerifyFresh(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestJWKSRefreshStopsWithApp: the refresh goroutine ends when the app
+// stops (a config reload), so nothing keeps fetching for an old config.
+func TestJWKSRefreshStopsWithApp(t *testing.T) {
+	es := newTestKey(t, "es", "ES256")
+	srv := startJWKSServer(t, es.jwk(t, true))
+	a := &App{logger: zap.NewNop(), Tenants: map[string]*Tenant{"acme": {
+		ContactToken: &ContactToken{JWKSURL: srv.URL, JWKSRefresh: caddy.Duration(5 * time.Millisecond)},
+	}}}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := a.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer a.Cleanup()
+	refreshing := func() bool {
+		buf := make([]byte, 1<<20)
+		return strings.Contains(string(buf[:runtime.Stack(buf, true)]), "jwkset.NewStorageFromHTTP")
+	}
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "periodic refreshes", func() bool { return srv.fetches.Load() >= 3 })
+	if !refreshing() {
+		t.Fatal("no refresh goroutine found: the check below proves nothing")
+	}
+	if err := a.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the refresh goroutine to end", func() bool { return !refreshing() })
 }
