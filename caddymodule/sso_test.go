@@ -316,3 +316,23 @@ func FuzzTokenInfo(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkSSOCacheHit: an SSO token already checked (no call).
+func BenchmarkSSOCacheHit(b *testing.B) {
+	srv := startTokenInfoServer(b)
+	srv.answer("tok", jsonAnswer(200, map[string]any{"sub": "alice", "aud": "sdk", "exp": time.Now().Add(time.Hour).Unix()}))
+	a := startTestApp(b, nil, map[string]*Tenant{"acme": {SSO: &SSO{TokenInfoURL: srv.URL, Audience: []string{"sdk"}}}})
+	tn := a.Tenants["acme"]
+	c := &credentials{ssoToken: "tok"}
+	ctx := context.Background()
+	if _, err := tn.checkSSO(ctx, c); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := tn.checkSSO(ctx, c); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -811,3 +811,66 @@ func TestJWKSRefreshStopsWithApp(t *testing.T) {
 	}
 	waitFor(t, "the refresh goroutine to end", func() bool { return !refreshing() })
 }
+
+// BenchmarkContactTokenCacheHitExternal: another issuer's token already
+// verified; its external id's user is in the in-process cache.
+func BenchmarkContactTokenCacheHitExternal(b *testing.B) {
+	ec := newTestKey(b, "ec", "ES256")
+	a := startTestApp(b, nil, map[string]*Tenant{"acme": {
+		ContactToken: &ContactToken{
+			Keys:         []TokenKey{{KID: "ec", File: ec.writePEM(b, false)}},
+			ClaimHeaders: []ClaimHeader{{Claim: "contact_id", Header: "X-Contact-Id"}},
+		},
+	}})
+	tn := a.Tenants["acme"]
+	now := time.Now()
+	creds := &credentials{bearer: ec.sign(b, jwt.MapClaims{"sub": "alice", "contact_id": "c-1", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}, nil)}
+	ctx := context.Background()
+	if _, err := tn.checkContactToken(ctx, creds); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := tn.checkContactToken(ctx, creds); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkHandlerContactTokenWarm is the whole handler for a request
+// carrying only an idlink-issued contact token (Authorization: Bearer),
+// already verified: no signature check, no Redis round trip.
+func BenchmarkHandlerContactTokenWarm(b *testing.B) {
+	ec := newTestKey(b, "ec", "ES256")
+	a := startTestApp(b, nil, map[string]*Tenant{"acme": {
+		ContactToken: &ContactToken{
+			SignKeys:     []TokenKey{{KID: "ec", File: ec.writePEM(b, true)}},
+			ClaimHeaders: []ClaimHeader{{Claim: "contact_id", Header: "X-Contact-Id"}},
+		},
+	}})
+	tn := a.Tenants["acme"]
+	ctx := context.Background()
+	userID, _ := tn.resolveExternal(ctx, "alice")
+	tok, _, _ := tn.issueContactToken(ctx, userID, "", "alice", map[string]string{"contact_id": "c-1"})
+	h := newTokenHandler(a, "acme", false).h
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
+	w := httptest.NewRecorder()
+	bearer := "Bearer " + tok
+	r.Header[hdrAuthorization] = []string{bearer}
+	if err := h.ServeHTTP(w, r, nopNext); err != nil || w.Code != 200 {
+		b.Fatal(err, w.Code)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		r.Header[hdrAuthorization] = []string{bearer}
+		if err := h.ServeHTTP(w, r, nopNext); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if r.Header.Get(hdrPlatformUserID) != userID {
+		b.Fatal("not authenticated")
+	}
+}
