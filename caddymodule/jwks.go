@@ -186,7 +186,8 @@ type jwksSource struct {
 	storage jwkset.Storage
 	flight  singleflight.Group
 
-	okAt, failAt     atomic.Int64 // unix nanoseconds of the last successful / failed fetch
+	seq              atomic.Int64 // numbers fetch outcomes in order
+	okSeq, failSeq   atomic.Int64 // the number of the last successful / failed fetch
 	okN, failN       atomic.Uint64
 	startOnce        sync.Once
 	lastFailureLogAt atomic.Int64
@@ -269,8 +270,8 @@ func (o *observedStorage) KeyReplaceAll(ctx context.Context, given []jwkset.JWK)
 }
 
 func (s *jwksSource) fetchOK(keys int) {
-	recovered := s.failAt.Load() > s.okAt.Load() || s.okAt.Load() == 0
-	s.okAt.Store(s.now().UnixNano())
+	recovered := !s.healthy()
+	s.okSeq.Store(s.seq.Add(1))
 	s.okN.Add(1)
 	jwksFetches.WithLabelValues(s.tenant, "success").Inc()
 	if recovered {
@@ -284,7 +285,7 @@ func (s *jwksSource) fetchFailed(ctx context.Context, err error) {
 	if ctx.Err() != nil && s.ctx != nil && s.ctx.Err() != nil {
 		return // stopping: not a failure of the source
 	}
-	s.failAt.Store(s.now().UnixNano())
+	s.failSeq.Store(s.seq.Add(1))
 	s.failN.Add(1)
 	jwksFetches.WithLabelValues(s.tenant, "failure").Inc()
 	// Fetches happen at most once per refresh or refetch interval; still,
@@ -298,8 +299,7 @@ func (s *jwksSource) fetchFailed(ctx context.Context, err error) {
 
 // healthy reports whether the latest fetch succeeded.
 func (s *jwksSource) healthy() bool {
-	ok := s.okAt.Load()
-	return ok != 0 && ok >= s.failAt.Load()
+	return s.okSeq.Load() > s.failSeq.Load()
 }
 
 // errKeyNotInSource is a kid the source does not have.
