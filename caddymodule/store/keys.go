@@ -91,6 +91,10 @@ func ExternalShard(externalID string) int {
 //	idl:{T:SS}:user:<user id>:installs set    install ids of the user
 //	idl:{T:SS}:inst:<install id>      hash    user, created
 //	idl:{T:SS}:events                 stream  the shard's outbox of events
+//	idl:{T:SS}:events:due             zset    outbox entry ids being delivered
+//	                                          or waiting for a retry, scored by
+//	                                          when they may next be taken (unix ms)
+//	idl:{T:SS}:deadletter             stream  events that kept failing
 //
 // T is the tenant and SS the shard in two hex digits; {T:SS} is the hash
 // tag, so every key of one shard is in one Cluster slot.
@@ -134,3 +138,12 @@ func (k *Keys) Install(shard int, installID string) string {
 
 // Events is the outbox stream of a shard.
 func (k *Keys) Events(shard int) string { return k.tags[shard] + "events" }
+
+// EventsDue is the schedule of a shard's outbox entries that were taken for
+// delivery: entry id scored by the time (unix ms) at which the entry may be
+// taken again (its lease while an attempt runs, its retry time after a
+// failure).
+func (k *Keys) EventsDue(shard int) string { return k.tags[shard] + "events:due" }
+
+// Deadletter is the stream of a shard's events that kept failing.
+func (k *Keys) Deadletter(shard int) string { return k.tags[shard] + "deadletter" }

@@ -21,5 +21,11 @@ func script(name string) *redis.Script {
 // (redis.Script.Run), and every key it touches comes through KEYS and
 // shares one hash tag.
 var (
-	resolveScript = script("resolve")
+	resolveScript           = script("resolve")
+	fetchEventsScript       = script("events_fetch")
+	ackEventScript          = script("events_ack")
+	rescheduleEventScript   = script("events_reschedule")
+	deadletterEventScript   = script("events_deadletter")
+	replayDeadlettersScript = script("events_replay")
+	maintainOutboxScript    = script("events_maintain")
 )
