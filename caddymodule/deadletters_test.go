@@ -355,13 +355,13 @@ func TestEventsE2E(t *testing.T) {
 	// The counters on Caddy's admin /metrics (they move just after the
 	// step they count).
 	wantMetrics := []string{
-		`idlink_webhook_deliveries_total{result="delivered",tenant="`+tenant+`"} 2`,
-		`idlink_webhook_deliveries_total{result="rejected",tenant="`+tenant+`"} 6`,
-		`idlink_webhook_retries_total{tenant="`+tenant+`"} 4`,
-		`idlink_webhook_dead_letters_total{reason="max_attempts",tenant="`+tenant+`"} 2`,
-		`idlink_webhook_oldest_pending_seconds{tenant="`+tenant+`"}`,
-		`idlink_webhook_dead_letters{tenant="`+tenant+`"}`,
-		`idlink_events_outbox_entries{tenant="`+tenant+`"}`,
+		`idlink_webhook_deliveries_total{result="delivered",tenant="` + tenant + `"} 2`,
+		`idlink_webhook_deliveries_total{result="rejected",tenant="` + tenant + `"} 6`,
+		`idlink_webhook_retries_total{tenant="` + tenant + `"} 4`,
+		`idlink_webhook_dead_letters_total{reason="max_attempts",tenant="` + tenant + `"} 2`,
+		`idlink_webhook_oldest_pending_seconds{tenant="` + tenant + `"}`,
+		`idlink_webhook_dead_letters{tenant="` + tenant + `"}`,
+		`idlink_events_outbox_entries{tenant="` + tenant + `"}`,
 	}
 	var metrics string
 	waitUntil(t, "metrics", clock, 0, func() bool {
