@@ -113,9 +113,6 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.store = val.(pooledStore).Store
-	if err := a.registerMetrics(ctx.GetMetricsRegistry()); err != nil {
-		return fmt.Errorf("registering metrics: %v", err)
-	}
 	if !loaded {
 		if a.store.Kind() == "embedded" {
 			a.logger.Warn("no redis configured: using the embedded in-process store; " +
@@ -139,6 +136,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 		if err := t.provision(ctx, a, name); err != nil {
 			return fmt.Errorf("tenant %q: %w", name, err)
 		}
+	}
+	// Last: the admin endpoint may already serve this config's registry,
+	// and the gauges read the provisioned tenants.
+	if err := a.registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
 	}
 	return nil
 }

@@ -38,6 +38,10 @@ const (
 	defaultEventsRetention = 7 * 24 * time.Hour // tenants without a webhook
 	minSecretLen           = 16
 	maxConcurrency         = 64
+	// eventsRedisSlots bounds the store calls the events work of one app
+	// makes at a time (all tenants together), so that it never holds more
+	// than that many connections of the pool the request path uses.
+	eventsRedisSlots = 4
 	// breakerFailures consecutive failed attempts put delivery in probe
 	// mode: one attempt at a time until one succeeds.
 	breakerFailures = 3
@@ -125,6 +129,7 @@ type outbox struct {
 	client   *http.Client
 	origin   string // scheme://host of the webhook, for logs
 	consumer string
+	slots    chan struct{} // shared by the app's tenants: see eventsRedisSlots
 
 	// Set at provision; tests shorten them.
 	backoff       func(attempt int) time.Duration
@@ -268,9 +273,10 @@ func newConsumerName() string {
 // outbox, and delivery for tenants with a webhook. It all stops when ctx
 // is done.
 func (a *App) runEvents(ctx context.Context, wg *sync.WaitGroup) {
+	slots := make(chan struct{}, eventsRedisSlots)
 	for _, t := range a.Tenants {
 		o := t.outbox
-		o.consumer = newConsumerName()
+		o.consumer, o.slots = newConsumerName(), slots
 		wg.Go(func() { o.maintainLoop(ctx) })
 		if o.wh != nil {
 			wg.Go(func() { o.deliverLoop(ctx) })
@@ -291,7 +297,8 @@ func (o *outbox) deliverLoop(ctx context.Context) {
 	t, w := o.t, o.wh
 	defer o.client.CloseIdleConnections()
 	for shard := range store.Shards {
-		if err := t.app.store.EnsureEventsGroup(ctx, t.keys, shard); err != nil && ctx.Err() == nil {
+		err := o.call(ctx, func(ctx context.Context) error { return t.app.store.EnsureEventsGroup(ctx, t.keys, shard) })
+		if err != nil && ctx.Err() == nil {
 			// The first fetch creates it as well.
 			t.logStoreError(err)
 			break
@@ -334,14 +341,19 @@ func (o *outbox) deliverLoop(ctx context.Context) {
 			lease := now.Add(time.Duration(w.ClaimAfter))
 			for i := 0; i < store.Shards && free > 0; i++ {
 				shard := (next + i) % store.Shards
-				entries, err := t.app.store.FetchEvents(ctx, t.keys, shard, o.consumer, now, lease, free, true)
+				var entries []store.OutboxEntry
+				err := o.call(ctx, func(ctx context.Context) (err error) {
+					entries, err = t.app.store.FetchEvents(ctx, t.keys, shard, o.consumer, now, lease, free, true)
+					return err
+				})
 				if err != nil {
 					if ctx.Err() != nil {
 						return
 					}
+					// Other shards may live on nodes that answer.
 					t.logStoreError(err)
 					storeErr = true
-					break
+					continue
 				}
 				for _, e := range entries {
 					o.inflight.Add(1)
@@ -454,11 +466,23 @@ func (o *outbox) finish(step func(ctx context.Context) error) {
 		if i > 0 {
 			time.Sleep(time.Duration(i) * 100 * time.Millisecond)
 		}
-		if err = step(context.Background()); err == nil {
+		if err = o.call(context.Background(), step); err == nil {
 			return
 		}
 	}
 	o.t.logStoreError(err)
+}
+
+// call runs one store call of the events work in one of the app's
+// eventsRedisSlots.
+func (o *outbox) call(ctx context.Context, fn func(ctx context.Context) error) error {
+	select {
+	case o.slots <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-o.slots }()
+	return fn(ctx)
 }
 
 // warnNow rate-limits delivery warnings to one a minute per tenant.

@@ -19,6 +19,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/idlink/idlink/caddymodule/store"
 	"github.com/idlink/idlink/testenv"
@@ -34,13 +36,17 @@ const (
 
 // eventsClock is the injectable clock of the events tests.
 type eventsClock struct {
-	mu sync.Mutex
-	t  time.Time
+	mu   sync.Mutex
+	t    time.Time
+	real bool // follow the real clock (measurements)
 }
 
 func newEventsClock() *eventsClock { return &eventsClock{t: time.Now()} }
 
 func (c *eventsClock) Now() time.Time {
+	if c.real {
+		return time.Now()
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.t
@@ -801,6 +807,82 @@ func TestMetricsRegistration(t *testing.T) {
 		if mf.GetName() == "idlink_webhook_oldest_pending_seconds" {
 			if v := mf.GetMetric()[0].GetGauge().GetValue(); v < 59 || v > 61 {
 				t.Errorf("oldest pending = %v s, want 60", v)
+			}
+		}
+	}
+}
+
+// Redis stops answering while events are being delivered: calls time out,
+// and once Redis is back (and leases of unacknowledged events end) every
+// event is delivered.
+func TestWebhookStoreOutage(t *testing.T) {
+	r := testenv.StartRedis(t)
+	if r == nil {
+		t.Skip("needs redis-server")
+	}
+	clock := newEventsClock()
+	rcv := newReceiver(t, clock)
+	rcv.setAnswer(func(webhook.Event, int) int {
+		time.Sleep(20 * time.Millisecond)
+		return http.StatusOK
+	})
+	a := newEventsApp(t, r.URL(), rcv.srv.URL, clock, nil, nil)
+	ids := produce(t, a, "outage", 30)
+	waitUntil(t, "some deliveries", clock, 0, func() bool {
+		rcv.mu.Lock()
+		defer rcv.mu.Unlock()
+		return len(rcv.delivered) >= 3
+	})
+	// A hang longer than the store timeout (1 s here): fetches, acks and
+	// retries in flight time out.
+	r.Pause()
+	time.Sleep(1200 * time.Millisecond)
+	r.Resume()
+	// The unacknowledged events are taken again once their lease ends.
+	waitUntil(t, "every event delivered", clock, time.Second, func() bool { return rcv.allDelivered(ids) })
+	rcv.check()
+	waitUntil(t, "nothing pending", clock, time.Second, func() bool {
+		p, d, dl := outboxState(t, a)
+		return p == 0 && d == 0 && dl == 0
+	})
+}
+
+// Delivery failures (a receiver answering 500, one that refuses
+// connections) log nothing at error level, and no line holds a webhook
+// secret, a signature, or the URL's path and query (which may carry a
+// token).
+func TestWebhookNoSecretsInLogs(t *testing.T) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	logger := zap.New(core)
+	clock := newEventsClock()
+	rcv := newReceiver(t, clock)
+	rcv.setAnswer(func(webhook.Event, int) int { return http.StatusInternalServerError })
+	refused := httptest.NewServer(http.NotFoundHandler())
+	refused.Close()
+	for _, url := range []string{rcv.srv.URL, refused.URL} {
+		a := newEventsApp(t, eventsRedisURL(t), url+"/hook/path-secret?token=url-token-secret", clock,
+			func(w *Webhook) { w.MaxAttempts = 2 },
+			func(o *outbox) { o.t.logger = logger })
+		produce(t, a, "logs", 3)
+		waitUntil(t, "dead letters", clock, time.Minute, func() bool {
+			_, _, dl := outboxState(t, a)
+			return dl == 3
+		})
+		a.Stop()
+	}
+	if logs.FilterMessage("webhook event moved to the dead letters").Len() == 0 {
+		t.Fatal("no dead-letter warning logged: the test would prove nothing")
+	}
+	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
+	for _, e := range logs.All() {
+		if e.Level >= zapcore.ErrorLevel {
+			t.Errorf("a delivery failure logged at %s: %s", e.Level, e.Message)
+		}
+		buf, _ := enc.EncodeEntry(e.Entry, e.Context)
+		line := buf.String()
+		for _, secret := range []string{whOldSecret, whNewSecret, "v1=", "url-token-secret", "path-secret"} {
+			if strings.Contains(line, secret) {
+				t.Errorf("log entry holds %q: %s", secret, line)
 			}
 		}
 	}

@@ -63,7 +63,11 @@ func (o *outbox) maintain(ctx context.Context) {
 	}
 	var oldest, dead, length, dropped int64
 	for shard := range store.Shards {
-		st, err := t.app.store.MaintainOutbox(ctx, t.keys, shard, opts)
+		var st store.OutboxStats
+		err := o.call(ctx, func(ctx context.Context) (err error) {
+			st, err = t.app.store.MaintainOutbox(ctx, t.keys, shard, opts)
+			return err
+		})
 		if err != nil {
 			if ctx.Err() == nil {
 				t.logStoreError(err)
