@@ -343,6 +343,24 @@ func testWebhookDelivery(t *testing.T, redisURL string) {
 		return testutil.ToFloat64(eventMetrics.deliveries.WithLabelValues("acme", resultDelivered))-before == float64(len(ids))
 	})
 
+	// Any type another feature appends in the same format is delivered as is.
+	tn := a.Tenants["acme"]
+	entry, err := a.store.Client().XAdd(context.Background(), &redis.XAddArgs{
+		Stream: tn.keys.Events(9),
+		Values: []any{"type", "session.ended", "tenant", "acme", "occurred_at", "1718000000123", "data", `{"session_id":"s_09x","reason":"logout"}`},
+	}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sessionEnded := store.EventID(9, entry)
+	waitUntil(t, "session.ended delivered", clock, 0, func() bool { return rcv.allDelivered([]string{sessionEnded}) })
+	rcv.mu.Lock()
+	if ev := rcv.events[sessionEnded]; ev.Type != "session.ended" || string(ev.Data) != `{"session_id":"s_09x","reason":"logout"}` ||
+		ev.OccurredAt.Format(time.RFC3339Nano) != "2024-06-10T06:13:20.123Z" {
+		t.Errorf("session.ended = %+v", ev)
+	}
+	rcv.mu.Unlock()
+
 	// Delivered events are trimmed from the outbox; nothing stays pending.
 	o := a.Tenants["acme"].outbox
 	waitUntil(t, "outbox trimmed", clock, 0, func() bool { return o.length.Load() == 0 })

@@ -64,6 +64,7 @@ type credentialCheck func(t *Tenant, ctx context.Context, c *credentials) (*iden
 // present names the user; every other one present must name the same user.
 var credentialChecks = []credentialCheck{
 	(*Tenant).checkHMAC,
+	(*Tenant).checkInstall,
 }
 
 // authenticate verifies the credentials of a request and resolves the

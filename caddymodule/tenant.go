@@ -80,6 +80,8 @@ type Tenant struct {
 	logger       *zap.Logger
 	lastErrorLog atomic.Int64
 	inval        invalidators
+	installs     installCache
+	linkOpts     atomic.Pointer[store.LinkOptions] // tests shorten the lock and hook into steps
 	outbox       *outbox
 }
 
@@ -115,6 +117,7 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 	}
 	t.users = newTTLCache[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
 	t.strip = newHeaderSet(identityHeaders, credentialHeaders)
+	t.provisionInstalls()
 
 	for i := range t.APIKeys {
 		if err := t.APIKeys[i].provision(); err != nil {

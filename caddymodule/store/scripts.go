@@ -22,6 +22,13 @@ func script(name string) *redis.Script {
 // shares one hash tag.
 var (
 	resolveScript           = script("resolve")
+	installCreateScript     = script("install_create")
+	userGetScript           = script("user_get")
+	linkLockScript          = script("link_lock")
+	linkClaimScript         = script("link_claim")
+	linkAdoptScript         = script("link_adopt")
+	linkMoveScript          = script("link_move")
+	linkFinishScript        = script("link_finish")
 	fetchEventsScript       = script("events_fetch")
 	ackEventScript          = script("events_ack")
 	rescheduleEventScript   = script("events_reschedule")
