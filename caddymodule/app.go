@@ -58,7 +58,6 @@ type App struct {
 	now     func() time.Time
 	stop    context.CancelFunc
 	done    chan struct{}
-	wg      *sync.WaitGroup // the tenants' background work
 }
 
 // CaddyModule returns the Caddy module information.
@@ -84,7 +83,6 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.logger == nil { // tests may inject one
 		a.logger = ctx.Logger()
 	}
-	registerMetrics(ctx.GetMetricsRegistry())
 	if a.now == nil {
 		a.now = time.Now
 	}
@@ -141,6 +139,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("tenant %q: %w", name, err)
 		}
 	}
+	// Last: the admin endpoint may already serve this config's registry,
+	// and the gauges read the provisioned tenants.
+	if err := a.registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
+	}
 	return nil
 }
 
@@ -159,19 +162,23 @@ func (a *App) Validate() error {
 	return nil
 }
 
-// Start starts the app's background work: the invalidation listener and
-// the tenants' JWKS refresh. Everything started here stops in Stop, so
+// Start starts the app's background work: the invalidation listener, the
+// tenants' JWKS refresh, and the events work of every tenant (outbox
+// upkeep, webhook delivery). Everything started here stops in Stop, so
 // nothing outlives a reload.
 func (a *App) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
-	a.stop, a.done, a.wg = cancel, make(chan struct{}), new(sync.WaitGroup)
+	a.stop, a.done = cancel, make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { a.listen(ctx) })
+	for _, t := range a.Tenants {
+		t.start(ctx, &wg)
+	}
+	a.runEvents(ctx, &wg)
 	go func() {
 		defer close(a.done)
-		a.listen(ctx)
+		wg.Wait()
 	}()
-	for _, t := range a.Tenants {
-		t.start(ctx, a.wg)
-	}
 	return nil
 }
 
@@ -180,7 +187,6 @@ func (a *App) Stop() error {
 	if a.stop != nil {
 		a.stop()
 		<-a.done
-		a.wg.Wait()
 	}
 	return nil
 }

@@ -144,28 +144,14 @@ func readPEMKey(path string) (any, error) {
 	}
 }
 
-// JWKS fetch counters, also exported to Prometheus through the metrics
-// registry of the Caddy context as idlink_jwks_fetches_total.
+// JWKS fetch counters, exported to Prometheus through the metrics
+// registry of the Caddy context (App.registerMetrics) as
+// idlink_jwks_fetches_total.
 var jwksFetches = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Namespace: "idlink",
 	Name:      "jwks_fetches_total",
 	Help:      "JWKS fetches by tenant and result (success, failure).",
 }, []string{"tenant", "result"})
-
-// registerMetrics adds idlink's collectors to a registry once.
-func registerMetrics(reg *prometheus.Registry) {
-	if reg == nil {
-		return
-	}
-	for _, c := range []prometheus.Collector{jwksFetches, ssoLookups} {
-		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				panic(err) // a different collector under our name: a programming error
-			}
-		}
-	}
-}
 
 // jwksSource is the tenant's remote JWKS: jwkset fetches it when the app
 // starts and then every refresh interval, keeps the last good set when a
