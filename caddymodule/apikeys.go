@@ -14,12 +14,13 @@ import (
 
 // API key scopes.
 const (
-	ScopeUserLink = "user.link"
-	ScopeUserRead = "user.read"
+	ScopeUserLink    = "user.link"
+	ScopeUserRead    = "user.read"
+	ScopeEventsAdmin = "events.admin"
 )
 
 // knownScopes are the scopes an api_key may name.
-var knownScopes = map[string]bool{ScopeUserLink: true, ScopeUserRead: true}
+var knownScopes = map[string]bool{ScopeUserLink: true, ScopeUserRead: true, ScopeEventsAdmin: true}
 
 // maxAPIKeyLen bounds a presented key before it is hashed.
 const maxAPIKeyLen = 512

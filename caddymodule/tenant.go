@@ -59,6 +59,16 @@ type Tenant struct {
 	// memory turnover. Default: 10m.
 	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
 
+	// Webhook receives the tenant's events. Default: none (events stay in
+	// the outbox for EventsRetention).
+	Webhook *Webhook `json:"webhook,omitempty"`
+
+	// EventsRetention trims outbox events older than that, delivered or
+	// not. Default: 7 days for a tenant without a webhook; none for one
+	// with a webhook (only delivered events are trimmed; failing ones move
+	// to the dead letters after the webhook's max_age).
+	EventsRetention caddy.Duration `json:"events_retention,omitempty"`
+
 	name         string
 	app          *App
 	keys         *store.Keys
@@ -72,6 +82,7 @@ type Tenant struct {
 	inval        invalidators
 	installs     installCache
 	linkOpts     atomic.Pointer[store.LinkOptions] // tests shorten the lock and hook into steps
+	outbox       *outbox
 }
 
 // Platform is one client platform's trusted-identity settings.
@@ -149,7 +160,7 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 		}
 		t.strictest = stricter(t.strictest, p.Mode)
 	}
-	return nil
+	return t.provisionEvents()
 }
 
 func (t *Tenant) validate() error {
@@ -171,7 +182,7 @@ func (t *Tenant) validate() error {
 	default:
 		return fmt.Errorf("tenant %q: anonymous must be allow or deny, not %q", t.name, t.Anonymous)
 	}
-	return nil
+	return t.validateEvents()
 }
 
 func stricter(a, b string) string {
