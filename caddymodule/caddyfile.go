@@ -202,7 +202,10 @@ func (t *Tenant) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err("api_key needs the key's SHA-256 and at least one scope: api_key <sha256-hex> <scope>...")
 			}
 			k := APIKey{SHA256: strings.ToLower(args[0]), Scopes: args[1:]}
-			if err := k.provision(); err != nil {
+			if strings.Contains(args[0], "{") {
+				// A placeholder ({env.*}, {file.*}): checked at provision.
+				k.SHA256 = args[0]
+			} else if err := k.provision(); err != nil {
 				return d.Err(err.Error())
 			}
 			t.APIKeys = append(t.APIKeys, k)

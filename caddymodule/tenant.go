@@ -146,6 +146,10 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 		if err := t.APIKeys[i].provision(); err != nil {
 			return err
 		}
+		if t.APIKeys[i].disabled {
+			t.logger.Warn("api_key disabled: its digest placeholder is empty",
+				zap.String("api_key", t.APIKeys[i].SHA256))
+		}
 	}
 
 	repl := caddy.NewReplacer()
