@@ -89,11 +89,29 @@ func ExternalShard(externalID string) int {
 //	idl:{T:SS}:ext:<external id>      string  user id of an external id
 //	idl:{T:SS}:user:<user id>         hash    ext, created (unix ms), ...
 //	idl:{T:SS}:user:<user id>:installs set    install ids of the user
+//	idl:{T:SS}:user:<user id>:sessions zset   live session ids, score = last activity (unix ms)
+//	idl:{T:SS}:sess:<session id>      hash    user, started, last, install, verified,
+//	                                          state (live|ended), reason, by, ended
 //	idl:{T:SS}:inst:<install id>      hash    user, created
 //	idl:{T:SS}:events                 stream  the shard's outbox of events
 //
 // T is the tenant and SS the shard in two hex digits; {T:SS} is the hash
 // tag, so every key of one shard is in one Cluster slot.
+//
+// Sessions (sessions.go) live in their user's shard: a session id is
+// NewID(KindSession, shard of the user), so the session hash, the user's
+// session set and the user hash share one slot and one script admits,
+// touches or ends a session atomically. The user hash also holds what a
+// login stores about the user: attrs (the external attributes, compact
+// JSON), attrs_v (their version, for compare-and-set), email and phone
+// (verified by signature).
+//
+// A session hash outlives the session as a tombstone, so an ended id
+// answers session_ended with its reason: with a lifetime L it expires at
+// started+L+keep; without one, at (last activity or end)+idle+keep, where
+// keep is idle, or 24h without idle, or 30 days with neither (see
+// SessionPolicy.Keep). After that the id is simply unknown; ids are random
+// and never reissued.
 type Keys struct {
 	tenant string
 	tags   [Shards]string // "idl:{T:SS}:"
@@ -125,6 +143,16 @@ func (k *Keys) User(shard int, userID string) string { return k.tags[shard] + "u
 // UserInstalls is the set of a user's installs.
 func (k *Keys) UserInstalls(shard int, userID string) string {
 	return k.tags[shard] + "user:" + userID + ":installs"
+}
+
+// UserSessions is the sorted set of a user's live sessions.
+func (k *Keys) UserSessions(shard int, userID string) string {
+	return k.tags[shard] + "user:" + userID + ":sessions"
+}
+
+// Session is the hash of a session; the id must have passed ParseID.
+func (k *Keys) Session(shard int, sessionID string) string {
+	return k.tags[shard] + "sess:" + sessionID
 }
 
 // Install is the hash of an install.

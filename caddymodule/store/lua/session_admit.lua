@@ -1,0 +1,83 @@
+-- Admit a new session for a user under the limit, in the user's slot.
+-- KEYS[1] outbox stream, KEYS[2] the user's live-session zset, KEYS[3] the
+-- new session's hash, KEYS[4] the user hash (all in the user's shard).
+-- ARGV[1..6] see sessions_lib.lua; ARGV[7] new session id, ARGV[8] user id,
+-- ARGV[9] max live sessions, ARGV[10] install id or '', ARGV[11] verified
+-- ('1' or '0'), ARGV[12] data of the session.started event (JSON),
+-- ARGV[13] new attributes (compact JSON) or '' to leave them, ARGV[14] the
+-- attributes version they were computed from, ARGV[15] verified email or
+-- '', ARGV[16] verified phone or ''.
+-- Returns {'ok', {ended ids, evicted by this session}} or, when the stored
+-- attributes changed since they were read, {'conflict'} with nothing done.
+local sid, user, max, install = ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10]
+
+if ARGV[13] ~= '' then
+  local v = redis.call('HGET', KEYS[4], 'attrs_v') or '0'
+  if v ~= ARGV[14] then
+    return {'conflict'}
+  end
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return redis.error_reply('session id collision')
+end
+
+-- 1. End the sessions past their idle timeout or lifetime; set aside the
+-- ones of the same install (a new login on a device replaces its old one).
+local victims = {}
+local members = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+for i = 1, #members, 2 do
+  local m, last = members[i], tonumber(members[i + 1])
+  local h = redis.call('HMGET', sess_key(m), 'state', 'started', 'install')
+  if not h[1] then
+    -- The hash outlived its hold time: the session ended unnoticed.
+    local why = 'idle'
+    if LIFETIME > 0 then why = 'expired' end
+    end_session(m, user, 0, nil, why, nil, false)
+  elseif h[1] ~= 'live' then
+    redis.call('ZREM', KEYS[2], m)
+  else
+    local started = tonumber(h[2]) or 0
+    local why = why_over(started, last)
+    if why then
+      end_session(m, user, started, h[3], why, nil, true)
+    elseif install ~= '' and h[3] == install then
+      redis.call('ZREM', KEYS[2], m)
+      victims[#victims + 1] = m
+    end
+  end
+end
+
+-- 2. The least recently active go, so that with the new one the user has
+-- max live sessions.
+local n = redis.call('ZCARD', KEYS[2])
+if n >= max then
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, n - max)
+  for _, m in ipairs(oldest) do
+    victims[#victims + 1] = m
+  end
+end
+
+-- 3. Admit the new session, store what the login told about the user.
+redis.call('HSET', KEYS[3], 'user', user, 'started', ARGV[1], 'last', ARGV[1],
+  'install', install, 'verified', ARGV[11], 'state', 'live')
+hold(KEYS[3], hold_until(NOW, NOW))
+redis.call('ZADD', KEYS[2], ARGV[1], sid)
+hold_at_least(KEYS[2], hold_until(NOW, NOW))
+if ARGV[13] ~= '' then
+  redis.call('HSET', KEYS[4], 'attrs', ARGV[13], 'attrs_v', int(tonumber(ARGV[14]) + 1))
+end
+if ARGV[15] ~= '' then
+  redis.call('HSET', KEYS[4], 'email', ARGV[15])
+end
+if ARGV[16] ~= '' then
+  redis.call('HSET', KEYS[4], 'phone', ARGV[16])
+end
+redis.call('XADD', EVENTS, '*', 'type', 'session.started', 'tenant', TENANT,
+  'occurred_at', ARGV[1], 'data', ARGV[12])
+
+-- 4. End the evicted ones, naming the session that took their place.
+for _, m in ipairs(victims) do
+  local h = redis.call('HMGET', sess_key(m), 'started', 'install')
+  end_session(m, user, tonumber(h[1]) or NOW, h[2], 'evicted', sid, true)
+end
+return {'ok', victims}
