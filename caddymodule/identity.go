@@ -64,6 +64,7 @@ type credentialCheck func(t *Tenant, ctx context.Context, c *credentials) (*iden
 // present names the user; every other one present must name the same user.
 var credentialChecks = []credentialCheck{
 	(*Tenant).checkHMAC,
+	(*Tenant).checkSession,
 }
 
 // authenticate verifies the credentials of a request and resolves the
@@ -109,6 +110,9 @@ func (t *Tenant) identify(ctx context.Context, c *credentials) (identity, error)
 		if id.sessionID == "" {
 			id.sessionID = claim.sessionID
 		}
+		if id.verifiedEmail == "" && id.verifiedPhone == "" {
+			id.verifiedEmail, id.verifiedPhone = claim.verifiedEmail, claim.verifiedPhone
+		}
 	}
 	if id == nil {
 		if t.Anonymous == AnonymousDeny {
@@ -117,7 +121,11 @@ func (t *Tenant) identify(ctx context.Context, c *credentials) (identity, error)
 		}
 		id = &identity{source: SourceAnonymous}
 	}
-	id.verifiedEmail, id.verifiedPhone = email, phone
+	// Signed email/phone on the request win over the ones a session's
+	// login stored for the user.
+	if email != "" || phone != "" {
+		id.verifiedEmail, id.verifiedPhone = email, phone
+	}
 	return *id, nil
 }
 

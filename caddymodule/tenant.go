@@ -59,6 +59,11 @@ type Tenant struct {
 	// memory turnover. Default: 10m.
 	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
 
+	// Sessions is the session policy: at most max live sessions per user
+	// (default 1), ended after idle (default 72h) or lifetime (default
+	// none). See sessions.go.
+	Sessions *Sessions `json:"sessions,omitempty"`
+
 	name         string
 	app          *App
 	keys         *store.Keys
@@ -70,6 +75,7 @@ type Tenant struct {
 	logger       *zap.Logger
 	lastErrorLog atomic.Int64
 	inval        invalidators
+	sess         sessionRuntime
 }
 
 // Platform is one client platform's trusted-identity settings.
@@ -103,6 +109,7 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 		t.CacheTTL = caddy.Duration(10 * time.Minute)
 	}
 	t.users = newTTLCache[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
+	t.provisionSessions()
 	t.strip = newHeaderSet(identityHeaders, credentialHeaders)
 
 	for i := range t.APIKeys {
@@ -164,7 +171,7 @@ func (t *Tenant) validate() error {
 	default:
 		return fmt.Errorf("tenant %q: anonymous must be allow or deny, not %q", t.name, t.Anonymous)
 	}
-	return nil
+	return t.validateSessions()
 }
 
 func stricter(a, b string) string {
