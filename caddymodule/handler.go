@@ -76,7 +76,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("loading idlink app: %v", err)
 	}
-	h.app = appIface.(*App)
+	return h.provisionWith(appIface.(*App))
+}
+
+// provisionWith binds the handler to a provisioned app.
+func (h *Handler) provisionWith(app *App) (err error) {
+	h.app = app
 	if h.Tenant == "" {
 		return fmt.Errorf("tenant is required")
 	}

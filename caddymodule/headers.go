@@ -49,7 +49,10 @@ var credentialHeaders = []string{
 }
 
 // headerSet matches header names the way CGI, PHP and WSGI upstreams fold
-// them: ASCII case-insensitive, with '_' and '-' the same.
+// them: ASCII case-insensitive, with '_', '.' and '-' the same. (Caddy
+// itself drops underscore and dot spellings at intake unless the operator
+// allow-lists them with expected_underscore_headers/expected_dot_headers;
+// idlink strips them regardless.)
 type headerSet struct {
 	byLen map[int][]string // lower-case, '-' separated names by length
 }
@@ -81,7 +84,7 @@ func foldByte(c byte) byte {
 	if c >= 'A' && c <= 'Z' {
 		return c + 'a' - 'A'
 	}
-	if c == '_' {
+	if c == '_' || c == '.' {
 		return '-'
 	}
 	return c

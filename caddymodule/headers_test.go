@@ -13,7 +13,7 @@ func TestHeaderSetStripsEverySpelling(t *testing.T) {
 		"X-Platform-User-Id", "x-platform-user-id", "X-PLATFORM-USER-ID", "X_Platform_User_Id",
 		"x_platform_user_id", "X-Platform_User-Id", "X-Identity-Verified", "X_IDENTITY_VERIFIED",
 		"X-Identity-Source", "X-Verified-Email", "x_verified_phone", "X-External-Id-Signature",
-		"X-Sso-Token", "X_SSO_TOKEN", "X-Contact-Token", "X-Session-Id", "X-Install-Id", "X-External-Id",
+		"X-Sso-Token", "X_SSO_TOKEN", "X.Platform.User.Id", "x.identity_verified", "X-Contact-Token", "X-Session-Id", "X-Install-Id", "X-External-Id",
 	}
 	for _, k := range spoofed {
 		h[k] = []string{"spoof", "spoof2"} // raw keys: non-canonical spellings stay as sent

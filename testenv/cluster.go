@@ -1,0 +1,441 @@
+package testenv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+const (
+	// clusterNodeTimeout is cluster-node-timeout in milliseconds: how long
+	// a node may be unreachable before it is considered failing.
+	clusterNodeTimeout = 1000
+	// clusterSlots is the number of hash slots of a Redis Cluster.
+	clusterSlots = 16384
+	// clusterCreateTimeout bounds `redis-cli --cluster create`.
+	clusterCreateTimeout = 30 * time.Second
+	// clusterReadyTimeout bounds the wait for a new cluster to settle.
+	clusterReadyTimeout = 20 * time.Second
+)
+
+// Cluster is a Redis Cluster of redis-server processes started by
+// StartCluster. KillMaster must be called from the goroutine running the
+// test that started it.
+type Cluster struct {
+	t     testing.TB
+	nodes []*server
+
+	mu     sync.Mutex
+	client *redis.ClusterClient
+}
+
+// StartCluster starts masters*(1+replicas) redis-server processes with
+// cluster-enabled yes (each on a free port with an explicit free
+// cluster-port, cluster-node-timeout 1000 ms, files in t.TempDir()), joins
+// them with `redis-cli --cluster create ... --cluster-replicas N
+// --cluster-yes`, and waits until every node reports cluster_state:ok with
+// all 16384 slots assigned and sees every node, and every replica is in
+// sync with its master. Everything is stopped when the test ends.
+//
+// masters must be at least 3 and replicas at least 0. If redis-server is
+// missing the test fails in CI and is skipped otherwise.
+func StartCluster(t testing.TB, masters, replicas int) *Cluster {
+	t.Helper()
+	if masters < 3 || replicas < 0 {
+		t.Fatalf("testenv: StartCluster(%d, %d): a cluster needs at least 3 masters and 0 or more replicas", masters, replicas)
+	}
+	requireRedisOrSkip(t, "a Redis Cluster")
+	dir := t.TempDir()
+	c := &Cluster{t: t}
+	t.Cleanup(func() {
+		c.mu.Lock()
+		if c.client != nil {
+			_ = c.client.Close()
+			c.client = nil
+		}
+		c.mu.Unlock()
+		c.stopAll()
+	})
+
+	n := masters * (1 + replicas)
+	for i := range n {
+		nodeDir := filepath.Join(dir, fmt.Sprintf("node%d", i))
+		srv, err := startServer(nodeDir, false, true, clusterConf)
+		if err != nil {
+			t.Fatalf("testenv: starting cluster node %d: %v", i, err)
+		}
+		c.nodes = append(c.nodes, srv)
+	}
+
+	out, err := runRedisCLI(clusterCreateTimeout, append(append([]string{"--cluster", "create"}, c.Addrs()...),
+		"--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")...)
+	if err != nil {
+		t.Fatalf("testenv: redis-cli --cluster create: %v\n%s\n%s", err, out, c.allLogs())
+	}
+
+	err = waitFor(clusterReadyTimeout, 50*time.Millisecond, nil, func() (bool, string) {
+		return c.settled(masters, replicas)
+	})
+	if err != nil {
+		t.Fatalf("testenv: cluster of %d masters and %d replicas each did not settle: %v\n--- redis-cli ---\n%s\n%s",
+			masters, replicas, err, out, c.allLogs())
+	}
+	return c
+}
+
+// clusterConf is the config of a cluster node.
+func clusterConf(s *server) string {
+	lines := []string{
+		"cluster-enabled yes",
+		"cluster-config-file " + confQuote(filepath.Join(s.dir, "nodes.conf")),
+		"cluster-port " + strconv.Itoa(s.busPort),
+		"cluster-node-timeout " + strconv.Itoa(clusterNodeTimeout),
+		"cluster-announce-ip 127.0.0.1",
+		// A replica may always take over, however long it lost its master.
+		"cluster-replica-validity-factor 0",
+		// Keep the layout StartCluster made.
+		"cluster-allow-replica-migration no",
+	}
+	return baseConf(s) + strings.Join(lines, "\n") + "\n"
+}
+
+// runRedisCLI runs redis-cli with args and returns its combined output.
+func runRedisCLI(timeout time.Duration, args ...string) (string, error) {
+	bin, err := exec.LookPath("redis-cli")
+	if err != nil {
+		return "", err
+	}
+	p, err := startProc("redis-cli", "", "", os.Environ(), bin, args...)
+	if err != nil {
+		return "", err
+	}
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		_ = p.kill()
+		return p.out.String(), fmt.Errorf("redis-cli did not finish within %v", timeout)
+	}
+	return p.out.String(), p.waitErr
+}
+
+// Addrs returns the addresses of all nodes, masters and replicas, in the
+// order they were started (including nodes killed since).
+func (c *Cluster) Addrs() []string {
+	addrs := make([]string, len(c.nodes))
+	for i, n := range c.nodes {
+		addrs[i] = n.addr()
+	}
+	return addrs
+}
+
+// URL returns the cluster's URL in the form go-redis's ParseClusterURL
+// reads: "redis://127.0.0.1:p1?addr=127.0.0.1:p2&addr=127.0.0.1:p3...",
+// listing every node.
+func (c *Cluster) URL() string {
+	addrs := c.Addrs()
+	var b strings.Builder
+	b.WriteString("redis://" + addrs[0])
+	for i, a := range addrs[1:] {
+		if i == 0 {
+			b.WriteString("?")
+		} else {
+			b.WriteString("&")
+		}
+		b.WriteString("addr=" + a)
+	}
+	return b.String()
+}
+
+// Client returns a go-redis cluster client seeded with every node, for
+// assertions. It is created on first use, shared by later calls and closed
+// at cleanup.
+//
+// Note that after KillMaster go-redis (v9.23) keeps sending a dead master's
+// slots to it (connection refused) until it gets a MOVED reply or its
+// ClusterStateReloadInterval (60 s by default) passes; call
+// Client().ReloadState after WaitHealthy.
+func (c *Cluster) Client() *redis.ClusterClient {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.client == nil {
+		c.client = redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs()})
+	}
+	return c.client
+}
+
+// KillMaster SIGKILLs the i-th current master and returns its address.
+// Masters are the nodes that CLUSTER NODES (asked of a live node) shows as
+// healthy masters owning slots, ordered by their lowest slot, so master 0
+// is the one that serves slot 0. It fails the test if there is no such
+// master.
+func (c *Cluster) KillMaster(i int) string {
+	c.t.Helper()
+	masters, err := c.currentMasters()
+	if err != nil {
+		c.t.Fatalf("testenv: KillMaster(%d): %v", i, err)
+	}
+	if i < 0 || i >= len(masters) {
+		c.t.Fatalf("testenv: KillMaster(%d): there are %d live masters %v", i, len(masters), masters)
+	}
+	addr := masters[i]
+	srv := c.node(addr)
+	if srv == nil {
+		c.t.Fatalf("testenv: KillMaster(%d): master %s is not a node of this cluster", i, addr)
+	}
+	if err := srv.stop(); err != nil {
+		c.t.Fatalf("testenv: KillMaster(%d): %v", i, err)
+	}
+	return addr
+}
+
+// WaitHealthy waits until every live node reports cluster_state:ok with all
+// 16384 slots ok, and every slot is served by a master that is alive, as
+// CLUSTER SLOTS tells from every live node. It returns an error when
+// timeout passes first.
+func (c *Cluster) WaitHealthy(timeout time.Duration) error {
+	err := waitFor(timeout, 50*time.Millisecond, nil, c.healthy)
+	if err != nil {
+		return fmt.Errorf("testenv: cluster not healthy: %w", err)
+	}
+	return nil
+}
+
+// Logs returns the output and log files of every node, for failure
+// messages.
+func (c *Cluster) Logs() string { return c.allLogs() }
+
+func (c *Cluster) node(addr string) *server {
+	for _, n := range c.nodes {
+		if n.addr() == addr {
+			return n
+		}
+	}
+	return nil
+}
+
+func (c *Cluster) live() []*server {
+	var live []*server
+	for _, n := range c.nodes {
+		if n.running() {
+			live = append(live, n)
+		}
+	}
+	return live
+}
+
+func (c *Cluster) stopAll() {
+	var wg sync.WaitGroup
+	for _, n := range c.nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := n.stop(); err != nil {
+				c.t.Errorf("testenv: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func (c *Cluster) allLogs() string {
+	var b strings.Builder
+	for _, n := range c.nodes {
+		b.WriteString(n.logs())
+	}
+	return b.String()
+}
+
+// clusterNode is one line of CLUSTER NODES.
+type clusterNode struct {
+	id, addr, masterID string
+	flags              map[string]bool
+	firstSlot          int // -1 if none
+	slots              int
+}
+
+func (n clusterNode) failing() bool { return n.flags["fail"] || n.flags["fail?"] }
+
+func parseClusterNodes(s string) []clusterNode {
+	var nodes []clusterNode
+	for _, line := range strings.Split(strings.TrimSpace(s), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 8 {
+			continue
+		}
+		addr, _, _ := strings.Cut(f[1], "@")
+		n := clusterNode{id: f[0], addr: addr, masterID: f[3], flags: map[string]bool{}, firstSlot: -1}
+		for _, fl := range strings.Split(f[2], ",") {
+			n.flags[fl] = true
+		}
+		for _, r := range f[8:] {
+			if strings.HasPrefix(r, "[") { // a slot being migrated
+				continue
+			}
+			lo, hi, isRange := strings.Cut(r, "-")
+			a, err := strconv.Atoi(lo)
+			if err != nil {
+				continue
+			}
+			b := a
+			if isRange {
+				if b, err = strconv.Atoi(hi); err != nil {
+					continue
+				}
+			}
+			n.slots += b - a + 1
+			if n.firstSlot < 0 || a < n.firstSlot {
+				n.firstSlot = a
+			}
+		}
+		nodes = append(nodes, n)
+	}
+	return nodes
+}
+
+// clusterNodes asks addr for CLUSTER NODES.
+func clusterNodes(addr string) ([]clusterNode, error) {
+	res, err := probe(addr, "CLUSTER", "NODES")
+	if err != nil {
+		return nil, err
+	}
+	return parseClusterNodes(fmt.Sprint(res)), nil
+}
+
+// currentMasters returns the addresses of the healthy masters owning slots,
+// ordered by lowest slot, as the first live node that answers sees them.
+func (c *Cluster) currentMasters() ([]string, error) {
+	var lastErr error = errors.New("no live node")
+	for _, n := range c.live() {
+		nodes, err := clusterNodes(n.addr())
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		var masters []clusterNode
+		for _, cn := range nodes {
+			if cn.flags["master"] && !cn.failing() && cn.slots > 0 {
+				if srv := c.node(cn.addr); srv != nil && srv.running() {
+					masters = append(masters, cn)
+				}
+			}
+		}
+		sort.Slice(masters, func(i, j int) bool { return masters[i].firstSlot < masters[j].firstSlot })
+		addrs := make([]string, len(masters))
+		for i, m := range masters {
+			addrs[i] = m.addr
+		}
+		return addrs, nil
+	}
+	return nil, lastErr
+}
+
+// healthy checks the condition of WaitHealthy once.
+func (c *Cluster) healthy() (bool, string) {
+	live := c.live()
+	if len(live) == 0 {
+		return false, "no live node"
+	}
+	for _, n := range live {
+		res, err := probe(n.addr(), "CLUSTER", "INFO")
+		if err != nil {
+			return false, err.Error()
+		}
+		info := fmt.Sprint(res)
+		if st := infoField(info, "cluster_state"); st != "ok" {
+			return false, fmt.Sprintf("%s: cluster_state:%s", n.addr(), st)
+		}
+		if ok := infoField(info, "cluster_slots_ok"); ok != strconv.Itoa(clusterSlots) {
+			return false, fmt.Sprintf("%s: cluster_slots_ok:%s", n.addr(), ok)
+		}
+		if msg := c.slotsServedByLive(n.addr()); msg != "" {
+			return false, msg
+		}
+	}
+	return true, ""
+}
+
+// slotsServedByLive checks, from addr's view (CLUSTER SLOTS), that every
+// slot has a master and that the master is a live node of the cluster.
+func (c *Cluster) slotsServedByLive(addr string) string {
+	cl := redis.NewClient(probeOptions(addr))
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	slots, err := cl.ClusterSlots(ctx).Result()
+	if err != nil {
+		return fmt.Sprintf("%s: CLUSTER SLOTS: %v", addr, err)
+	}
+	covered := 0
+	for _, s := range slots {
+		if len(s.Nodes) == 0 {
+			return fmt.Sprintf("%s: slots %d-%d have no master", addr, s.Start, s.End)
+		}
+		m := s.Nodes[0].Addr
+		if srv := c.node(m); srv == nil || !srv.running() {
+			return fmt.Sprintf("%s: slots %d-%d are served by %s, which is not alive", addr, s.Start, s.End, m)
+		}
+		covered += s.End - s.Start + 1
+	}
+	if covered != clusterSlots {
+		return fmt.Sprintf("%s: CLUSTER SLOTS covers %d slots", addr, covered)
+	}
+	return ""
+}
+
+// settled checks, once, that a new cluster is complete: healthy, every node
+// sees every node, the expected number of masters each with the expected
+// number of replicas, and every replica in sync.
+func (c *Cluster) settled(masters, replicas int) (bool, string) {
+	if ok, msg := c.healthy(); !ok {
+		return false, msg
+	}
+	for _, n := range c.nodes {
+		nodes, err := clusterNodes(n.addr())
+		if err != nil {
+			return false, err.Error()
+		}
+		if len(nodes) != len(c.nodes) {
+			return false, fmt.Sprintf("%s knows %d nodes, want %d", n.addr(), len(nodes), len(c.nodes))
+		}
+		replicasOf := map[string]int{}
+		gotMasters := 0
+		for _, cn := range nodes {
+			switch {
+			case cn.failing():
+				return false, fmt.Sprintf("%s sees %s as %v", n.addr(), cn.addr, cn.flags)
+			case cn.flags["master"] && cn.slots > 0:
+				gotMasters++
+			case cn.flags["slave"]:
+				replicasOf[cn.masterID]++
+			}
+		}
+		if gotMasters != masters {
+			return false, fmt.Sprintf("%s sees %d masters with slots, want %d", n.addr(), gotMasters, masters)
+		}
+		for _, cn := range nodes {
+			if cn.flags["master"] && replicasOf[cn.id] != replicas {
+				return false, fmt.Sprintf("%s sees %d replicas of %s, want %d", n.addr(), replicasOf[cn.id], cn.addr, replicas)
+			}
+		}
+		res, err := probe(n.addr(), "INFO", "replication")
+		if err != nil {
+			return false, err.Error()
+		}
+		info := fmt.Sprint(res)
+		if infoField(info, "role") == "slave" && infoField(info, "master_link_status") != "up" {
+			return false, fmt.Sprintf("replica %s: master_link_status:%s", n.addr(), infoField(info, "master_link_status"))
+		}
+	}
+	return true, ""
+}
