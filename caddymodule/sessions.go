@@ -46,9 +46,6 @@ const (
 	// maxAttributesBytes bounds a user's external attributes: the merged
 	// object as compact JSON.
 	maxAttributesBytes = 8 << 10
-	// maxAttributeRetries bounds the merges retried when the attributes
-	// change between reading and storing them.
-	maxAttributeRetries = 8
 	// sessionIDPrefixLen is how much of a session id GET /users shows.
 	sessionIDPrefixLen = 8
 )
@@ -58,7 +55,6 @@ const (
 	codeSessionEnded       = "session_ended"
 	codeUnknownSession     = "unknown_session"
 	codeAttributesTooLarge = "attributes_too_large"
-	codeConflict           = "conflict"
 )
 
 // Sessions is a tenant's session policy: how many live sessions a user may
@@ -478,42 +474,24 @@ func (a *API) startSession(w http.ResponseWriter, r *http.Request) {
 }
 
 // startSession admits a session for an identified user.
-func (t *Tenant) startSession(ctx context.Context, id identity, update *attributeUpdate) (*startSessionResponse, error) {
+func (t *Tenant) startSession(ctx context.Context, id identity, attrs *store.AttributeUpdate) (*startSessionResponse, error) {
 	shard, err := store.ParseID(store.KindUser, id.userID)
 	if err != nil {
 		return nil, fmt.Errorf("%w: user id %q: %v", store.ErrUnavailable, id.userID, err)
 	}
 	ns := store.NewSession{
 		ID: store.NewID(store.KindSession, shard), UserID: id.userID, InstallID: id.installID,
-		Verified: id.verified, Email: id.verifiedEmail, Phone: id.verifiedPhone,
+		Verified: id.verified, Email: id.verifiedEmail, Phone: id.verifiedPhone, Attributes: attrs,
 	}
-	var evicted []string
-	var started time.Time
-	for attempt := 1; ; attempt++ {
-		if update != nil {
-			stored, version, err := t.app.store.UserAttributes(ctx, t.keys, id.userID)
-			if err != nil {
-				return nil, err
-			}
-			merged, aerr := update.apply(stored)
-			if aerr != nil {
-				return nil, aerr
-			}
-			ns.SetAttrs, ns.Attrs, ns.AttrsVersion = true, merged, version
-		}
-		started = t.now()
-		evicted, err = t.app.store.AdmitSession(ctx, t.keys, t.sess.policy, ns, started)
-		if errors.Is(err, store.ErrConflict) && attempt < maxAttributeRetries {
-			continue
-		}
-		if errors.Is(err, store.ErrConflict) {
-			return nil, newError(http.StatusConflict, codeConflict,
-				"the user's attributes kept changing concurrently; retry")
-		}
-		if err != nil {
-			return nil, err
-		}
-		break
+	started := t.now()
+	evicted, err := t.app.store.AdmitSession(ctx, t.keys, t.sess.policy, ns, started)
+	var tooLarge *store.AttributesTooLargeError
+	if errors.As(err, &tooLarge) {
+		return nil, newError(http.StatusRequestEntityTooLarge, codeAttributesTooLarge,
+			fmt.Sprintf("the external attributes would be %d bytes of JSON after merging; the limit is %d", tooLarge.Size, tooLarge.Limit))
+	}
+	if err != nil {
+		return nil, err
 	}
 	// This instance refuses the evicted sessions from now on; the others
 	// hear it on the invalidation channel.
@@ -600,9 +578,9 @@ func (t *Tenant) userSessions(ctx context.Context, userID string) (userSessionsV
 	if err != nil {
 		return userSessionsView{}, err
 	}
-	v := userSessionsView{Sessions: make([]sessionView, 0, len(live)), Attributes: json.RawMessage("{}")}
-	if attrs != "" && json.Valid([]byte(attrs)) {
-		v.Attributes = json.RawMessage(attrs)
+	v := userSessionsView{Sessions: make([]sessionView, 0, len(live)), Attributes: json.RawMessage(attrs)}
+	if !json.Valid(v.Attributes) {
+		return userSessionsView{}, fmt.Errorf("%w: user %s: stored attributes are not valid JSON", store.ErrUnavailable, userID)
 	}
 	for _, s := range live {
 		prefix := s.ID
@@ -620,85 +598,45 @@ func (t *Tenant) userSessions(ctx context.Context, userID string) (userSessionsV
 
 // --- External attributes --------------------------------------------------
 
-// attributeUpdate is the external_attributes of a login.
-type attributeUpdate struct {
-	set   map[string]json.RawMessage // compact values; "null" removes the key
-	merge bool
-}
-
-// parseAttributeUpdate checks external_attributes: absent or null changes
-// nothing; anything else must be a JSON object in valid UTF-8.
-func parseAttributeUpdate(raw json.RawMessage, merge *bool) (*attributeUpdate, *apiError) {
+// parseAttributeUpdate checks external_attributes and turns it into the
+// store's form: absent or null changes nothing; anything else must be a
+// JSON object in valid UTF-8. With merge (the default) the keys it sets
+// replace the stored ones and the others are kept; without, it replaces
+// the whole object. Either way a key set to null is removed. The limit
+// applies to the result as compact JSON, keys and values as sent (no HTML
+// escaping: the size is what JSON.stringify counts), and is checked in the
+// admission script, atomically with the merge.
+func parseAttributeUpdate(raw json.RawMessage, merge *bool) (*store.AttributeUpdate, *apiError) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, nil
 	}
+	bad := errInvalidRequest("external_attributes must be a JSON object")
 	if raw[0] != '{' || !utf8.Valid(raw) {
-		return nil, errInvalidRequest("external_attributes must be a JSON object")
+		return nil, bad
 	}
-	u := &attributeUpdate{merge: merge == nil || *merge}
-	if err := json.Unmarshal(raw, &u.set); err != nil {
-		return nil, errInvalidRequest("external_attributes must be a JSON object")
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, bad
 	}
-	for k, v := range u.set {
-		var b bytes.Buffer
-		if err := json.Compact(&b, v); err != nil {
-			return nil, errInvalidRequest("external_attributes must be a JSON object")
-		}
-		u.set[k] = b.Bytes()
-	}
-	return u, nil
-}
-
-// apply merges the update into the stored attributes (compact JSON, ""
-// for none) and returns the result as compact JSON with sorted keys. With
-// merge, the keys the update sets replace the stored ones and the others
-// are kept; without, the update replaces the whole object. Either way a
-// key set to null is removed. Over maxAttributesBytes: 413
-// attributes_too_large.
-func (u *attributeUpdate) apply(stored string) (string, *apiError) {
-	m := map[string]json.RawMessage{}
-	if u.merge && stored != "" {
-		if err := json.Unmarshal([]byte(stored), &m); err != nil {
-			m = map[string]json.RawMessage{}
-		}
-	}
-	for k, v := range u.set {
-		if string(v) == "null" {
-			delete(m, k)
-		} else {
-			m[k] = v
-		}
-	}
-	out := encodeAttributes(m)
-	if len(out) > maxAttributesBytes {
-		return "", newError(http.StatusRequestEntityTooLarge, codeAttributesTooLarge,
-			fmt.Sprintf("the external attributes would be %d bytes of JSON after merging; the limit is %d", len(out), maxAttributesBytes))
-	}
-	return string(out), nil
-}
-
-// encodeAttributes writes m as compact JSON, keys sorted, without the
-// HTML escaping of encoding/json (the size is what JSON.stringify counts).
-func encodeAttributes(m map[string]json.RawMessage) []byte {
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	b.WriteByte('{')
-	for i, k := range keys {
-		if i > 0 {
-			b.WriteByte(',')
+	u := &store.AttributeUpdate{Replace: merge != nil && !*merge, Limit: maxAttributesBytes, Fields: make([][2]string, 0, len(m))}
+	var enc bytes.Buffer
+	e := json.NewEncoder(&enc)
+	e.SetEscapeHTML(false)
+	for _, k := range keys {
+		enc.Reset()
+		_ = e.Encode(k)
+		key := string(bytes.TrimSuffix(enc.Bytes(), []byte("\n")))
+		var v bytes.Buffer
+		if err := json.Compact(&v, m[k]); err != nil {
+			return nil, bad
 		}
-		_ = enc.Encode(k) // appends a newline
-		b.Truncate(b.Len() - 1)
-		b.WriteByte(':')
-		b.Write(m[k])
+		u.Fields = append(u.Fields, [2]string{key, v.String()})
 	}
-	b.WriteByte('}')
-	return b.Bytes()
+	return u, nil
 }

@@ -90,6 +90,7 @@ func ExternalShard(externalID string) int {
 //	idl:{T:SS}:user:<user id>         hash    ext, created (unix ms), ...
 //	idl:{T:SS}:user:<user id>:installs set    install ids of the user
 //	idl:{T:SS}:user:<user id>:sessions zset   live session ids, score = last activity (unix ms)
+//	idl:{T:SS}:user:<user id>:attrs   hash    external attributes: JSON-encoded key -> compact JSON value
 //	idl:{T:SS}:sess:<session id>      hash    user, started, last, install, verified,
 //	                                          state (live|ended), reason, by, ended
 //	idl:{T:SS}:inst:<install id>      hash    user, created
@@ -101,10 +102,12 @@ func ExternalShard(externalID string) int {
 // Sessions (sessions.go) live in their user's shard: a session id is
 // NewID(KindSession, shard of the user), so the session hash, the user's
 // session set and the user hash share one slot and one script admits,
-// touches or ends a session atomically. The user hash also holds what a
-// login stores about the user: attrs (the external attributes, compact
-// JSON), attrs_v (their version, for compare-and-set), email and phone
-// (verified by signature).
+// touches or ends a session atomically. A login also stores the user's
+// verified email and phone (fields email, phone of the user hash) and
+// external attributes: a hash whose fields are the attribute keys JSON-
+// encoded (quotes included) and whose values are compact JSON, so that the
+// admission script merges them and knows the exact size of the object's
+// compact JSON without decoding anything.
 //
 // A session hash outlives the session as a tombstone, so an ended id
 // answers session_ended with its reason: with a lifetime L it expires at
@@ -148,6 +151,11 @@ func (k *Keys) UserInstalls(shard int, userID string) string {
 // UserSessions is the sorted set of a user's live sessions.
 func (k *Keys) UserSessions(shard int, userID string) string {
 	return k.tags[shard] + "user:" + userID + ":sessions"
+}
+
+// UserAttributes is the hash of a user's external attributes.
+func (k *Keys) UserAttributes(shard int, userID string) string {
+	return k.tags[shard] + "user:" + userID + ":attrs"
 }
 
 // Session is the hash of a session; the id must have passed ParseID.

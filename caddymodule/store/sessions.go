@@ -3,9 +3,10 @@ package store
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"sort"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -31,10 +32,15 @@ const (
 	SessionUnknown = "unknown"
 )
 
-// ErrConflict is returned by AdmitSession when the user's stored
-// attributes changed between UserAttributes and the admission: nothing was
-// done, and the caller merges again and retries.
-var ErrConflict = errors.New("attributes changed concurrently")
+// AttributesTooLargeError is returned by AdmitSession when the user's
+// attributes would exceed their limit: nothing was done.
+type AttributesTooLargeError struct {
+	Size, Limit int // bytes of compact JSON
+}
+
+func (e *AttributesTooLargeError) Error() string {
+	return fmt.Sprintf("attributes would be %d bytes, over the limit of %d", e.Size, e.Limit)
+}
 
 // Defaults of how long an ended session's hash is kept (SessionPolicy.Keep)
 // when there is no idle timeout.
@@ -105,14 +111,24 @@ type NewSession struct {
 	// Verified tells whether the login's credential was verified (not a
 	// report-mode pass).
 	Verified bool
-	// SetAttrs stores Attrs (compact JSON) as the user's attributes if they
-	// are still at AttrsVersion (else ErrConflict).
-	SetAttrs     bool
-	Attrs        string
-	AttrsVersion int64
+	// Attributes, if not nil, are merged into the user's attributes.
+	Attributes *AttributeUpdate
 	// Email and Phone, when not empty, are stored as the user's verified
 	// email and phone.
 	Email, Phone string
+}
+
+// AttributeUpdate is a change of a user's external attributes.
+type AttributeUpdate struct {
+	// Replace replaces the whole object; otherwise the fields are merged
+	// into it (keys not named are kept).
+	Replace bool
+	// Fields are the top-level keys, JSON-encoded with their quotes,
+	// and their values as compact JSON; the value "null" removes the key.
+	Fields [][2]string
+	// Limit is the most bytes the resulting object may take as compact
+	// JSON.
+	Limit int
 }
 
 // AdmitSession admits a new session under the limit in one script in the
@@ -120,7 +136,10 @@ type NewSession struct {
 // lifetime, and the previous session of the same install, then the least
 // recently active ones until, with the new one, the user has p.Max live;
 // it appends session.started and a session.ended per ended session to the
-// shard's outbox and announces every end on p.Channel. It returns the ids
+// shard's outbox and announces every end on p.Channel; with the session
+// it stores the verified email and phone and merges the attributes, unless
+// they would exceed their limit (*AttributesTooLargeError: then nothing at
+// all is done). It returns the ids
 // of the sessions ended to make room (reason evicted). Any number of
 // concurrent admissions, from any number of processes, leave at most
 // p.Max live sessions.
@@ -141,34 +160,38 @@ func (s *Store) AdmitSession(ctx context.Context, k *Keys, p SessionPolicy, ns N
 		InstallID string `json:"install_id,omitempty"`
 		Verified  bool   `json:"verified"`
 	}{ns.ID, ns.UserID, ns.InstallID, ns.Verified})
-	attrs, version := "", ""
-	if ns.SetAttrs {
-		attrs, version = ns.Attrs, strconv.FormatInt(ns.AttrsVersion, 10)
-		if attrs == "" {
-			attrs = "{}"
+	mode, limit := "", 0
+	var pairs []any
+	if a := ns.Attributes; a != nil {
+		mode, limit = "merge", a.Limit
+		if a.Replace {
+			mode = "replace"
+		}
+		pairs = make([]any, 0, 2*len(a.Fields))
+		for _, f := range a.Fields {
+			pairs = append(pairs, f[0], f[1])
 		}
 	}
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
 	res, err := sessionAdmitScript.Run(ctx, s.rdb,
-		[]string{k.Events(shard), k.UserSessions(shard, ns.UserID), k.Session(shard, ns.ID), k.User(shard, ns.UserID)},
-		p.args(k, now, ns.ID, ns.UserID, strconv.Itoa(p.Max), ns.InstallID, boolArg(ns.Verified), data,
-			attrs, version, ns.Email, ns.Phone)...,
+		[]string{k.Events(shard), k.UserSessions(shard, ns.UserID), k.Session(shard, ns.ID),
+			k.User(shard, ns.UserID), k.UserAttributes(shard, ns.UserID)},
+		p.args(k, now, append([]any{ns.ID, ns.UserID, strconv.Itoa(p.Max), ns.InstallID, boolArg(ns.Verified), data,
+			mode, strconv.Itoa(limit), ns.Email, ns.Phone}, pairs...)...)...,
 	).Slice()
 	if err != nil {
 		return nil, wrap(err)
 	}
-	if len(res) == 0 {
+	if len(res) != 2 {
 		return nil, badReply(res)
 	}
 	switch replyString(res[0]) {
-	case "conflict":
-		return nil, ErrConflict
+	case "too_large":
+		size, _ := strconv.Atoi(replyString(res[1]))
+		return nil, &AttributesTooLargeError{Size: size, Limit: limit}
 	case "ok":
 	default:
-		return nil, badReply(res)
-	}
-	if len(res) != 2 {
 		return nil, badReply(res)
 	}
 	ids, _ := res[1].([]any)
@@ -265,24 +288,41 @@ func (s *Store) EndSession(ctx context.Context, k *Keys, p SessionPolicy, sessio
 	return "", false, false, badReply(res)
 }
 
-// UserAttributes returns a user's stored attributes (compact JSON, "" if
-// none) and their version, for a compare-and-set through AdmitSession.
-func (s *Store) UserAttributes(ctx context.Context, k *Keys, userID string) (attrs string, version int64, err error) {
+// UserAttributes returns a user's external attributes as compact JSON
+// ("{}" if none), keys in sorted order.
+func (s *Store) UserAttributes(ctx context.Context, k *Keys, userID string) (string, error) {
 	shard, err := ParseID(KindUser, userID)
 	if err != nil {
-		return "", 0, fmt.Errorf("user attributes: %w", err)
+		return "", fmt.Errorf("user attributes: %w", err)
 	}
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	vals, err := s.rdb.HMGet(ctx, k.User(shard, userID), "attrs", "attrs_v").Result()
+	m, err := s.rdb.HGetAll(ctx, k.UserAttributes(shard, userID)).Result()
 	if err != nil {
-		return "", 0, wrap(err)
+		return "", wrap(err)
 	}
-	attrs, _ = vals[0].(string)
-	if v, ok := vals[1].(string); ok {
-		version, _ = strconv.ParseInt(v, 10, 64)
+	return attributesJSON(m), nil
+}
+
+// attributesJSON assembles the compact JSON object of an attributes hash.
+func attributesJSON(m map[string]string) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
 	}
-	return attrs, version, nil
+	sort.Strings(keys)
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(k)
+		b.WriteByte(':')
+		b.WriteString(m[k])
+	}
+	b.WriteByte('}')
+	return b.String()
 }
 
 // LiveSession is one live session of a user.
@@ -294,8 +334,9 @@ type LiveSession struct {
 }
 
 // UserSessions returns a user's live sessions at now (least recently
-// active first) and stored attributes, in one read-only script. Sessions
-// past their idle timeout or lifetime are left out.
+// active first) and external attributes (compact JSON, "{}" if none), in
+// one read-only script. Sessions past their idle timeout or lifetime are
+// left out.
 func (s *Store) UserSessions(ctx context.Context, k *Keys, p SessionPolicy, userID string, now time.Time) (attrs string, live []LiveSession, err error) {
 	shard, err := ParseID(KindUser, userID)
 	if err != nil {
@@ -304,7 +345,7 @@ func (s *Store) UserSessions(ctx context.Context, k *Keys, p SessionPolicy, user
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
 	res, err := userSessionsScript.Run(ctx, s.rdb,
-		[]string{k.Events(shard), k.UserSessions(shard, userID), k.User(shard, userID)},
+		[]string{k.Events(shard), k.UserSessions(shard, userID), k.UserAttributes(shard, userID)},
 		p.args(k, now)...,
 	).Slice()
 	if err != nil {
@@ -313,7 +354,12 @@ func (s *Store) UserSessions(ctx context.Context, k *Keys, p SessionPolicy, user
 	if len(res) != 2 {
 		return "", nil, badReply(res)
 	}
-	attrs = replyString(res[0])
+	flat, _ := res[0].([]any)
+	m := make(map[string]string, len(flat)/2)
+	for i := 0; i+1 < len(flat); i += 2 {
+		m[replyString(flat[i])] = replyString(flat[i+1])
+	}
+	attrs = attributesJSON(m)
 	rows, _ := res[1].([]any)
 	live = make([]LiveSession, 0, len(rows))
 	for _, r := range rows {

@@ -1,20 +1,48 @@
 -- Admit a new session for a user under the limit, in the user's slot.
 -- KEYS[1] outbox stream, KEYS[2] the user's live-session zset, KEYS[3] the
--- new session's hash, KEYS[4] the user hash (all in the user's shard).
+-- new session's hash, KEYS[4] the user hash, KEYS[5] the user's attributes
+-- hash (all in the user's shard).
 -- ARGV[1..6] see sessions_lib.lua; ARGV[7] new session id, ARGV[8] user id,
 -- ARGV[9] max live sessions, ARGV[10] install id or '', ARGV[11] verified
 -- ('1' or '0'), ARGV[12] data of the session.started event (JSON),
--- ARGV[13] new attributes (compact JSON) or '' to leave them, ARGV[14] the
--- attributes version they were computed from, ARGV[15] verified email or
--- '', ARGV[16] verified phone or ''.
--- Returns {'ok', {ended ids, evicted by this session}} or, when the stored
--- attributes changed since they were read, {'conflict'} with nothing done.
+-- ARGV[13] attributes: '' (leave them), 'merge' or 'replace', ARGV[14] the
+-- limit of the attributes as compact JSON (bytes), ARGV[15] verified email
+-- or '', ARGV[16] verified phone or '', ARGV[17..] attribute pairs: the
+-- key JSON-encoded (quotes included), then the value as compact JSON
+-- ('null' removes the key).
+-- The attributes hash maps each JSON-encoded key to its compact JSON value,
+-- so the object's compact JSON is '{' .. k1 .. ':' .. v1 .. ',' .. ... '}'
+-- and its size is known without decoding anything.
+-- Returns {'ok', {ended ids, evicted by this session}} or, when the
+-- attributes would exceed the limit, {'too_large', size} with nothing done.
 local sid, user, max, install = ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10]
 
-if ARGV[13] ~= '' then
-  local v = redis.call('HGET', KEYS[4], 'attrs_v') or '0'
-  if v ~= ARGV[14] then
-    return {'conflict'}
+local attrs_mode = ARGV[13]
+if attrs_mode ~= '' then
+  local lens = {}
+  if attrs_mode == 'merge' then
+    local cur = redis.call('HGETALL', KEYS[5])
+    for i = 1, #cur, 2 do
+      lens[cur[i]] = #cur[i + 1]
+    end
+  end
+  for i = 17, #ARGV, 2 do
+    if ARGV[i + 1] == 'null' then
+      lens[ARGV[i]] = nil
+    else
+      lens[ARGV[i]] = #ARGV[i + 1]
+    end
+  end
+  local size, n = 2, 0
+  for k, l in pairs(lens) do
+    size = size + #k + 1 + l
+    n = n + 1
+  end
+  if n > 1 then
+    size = size + n - 1
+  end
+  if size > tonumber(ARGV[14]) then
+    return {'too_large', int(size)}
   end
 end
 if redis.call('EXISTS', KEYS[3]) == 1 then
@@ -63,8 +91,17 @@ redis.call('HSET', KEYS[3], 'user', user, 'started', ARGV[1], 'last', ARGV[1],
 hold(KEYS[3], hold_until(NOW, NOW))
 redis.call('ZADD', KEYS[2], ARGV[1], sid)
 hold_at_least(KEYS[2], hold_until(NOW, NOW))
-if ARGV[13] ~= '' then
-  redis.call('HSET', KEYS[4], 'attrs', ARGV[13], 'attrs_v', int(tonumber(ARGV[14]) + 1))
+if attrs_mode == 'replace' then
+  redis.call('DEL', KEYS[5])
+end
+if attrs_mode ~= '' then
+  for i = 17, #ARGV, 2 do
+    if ARGV[i + 1] == 'null' then
+      redis.call('HDEL', KEYS[5], ARGV[i])
+    else
+      redis.call('HSET', KEYS[5], ARGV[i], ARGV[i + 1])
+    end
+  end
 end
 if ARGV[15] ~= '' then
   redis.call('HSET', KEYS[4], 'email', ARGV[15])

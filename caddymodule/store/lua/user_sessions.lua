@@ -1,8 +1,8 @@
 -- Read a user's live sessions and attributes (changes nothing).
 -- KEYS[1] outbox stream (for the prefix), KEYS[2] the user's live-session
--- zset, KEYS[3] the user hash.
+-- zset, KEYS[3] the user's attributes hash.
 -- ARGV[1..6] see sessions_lib.lua.
--- Returns {attributes JSON or '', {id, started, last, install}...}: the
+-- Returns {{attribute key, value}... flat, {id, started, last, install}...}: the
 -- sessions live at NOW, least recently active first. Sessions past their
 -- idle timeout or lifetime are left out (the next admission or request
 -- ends them with their events).
@@ -15,4 +15,4 @@ for i = 1, #members, 2 do
     out[#out + 1] = {m, h[2] or '0', int(last), h[3] or ''}
   end
 end
-return {redis.call('HGET', KEYS[3], 'attrs') or '', out}
+return {redis.call('HGETALL', KEYS[3]), out}
