@@ -493,6 +493,35 @@ var (
 	caddy1h  = caddyDuration(time.Hour)
 )
 
+// waitSubscribed waits until app hears invalidation messages, so that the
+// flush its (re)subscription triggers is behind us.
+func waitSubscribed(tb testing.TB, app *App) {
+	tb.Helper()
+	heard := make(chan struct{}, 1)
+	for _, tn := range app.Tenants {
+		tn.onInvalidate("probe", func(string) {
+			select {
+			case heard <- struct{}{}:
+			default:
+			}
+		}, nil)
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if err := tn.publish(context.Background(), "probe", "x"); err != nil {
+				tb.Fatal(err)
+			}
+			select {
+			case <-heard:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				tb.Fatal("the app never subscribed to invalidations")
+			}
+		}
+	}
+}
+
 // commandCounter counts the commands a client sends.
 type commandCounter struct{ n atomic.Int64 }
 
@@ -517,6 +546,7 @@ func TestSessionCheckWarmNoRoundTrip(t *testing.T) {
 	c := newTestClock()
 	app := newTestApp(t, testRedisURL(t), withSessions(&Sessions{Idle: caddy10m}, c))
 	api, h := newTestAPI(t, app), newTestHandler(t, app, nil)
+	waitSubscribed(t, app)
 	res := login(t, api, "warm")
 	// Load the lookup script (EVALSHA falls back to EVAL once per script).
 	serve(h, sessionRequest(store.NewID(store.KindSession, 0)))
@@ -861,4 +891,54 @@ func TestSessionsDefaultsAndValidation(t *testing.T) {
 			t.Errorf("%+v validated", s)
 		}
 	}
+}
+
+// BenchmarkSessionCheckWarm is the idlink handler with a warm X-Session-Id:
+// the whole request path, with no Redis round trip (checked).
+func BenchmarkSessionCheckWarm(b *testing.B) {
+	app := newTestApp(b, testRedisURL(b), nil)
+	api, h := newTestAPI(b, app), newTestHandler(b, app, nil)
+	waitSubscribed(b, app)
+	sid := login(b, api, "bench").SessionID
+	serve(h, sessionRequest(sid))
+	counter := &commandCounter{}
+	app.store.Client().AddHook(counter)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		r := sessionRequest(sid)
+		repl := caddy.NewReplacer()
+		r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
+		next := &recordingNext{}
+		w := httptest.NewRecorder()
+		for pb.Next() {
+			r.Header.Set(hdrSessionID, sid)
+			if _ = h.ServeHTTP(w, r, next); w.Code != 200 {
+				b.Fatalf("refused: %d", w.Code)
+			}
+		}
+	})
+	b.StopTimer()
+	if n := counter.n.Load(); n != 0 {
+		b.Fatalf("%d Redis commands during %d warm checks", n, b.N)
+	}
+}
+
+// BenchmarkLogin is POST /sessions through the API handler (HMAC check,
+// cached external id, one admission script) against real Redis, over
+// 1000 users with the default limit of 1 (so most logins evict).
+func BenchmarkLogin(b *testing.B) {
+	app := newTestApp(b, testRedisURL(b), nil)
+	api := newTestAPI(b, app)
+	var i atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			ext := "bench-" + itoa(int(i.Add(1)%1000))
+			if w, _, _ := serve(api, loginRequest(ext, "")); w.Code != http.StatusCreated {
+				b.Fatalf("login: %d %s", w.Code, w.Body)
+			}
+		}
+	})
 }
