@@ -65,6 +65,7 @@ type credentialCheck func(t *Tenant, ctx context.Context, c *credentials) (*iden
 var credentialChecks = []credentialCheck{
 	(*Tenant).checkHMAC,
 	(*Tenant).checkSession,
+	(*Tenant).checkInstall,
 }
 
 // authenticate verifies the credentials of a request and resolves the

@@ -75,6 +75,8 @@ type Tenant struct {
 	logger       *zap.Logger
 	lastErrorLog atomic.Int64
 	inval        invalidators
+	installs     installCache
+	linkOpts     atomic.Pointer[store.LinkOptions] // tests shorten the lock and hook into steps
 	sess         sessionRuntime
 }
 
@@ -111,6 +113,7 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 	t.users = newTTLCache[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
 	t.provisionSessions()
 	t.strip = newHeaderSet(identityHeaders, credentialHeaders)
+	t.provisionInstalls()
 
 	for i := range t.APIKeys {
 		if err := t.APIKeys[i].provision(); err != nil {

@@ -86,18 +86,40 @@ func ExternalShard(externalID string) int {
 
 // Keys names the Redis keys of one tenant. The schema (README "Key schema"):
 //
-//	idl:{T:SS}:ext:<external id>      string  user id of an external id
-//	idl:{T:SS}:user:<user id>         hash    ext, created (unix ms), ...
-//	idl:{T:SS}:user:<user id>:installs set    install ids of the user
-//	idl:{T:SS}:user:<user id>:sessions zset   live session ids, score = last activity (unix ms)
-//	idl:{T:SS}:user:<user id>:attrs   hash    external attributes: JSON-encoded key -> compact JSON value
-//	idl:{T:SS}:sess:<session id>      hash    user, started, last, install, verified,
-//	                                          state (live|ended), reason, by, ended
-//	idl:{T:SS}:inst:<install id>      hash    user, created
-//	idl:{T:SS}:events                 stream  the shard's outbox of events
+//	idl:{T:SS}:ext:<external id>       string  user id of an external id: SET
+//	                                           only if absent, never reassigned
+//	idl:{T:SS}:user:<user id>          hash    ext (absent or empty: anonymous),
+//	                                           created (unix ms)
+//	idl:{T:SS}:user:<user id>:installs set     install ids of the user (may hold
+//	                                           stale ids: readers check the install)
+//	idl:{T:SS}:user:<user id>:sessions zset    live session ids, score = last
+//	                                           activity (unix ms)
+//	idl:{T:SS}:user:<user id>:attrs    hash    external attributes: JSON-encoded
+//	                                           key -> compact JSON value
+//	idl:{T:SS}:sess:<session id>       hash    user, started, last (unix ms),
+//	                                           install, verified (0/1), state
+//	                                           (live|ended), reason, by (evicting
+//	                                           session), ended (unix ms)
+//	idl:{T:SS}:inst:<install id>       hash    user, created (unix ms),
+//	                                           anon_user (the anonymous user made
+//	                                           with the install), anon_claim (the
+//	                                           one external id anon_user may ever
+//	                                           take), and the outcome of the last
+//	                                           link: link_ext, link_user,
+//	                                           link_created (0/1), link_merged_from;
+//	                                           prev (user the install left, while
+//	                                           its installs set may still list it)
+//	idl:{T:SS}:inst:<install id>:lock  string  per-install link lock (random
+//	                                           token, PX 5s)
+//	idl:{T:SS}:events                  stream  the shard's outbox of events
+//	idl:itenant:<install id>           string  tenant of an install (global,
+//	                                           written before the install; only
+//	                                           tells 403 from 404 on a link)
 //
 // T is the tenant and SS the shard in two hex digits; {T:SS} is the hash
-// tag, so every key of one shard is in one Cluster slot.
+// tag, so every key of one shard is in one Cluster slot. An install and
+// its anonymous user live in one shard (the install's); an external id and
+// the user first created for it live in ExternalShard(external id).
 //
 // Sessions (sessions.go) live in their user's shard: a session id is
 // NewID(KindSession, shard of the user), so the session hash, the user's
@@ -167,6 +189,16 @@ func (k *Keys) Session(shard int, sessionID string) string {
 func (k *Keys) Install(shard int, installID string) string {
 	return k.tags[shard] + "inst:" + installID
 }
+
+// InstallLock is the per-install link lock.
+func (k *Keys) InstallLock(shard int, installID string) string {
+	return k.tags[shard] + "inst:" + installID + ":lock"
+}
+
+// InstallTenant is the global key naming the tenant of an install. It is
+// outside every tenant's keys (so one tenant can tell "another tenant's
+// install" from "no such install") and is only ever read by itself.
+func InstallTenant(installID string) string { return "idl:itenant:" + installID }
 
 // Events is the outbox stream of a shard.
 func (k *Keys) Events(shard int) string { return k.tags[shard] + "events" }

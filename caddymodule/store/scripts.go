@@ -30,7 +30,14 @@ func luaSource(name string) string {
 // (redis.Script.Run), and every key it touches comes through KEYS and
 // shares one hash tag.
 var (
-	resolveScript = script("resolve")
+	resolveScript       = script("resolve")
+	installCreateScript = script("install_create")
+	userGetScript       = script("user_get")
+	linkLockScript      = script("link_lock")
+	linkClaimScript     = script("link_claim")
+	linkAdoptScript     = script("link_adopt")
+	linkMoveScript      = script("link_move")
+	linkFinishScript    = script("link_finish")
 
 	sessionAdmitScript = scriptWith("sessions_lib", "session_admit")
 	sessionTouchScript = scriptWith("sessions_lib", "session_touch")

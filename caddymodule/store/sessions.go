@@ -91,13 +91,6 @@ func fromMS(s string) time.Time    { n, _ := strconv.ParseInt(s, 10, 64); return
 func replyString(v any) string     { s, _ := v.(string); return s }
 func badReply(v any) error         { return fmt.Errorf("%w: unexpected script reply %v", ErrUnavailable, v) }
 
-func boolArg(b bool) string {
-	if b {
-		return "1"
-	}
-	return "0"
-}
-
 // NewSession is a session to admit.
 type NewSession struct {
 	// ID is NewID(KindSession, shard of UserID): the session lives in its

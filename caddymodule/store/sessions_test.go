@@ -71,21 +71,21 @@ func admit(t *testing.T, s *Store, k *Keys, p SessionPolicy, user, install strin
 	return sid, ev
 }
 
-type event struct {
+type outboxEvent struct {
 	Type string
 	Data map[string]any
 }
 
-// events reads a shard's outbox.
-func events(t *testing.T, s *Store, k *Keys, shard int) []event {
+// shardEvents reads a shard's outbox.
+func shardEvents(t *testing.T, s *Store, k *Keys, shard int) []outboxEvent {
 	t.Helper()
 	msgs, err := s.Client().XRange(context.Background(), k.Events(shard), "-", "+").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []event
+	var out []outboxEvent
 	for _, m := range msgs {
-		e := event{Type: m.Values["type"].(string)}
+		e := outboxEvent{Type: m.Values["type"].(string)}
 		if err := json.Unmarshal([]byte(m.Values["data"].(string)), &e.Data); err != nil {
 			t.Fatalf("event data %v: %v", m.Values["data"], err)
 		}
@@ -109,7 +109,7 @@ func liveIDs(t *testing.T, s *Store, k *Keys, user string) []string {
 	return ids
 }
 
-func state(t *testing.T, s *Store, k *Keys, p SessionPolicy, sid string, now time.Time) SessionState {
+func touch(t *testing.T, s *Store, k *Keys, p SessionPolicy, sid string, now time.Time) SessionState {
 	t.Helper()
 	st, err := s.TouchSession(context.Background(), k, p, sid, now)
 	if err != nil {
@@ -154,7 +154,7 @@ func testAdmitOrderedLogins(t *testing.T, backends []testBackend) {
 					t.Fatalf("live %v, want %v", got, want)
 				}
 				for i, sid := range sids {
-					st := state(t, b.s, k, p, sid, c.now())
+					st := touch(t, b.s, k, p, sid, c.now())
 					if i < len(sids)-max {
 						if st.Status != SessionEnded || st.Reason != ReasonEvicted {
 							t.Fatalf("session %d: %+v, want ended evicted", i, st)
@@ -166,7 +166,7 @@ func testAdmitOrderedLogins(t *testing.T, backends []testBackend) {
 				// The outbox: a started per login, an ended (evicted, naming
 				// the evicting session) per eviction, after its started.
 				shard, _ := ParseID(KindUser, user)
-				evs := events(t, b.s, k, shard)
+				evs := shardEvents(t, b.s, k, shard)
 				var started, ended int
 				for j, e := range evs {
 					switch e.Type {
@@ -248,7 +248,7 @@ func testAdmitConcurrent(t *testing.T, backends []testBackend) {
 				}
 				liveCount := 0
 				for _, sid := range all {
-					if st := state(t, b.s, k, p, sid, now); st.Status == SessionLive {
+					if st := touch(t, b.s, k, p, sid, now); st.Status == SessionLive {
 						liveCount++
 					} else if st.Reason != ReasonEvicted {
 						t.Fatalf("%s: %+v", sid, st)
@@ -274,27 +274,27 @@ func TestIdleAndLifetime(t *testing.T) {
 			// Activity keeps a session alive past the idle timeout...
 			a, _ := admit(t, b.s, k, p, user, "", c.now())
 			for range 5 {
-				if st := state(t, b.s, k, p, a, c.add(9*time.Minute)); st.Status != SessionLive {
+				if st := touch(t, b.s, k, p, a, c.add(9*time.Minute)); st.Status != SessionLive {
 					t.Fatalf("active session: %+v", st)
 				}
 			}
 			// ...but not past its lifetime (45 min so far).
 			c.add(9 * time.Minute) // 54
-			if st := state(t, b.s, k, p, a, c.now()); st.Status != SessionLive {
+			if st := touch(t, b.s, k, p, a, c.now()); st.Status != SessionLive {
 				t.Fatalf("at 54 min: %+v", st)
 			}
-			if st := state(t, b.s, k, p, a, c.add(6*time.Minute)); st.Status != SessionEnded || st.Reason != ReasonExpired {
+			if st := touch(t, b.s, k, p, a, c.add(6*time.Minute)); st.Status != SessionEnded || st.Reason != ReasonExpired {
 				t.Fatalf("at 60 min: %+v, want expired", st)
 			}
 			// Without activity, a session ends after the idle timeout.
 			i, _ := admit(t, b.s, k, p, user, "", c.now())
-			if st := state(t, b.s, k, p, i, c.add(10*time.Minute)); st.Status != SessionEnded || st.Reason != ReasonIdle {
+			if st := touch(t, b.s, k, p, i, c.add(10*time.Minute)); st.Status != SessionEnded || st.Reason != ReasonIdle {
 				t.Fatalf("idle: %+v", st)
 			}
 			// Ended is forever: later lookups answer the same reason and
 			// nothing revives the id.
 			for range 3 {
-				if st := state(t, b.s, k, p, i, c.add(time.Minute)); st.Status != SessionEnded || st.Reason != ReasonIdle {
+				if st := touch(t, b.s, k, p, i, c.add(time.Minute)); st.Status != SessionEnded || st.Reason != ReasonIdle {
 					t.Fatalf("ended id revived: %+v", st)
 				}
 			}
@@ -311,12 +311,12 @@ func TestIdleAndLifetime(t *testing.T) {
 				t.Fatalf("live %v, want only %s", got, z)
 			}
 			for _, sid := range []string{x, y} {
-				if st := state(t, b.s, k, p, sid, c.now()); st.Reason != ReasonIdle {
+				if st := touch(t, b.s, k, p, sid, c.now()); st.Reason != ReasonIdle {
 					t.Fatalf("%+v, want idle", st)
 				}
 			}
 			reasons := map[string]int{}
-			for _, e := range events(t, b.s, k, shard) {
+			for _, e := range shardEvents(t, b.s, k, shard) {
 				if e.Type == EventSessionEnded {
 					reasons[e.Data["reason"].(string)]++
 				}
@@ -346,7 +346,7 @@ func TestEndSession(t *testing.T) {
 			if err != nil || !known || now || why != ReasonLoggedOut {
 				t.Fatalf("second logout: %q %v %v %v", why, now, known, err)
 			}
-			if st := state(t, b.s, k, p, sid, c.now()); st.Status != SessionEnded || st.Reason != ReasonLoggedOut {
+			if st := touch(t, b.s, k, p, sid, c.now()); st.Status != SessionEnded || st.Reason != ReasonLoggedOut {
 				t.Fatalf("after logout: %+v", st)
 			}
 			if got := liveIDs(t, b.s, k, user); len(got) != 0 {
@@ -357,7 +357,7 @@ func TestEndSession(t *testing.T) {
 				if _, _, known, err := b.s.EndSession(ctx, k, p, id, ReasonLoggedOut, c.now()); known || err != nil {
 					t.Fatalf("%s: known %v err %v", id, known, err)
 				}
-				if st := state(t, b.s, k, p, id, c.now()); st.Status != SessionUnknown {
+				if st := touch(t, b.s, k, p, id, c.now()); st.Status != SessionUnknown {
 					t.Fatalf("%s: %+v", id, st)
 				}
 			}
@@ -482,7 +482,7 @@ func testAdmitAttributes(t *testing.T, backends []testBackend) {
 				t.Fatalf("exactly the limit: %v", err)
 			}
 			check(`{"k":` + exact + `}`)
-			evs := len(events(t, b.s, k, shard))
+			evs := len(shardEvents(t, b.s, k, shard))
 			for name, fields := range map[string][]string{
 				"replace one over": {`"k"`, exact[:1] + "x" + exact[1:]},
 				"merge one over":   {`"j"`, `1`}, // ,"j":1 adds 6
@@ -494,7 +494,7 @@ func testAdmitAttributes(t *testing.T, backends []testBackend) {
 				}
 			}
 			check(`{"k":` + exact + `}`)
-			if n := len(events(t, b.s, k, shard)); n != evs {
+			if n := len(shardEvents(t, b.s, k, shard)); n != evs {
 				t.Fatalf("%d events appended by refused admissions", n-evs)
 			}
 			// Verified email stored with the user.

@@ -146,10 +146,17 @@ func applySimple(o *redis.Options, t time.Duration) {
 	o.MaxRetries = 1
 }
 
+// clusterStateReload is how often a Cluster client refreshes its slot map.
+// go-redis refreshes on MOVED replies but not when a master dies (its
+// default interval is 60s), so a short interval is what lets requests find
+// the promoted replica within seconds of a failover.
+const clusterStateReload = 2 * time.Second
+
 func applyCluster(o *redis.ClusterOptions, t time.Duration) {
 	o.DialTimeout, o.ReadTimeout, o.WriteTimeout, o.PoolTimeout = t, t, t, t
 	o.ContextTimeoutEnabled = true
 	o.MaxRetries = 1
+	o.ClusterStateReloadInterval = clusterStateReload
 }
 
 func applyFailover(o *redis.FailoverOptions, t time.Duration) {

@@ -1,0 +1,149 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/idlink/idlink/caddymodule/store"
+)
+
+// User linking: the customer backend tells idlink which of its users (the
+// external id) uses an install. The steps, their order and why a crash or
+// timeout between any two is safe are explained in store/links.go.
+
+func init() {
+	apiRoutes["POST /users/{install_id}/link"] = (*API).link
+	apiRoutes["GET /users/{user_id}"] = (*API).getUser
+}
+
+// Error codes of linking.
+const (
+	codeLinkInProgress = "link_in_progress"
+	codeUserNotFound   = "user_not_found"
+)
+
+// linkResponse is the answer of POST /users/{install_id}/link.
+type linkResponse struct {
+	UserID     string `json:"user_id"`
+	Created    bool   `json:"created"`
+	MergedFrom string `json:"merged_from,omitempty"`
+}
+
+// link is POST /users/{install_id}/link with {"external_id": "..."}, for
+// an API key with scope user.link. Answers, besides the API key errors:
+// 200 linkResponse; 400 invalid_request (body, external id); 404
+// install_not_found; 403 install_wrong_tenant; 409 link_in_progress
+// (another link of the install holds it, with Retry-After); 503.
+func (a *API) link(w http.ResponseWriter, r *http.Request) {
+	t := a.tenant
+	if e := t.requireScope(r, ScopeUserLink); e != nil {
+		writeError(w, e)
+		return
+	}
+	installID := r.PathValue("install_id")
+	if _, err := store.ParseID(store.KindInstall, installID); err != nil {
+		writeError(w, errInstallNotFound())
+		return
+	}
+	var body struct {
+		ExternalID *string `json:"external_id"`
+	}
+	if e := readJSON(w, r, &body); e != nil {
+		writeError(w, e)
+		return
+	}
+	if body.ExternalID == nil {
+		writeError(w, errInvalidRequest("external_id is required"))
+		return
+	}
+	if !validHeaderValue(*body.ExternalID, maxExternalIDLen) {
+		writeError(w, errInvalidRequest("external_id must be 1 to 256 bytes of UTF-8 without control characters"))
+		return
+	}
+
+	res, err := t.link(r.Context(), installID, *body.ExternalID)
+	switch {
+	case errors.Is(err, store.ErrInstallNotFound):
+		writeError(w, errInstallNotFound())
+	case errors.Is(err, store.ErrInstallWrongTenant):
+		writeError(w, newError(http.StatusForbidden, codeInstallWrongTenant, "the install belongs to another app"))
+	case errors.Is(err, store.ErrLinkInProgress):
+		e := newError(http.StatusConflict, codeLinkInProgress, "another link of this install is in progress; retry shortly")
+		e.RetryAfter = 1
+		writeError(w, e)
+	case err != nil:
+		a.fail(w, err)
+	default:
+		writeJSON(w, http.StatusOK, linkResponse{UserID: res.UserID, Created: res.Created, MergedFrom: res.MergedFrom})
+	}
+}
+
+func errInstallNotFound() *apiError {
+	return newError(http.StatusNotFound, codeInstallNotFound, "no such install")
+}
+
+// link links an install to an external id. The call is detached from the
+// client's cancellation (each Redis call still has its deadline), so a
+// client that hangs up does not leave a link half done more often than a
+// crash would.
+func (t *Tenant) link(ctx context.Context, installID, externalID string) (store.LinkResult, error) {
+	var opts store.LinkOptions
+	if o := t.linkOpts.Load(); o != nil {
+		opts = *o
+	}
+	res, err := t.app.store.Link(context.WithoutCancel(ctx), t.keys, store.LinkRequest{
+		InstallID:  installID,
+		ExternalID: externalID,
+		Now:        t.now(),
+		Channel:    InvalidationChannel,
+		Message:    invalidationMessage(t.name, invalidateInstall, installID),
+	}, opts)
+	if res.Moved {
+		// Every instance drops it when the script's message arrives; this
+		// one need not wait for the round trip.
+		t.dropInstall(installID)
+	}
+	if err == nil && !res.Repeat {
+		t.debug("install linked", zap.String("user_id", res.UserID), zap.Bool("created", res.Created),
+			zap.Bool("merged", res.MergedFrom != ""))
+	}
+	return res, err
+}
+
+// userResponse is the answer of GET /users/{user_id}.
+type userResponse struct {
+	UserID     string   `json:"user_id"`
+	ExternalID *string  `json:"external_id"` // null: anonymous
+	Installs   []string `json:"installs"`
+	Created    string   `json:"created"` // RFC 3339, UTC
+}
+
+// getUser is GET /users/{user_id}, for an API key with scope user.read:
+// the user's external id (null while anonymous), the installs that point
+// to it, and when it was created. 404 user_not_found for a malformed or
+// unknown id, which includes every other tenant's users.
+func (a *API) getUser(w http.ResponseWriter, r *http.Request) {
+	t := a.tenant
+	if e := t.requireScope(r, ScopeUserRead); e != nil {
+		writeError(w, e)
+		return
+	}
+	u, err := t.app.store.GetUser(r.Context(), t.keys, r.PathValue("user_id"))
+	if errors.Is(err, store.ErrUserNotFound) {
+		writeError(w, newError(http.StatusNotFound, codeUserNotFound, "no such user"))
+		return
+	}
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	resp := userResponse{UserID: u.ID, Installs: u.Installs, Created: u.Created.UTC().Format(time.RFC3339)}
+	if u.ExternalID != "" {
+		resp.ExternalID = &u.ExternalID
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
