@@ -164,19 +164,7 @@ func (t *Tenant) checkHMAC(ctx context.Context, c *credentials) (*identity, erro
 	if c.externalID == "" || len(t.Platforms) == 0 {
 		return nil, nil
 	}
-	platform, mode := t.platformFor(c.platform)
-	verified, why := false, ""
-	switch {
-	case mode == ModeOff:
-	case platform == nil:
-		why = "unknown platform"
-	case c.externalIDSig == "":
-		why = "the external id has no signature"
-	case !verifyHMAC(platform.keys, c.externalID, c.externalIDSig):
-		why = "the external id signature does not match"
-	default:
-		verified = true
-	}
+	verified, mode, why := t.verifyExternalID(c)
 	if !verified && mode == ModeEnforce {
 		return nil, t.badSignature(why)
 	}
@@ -188,6 +176,24 @@ func (t *Tenant) checkHMAC(ctx context.Context, c *credentials) (*identity, erro
 		return nil, err
 	}
 	return &identity{source: SourceHMAC, verified: verified, userID: userID, externalID: c.externalID}, nil
+}
+
+// verifyExternalID checks the signature of X-External-Id under its
+// platform: whether it verified, the mode that applies, and why not.
+func (t *Tenant) verifyExternalID(c *credentials) (verified bool, mode, why string) {
+	platform, mode := t.platformFor(c.platform)
+	switch {
+	case mode == ModeOff:
+	case platform == nil:
+		why = "unknown platform"
+	case c.externalIDSig == "":
+		why = "the external id has no signature"
+	case !verifyHMAC(platform.keys, c.externalID, c.externalIDSig):
+		why = "the external id signature does not match"
+	default:
+		verified = true
+	}
+	return verified, mode, why
 }
 
 // platformFor returns the platform a request names (or the default one)

@@ -413,15 +413,17 @@ type startSessionResponse struct {
 // tenant does not issue tokens).
 var sessionTokenIssuer func(t *Tenant, ctx context.Context, id identity, sessionID string, expires time.Time) (string, error)
 
-// installLinker, when set by install linking, links the install a login
-// presents (X-Install-Id) to the logged-in user. It returns the
-// install id to record on the session ("" if none).
-var installLinker func(t *Tenant, ctx context.Context, id *identity, installID string) (string, error)
-
 // startSession is POST /sessions (the SDK's session.start, identify and
 // ssoLogin): it verifies the login's credentials exactly as the idlink
-// handler does, admits a new session under the user's limit, stores the
-// external attributes and verified email/phone, and answers 201.
+// handler does, links the install it presents (X-Install-Id) to the user,
+// admits a new session under the user's limit, stores the external
+// attributes and verified email/phone, and answers 201
+// startSessionResponse.
+//
+// Errors, besides those of the credentials: 401 authentication_required
+// (no user credential: anonymous, an install or a session alone), 401
+// unknown_install, 409 link_in_progress (with Retry-After), 413
+// attributes_too_large (nothing stored), 503 store_unavailable.
 func (a *API) startSession(w http.ResponseWriter, r *http.Request) {
 	t := a.tenant
 	creds, bad := readCredentials(r.Header)
@@ -444,10 +446,39 @@ func (a *API) startSession(w http.ResponseWriter, r *http.Request) {
 
 	// A login starts a session: a session id sent along (the SDK's
 	// previous one, maybe evicted) does not take part, and the install is
-	// linked to the user rather than checked against its current one.
+	// linked to the user rather than checked against its current user.
 	installID := creds.installID
 	creds.sessionID, creds.installID = "", ""
-	id, err := t.identify(r.Context(), &creds)
+	if installID != "" {
+		if _, err := store.ParseID(store.KindInstall, installID); err != nil {
+			writeError(w, errUnknownInstall())
+			return
+		}
+	}
+	ctx := r.Context()
+	linked := ""
+	if installID != "" && creds.externalID != "" && len(t.Platforms) > 0 && creds.contactToken == "" && creds.ssoToken == "" {
+		// A signed external id alone: link before resolving it, so that
+		// an external id seen for the first time takes the install's
+		// anonymous user (data continuity) instead of a new user that
+		// the install's one would be merged into. Only once everything
+		// the login presents verifies.
+		if ok, mode, why := t.verifyExternalID(&creds); !ok && mode == ModeEnforce {
+			writeError(w, t.badSignature(why))
+			return
+		}
+		if _, _, err := t.verifyAttributes(&creds); err != nil {
+			a.fail(w, err)
+			return
+		}
+		res, err := t.link(ctx, installID, creds.externalID)
+		if err != nil {
+			a.fail(w, linkError(err))
+			return
+		}
+		linked = res.UserID
+	}
+	id, err := t.identify(ctx, &creds)
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -458,19 +489,48 @@ func (a *API) startSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id.installID = ""
-	if installID != "" && installLinker != nil {
-		if id.installID, err = installLinker(t, r.Context(), &id, installID); err != nil {
-			a.fail(w, err)
+	if installID != "" {
+		if linked == "" && id.externalID != "" {
+			res, err := t.link(ctx, installID, id.externalID)
+			if err != nil {
+				a.fail(w, linkError(err))
+				return
+			}
+			linked = res.UserID
+		}
+		if linked != id.userID {
+			// An identity without an external id (nothing to link to),
+			// or, defensively, a link that disagrees with it.
+			writeError(w, newError(http.StatusUnauthorized, codeIdentityMismatch,
+				"the install cannot be linked to this login's user"))
 			return
 		}
+		id.installID = installID
 	}
 
-	res, err := t.startSession(r.Context(), id, update)
+	res, err := t.startSession(ctx, id, update)
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
 	writeJSON(w, http.StatusCreated, res)
+}
+
+// linkError maps the errors of linking an install at login.
+func linkError(err error) error {
+	switch {
+	case errors.Is(err, store.ErrInstallNotFound), errors.Is(err, store.ErrInstallWrongTenant):
+		return errUnknownInstall()
+	case errors.Is(err, store.ErrLinkInProgress):
+		e := newError(http.StatusConflict, codeLinkInProgress, "another link of this install is in progress; retry shortly")
+		e.RetryAfter = 1
+		return e
+	}
+	return err
+}
+
+func errUnknownInstall() *apiError {
+	return newError(http.StatusUnauthorized, codeUnknownInstall, "the install id is not known")
 }
 
 // startSession admits a session for an identified user.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -175,8 +176,13 @@ func TestE2ESessionsTwoInstances(t *testing.T) {
 					t.Fatalf("device on instance 1: %d %s", s, b)
 				}
 			}
+			var gone []string
 			for range max {
-				c.login(0, max, ext)
+				res, _ := c.login(0, max, ext)
+				gone = append(gone, res.Evicted...)
+			}
+			if !slices.Contains(gone, device.SessionID) {
+				t.Fatalf("%d logins after the device's did not evict it: %v", max, gone)
 			}
 			start := time.Now()
 			for {

@@ -942,3 +942,135 @@ func BenchmarkLogin(b *testing.B) {
 		}
 	})
 }
+
+// newInstall is POST /installs: an install id and its anonymous user.
+func newInstall(tb testing.TB, api *API) (installID, userID string) {
+	tb.Helper()
+	w, _, _ := serve(api, httptest.NewRequest(http.MethodPost, "/installs", nil))
+	var res struct {
+		InstallID string `json:"install_id"`
+		UserID    string `json:"user_id"`
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &res); err != nil || w.Code != 201 {
+		tb.Fatalf("POST /installs: %d %s", w.Code, w.Body)
+	}
+	return res.InstallID, res.UserID
+}
+
+// TestSessionLoginLinksInstall: a login with X-Install-Id links the
+// install: a first-seen external id takes the install's anonymous user;
+// a known one moves the install to its user. The session records the
+// install; a new login on the same install replaces its session, not
+// another device's.
+func TestSessionLoginLinksInstall(t *testing.T) {
+	app := newTestApp(t, testRedisURL(t), withSessions(&Sessions{Max: 2}, nil))
+	api, h := newTestAPI(t, app), newTestHandler(t, app, nil)
+	loginOn := func(install, ext string) (*httptest.ResponseRecorder, startSessionResponse) {
+		r := loginRequest(ext, "")
+		r.Header.Set(hdrInstallID, install)
+		w, _, _ := serve(api, r)
+		var res startSessionResponse
+		_ = json.Unmarshal(w.Body.Bytes(), &res)
+		return w, res
+	}
+
+	phone, anon := newInstall(t, api)
+	w, first := loginOn(phone, "newbie")
+	if w.Code != 201 || first.UserID != anon {
+		t.Fatalf("first login on a device: %d %s; want the install's anonymous user %s", w.Code, w.Body, anon)
+	}
+	r := sessionRequest(first.SessionID)
+	r.Header.Set(hdrInstallID, phone)
+	w, next, _ := serve(h, r)
+	if w.Code != 200 || next.header.Get(hdrInstallID) != phone || next.header.Get(hdrPlatformUserID) != anon {
+		t.Fatalf("session + install: %d %v", w.Code, next.header)
+	}
+	// Without X-Install-Id the session still knows its install.
+	if _, next, _ := serve(h, sessionRequest(first.SessionID)); next.header.Get(hdrInstallID) != phone {
+		t.Fatalf("install of the session: %v", next.header)
+	}
+
+	// A second device of the same (now known) user moves to that user.
+	tablet, tabletAnon := newInstall(t, api)
+	w, second := loginOn(tablet, "newbie")
+	if w.Code != 201 || second.UserID != anon || len(second.Evicted) != 0 {
+		t.Fatalf("second device: %d %s", w.Code, w.Body)
+	}
+	if u, _ := app.Tenants["acme"].installUser(context.Background(), tablet); u != anon || u == tabletAnon {
+		t.Fatalf("tablet points to %s, want %s", u, anon)
+	}
+	// Logging in again on the phone replaces the phone's session only.
+	w, again := loginOn(phone, "newbie")
+	if w.Code != 201 || len(again.Evicted) != 1 || again.Evicted[0] != first.SessionID {
+		t.Fatalf("re-login on the phone: %d %s; want [%s] evicted", w.Code, w.Body, first.SessionID)
+	}
+	if w, _, _ := serve(h, sessionRequest(second.SessionID)); w.Code != 200 {
+		t.Fatalf("the tablet lost its session: %d", w.Code)
+	}
+
+	// Unknown or malformed installs; an install-only login.
+	for name, r := range map[string]*http.Request{
+		"unknown": func() *http.Request {
+			r := loginRequest("newbie", "")
+			r.Header.Set(hdrInstallID, store.NewID(store.KindInstall, 1))
+			return r
+		}(),
+		"malformed": func() *http.Request { r := loginRequest("newbie", ""); r.Header.Set(hdrInstallID, "i_nope"); return r }(),
+	} {
+		w, _, _ := serve(api, r)
+		if code, _ := errorBody(t, w); w.Code != 401 || code != codeUnknownInstall {
+			t.Errorf("%s install: %d %s", name, w.Code, code)
+		}
+	}
+	r = loginRequest("", "")
+	r.Header.Set(hdrInstallID, phone)
+	if w, _, _ := serve(api, r); w.Code != 401 {
+		t.Fatalf("install-only login: %d", w.Code)
+	} else if code, _ := errorBody(t, w); code != codeAuthRequired {
+		t.Fatalf("install-only login: %s", code)
+	}
+	// A bad signature links nothing.
+	other, otherAnon := newInstall(t, api)
+	r = loginRequest("newbie", "")
+	r.Header.Set(hdrInstallID, other)
+	r.Header.Set(hdrExternalIDSig, sign("wrong-secret-0123456789", "newbie"))
+	if w, _, _ := serve(api, r); w.Code != 401 {
+		t.Fatalf("bad signature: %d", w.Code)
+	}
+	if u, _ := app.Tenants["acme"].installUser(context.Background(), other); u != otherAnon {
+		t.Fatal("a refused login linked the install")
+	}
+}
+
+// TestGetUserShowsSessionsAndAttributes: GET /users/{user_id} lists the
+// live sessions (id prefixes) and the attributes.
+func TestGetUserShowsSessionsAndAttributes(t *testing.T) {
+	const key = "read-key-0123456789abcdef"
+	app := newTestApp(t, testRedisURL(t), func(a *App) {
+		a.Tenants["acme"].APIKeys = []APIKey{{SHA256: sha256Hex(key), Scopes: []string{ScopeUserRead}}}
+	})
+	api := newTestAPI(t, app)
+	w, _, _ := serve(api, loginRequest("shown", `{"external_attributes": {"plan": "pro"}}`))
+	var res startSessionResponse
+	_ = json.Unmarshal(w.Body.Bytes(), &res)
+	r := httptest.NewRequest(http.MethodGet, "/users/"+res.UserID, nil)
+	r.Header.Set("X-Api-Key", key)
+	w, _, _ = serve(api, r)
+	var got struct {
+		UserID     string `json:"user_id"`
+		ExternalID string `json:"external_id"`
+		Sessions   []struct {
+			IDPrefix   string `json:"id_prefix"`
+			Started    string `json:"started"`
+			LastActive string `json:"last_active"`
+		} `json:"sessions"`
+		Attributes map[string]string `json:"attributes"`
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil || w.Code != 200 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	if got.ExternalID != "shown" || len(got.Sessions) != 1 || got.Sessions[0].IDPrefix != res.SessionID[:8]+"…" ||
+		got.Sessions[0].Started == "" || got.Attributes["plan"] != "pro" || strings.Contains(w.Body.String(), res.SessionID) {
+		t.Fatalf("GET /users: %s", w.Body)
+	}
+}

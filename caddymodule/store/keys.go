@@ -97,9 +97,10 @@ func ExternalShard(externalID string) int {
 //	idl:{T:SS}:user:<user id>:attrs    hash    external attributes: JSON-encoded
 //	                                           key -> compact JSON value
 //	idl:{T:SS}:sess:<session id>       hash    user, started, last (unix ms),
-//	                                           install, verified (0/1), state
-//	                                           (live|ended), reason, by (evicting
-//	                                           session), ended (unix ms)
+//	                                           install, verified (0/1), seq (the
+//	                                           user's sess_seq at admission),
+//	                                           state (live|ended), reason, by
+//	                                           (evicting session), ended (unix ms)
 //	idl:{T:SS}:inst:<install id>       hash    user, created (unix ms),
 //	                                           anon_user (the anonymous user made
 //	                                           with the install), anon_claim (the
@@ -124,8 +125,10 @@ func ExternalShard(externalID string) int {
 // Sessions (sessions.go) live in their user's shard: a session id is
 // NewID(KindSession, shard of the user), so the session hash, the user's
 // session set and the user hash share one slot and one script admits,
-// touches or ends a session atomically. A login also stores the user's
-// verified email and phone (fields email, phone of the user hash) and
+// touches or ends a session atomically. The user hash counts the user's
+// admissions (sess_seq), which orders sessions last active in the same
+// millisecond. A login also stores the user's verified email and phone
+// (fields email, phone of the user hash) and
 // external attributes: a hash whose fields are the attribute keys JSON-
 // encoded (quotes included) and whose values are compact JSON, so that the
 // admission script merges them and knows the exact size of the object's

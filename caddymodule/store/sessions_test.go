@@ -365,6 +365,28 @@ func TestEndSession(t *testing.T) {
 	}
 }
 
+// TestAdmitSameMillisecond: logins and activity within one millisecond
+// still evict in login order (the user's admission sequence breaks ties).
+func TestAdmitSameMillisecond(t *testing.T) {
+	for _, b := range sessionBackends(t, false) {
+		t.Run(b.name, func(t *testing.T) {
+			k := NewKeys("tie")
+			now := newClock().now()
+			p := SessionPolicy{Max: 2, Idle: time.Hour, Channel: "idl:invalidate"}
+			user := newUser(3)
+			var sids []string
+			for i := range 12 {
+				sid, ev := admit(t, b.s, k, p, user, "", now)
+				sids = append(sids, sid)
+				touch(t, b.s, k, p, sid, now) // same-millisecond activity changes nothing
+				if i >= 2 && (len(ev) != 1 || ev[0] != sids[i-2]) {
+					t.Fatalf("login %d evicted %v, want [%s]", i, ev, sids[i-2])
+				}
+			}
+		})
+	}
+}
+
 // TestSameInstallReplaces: a new login on a device ends that device's
 // previous session instead of another device's.
 func TestSameInstallReplaces(t *testing.T) {

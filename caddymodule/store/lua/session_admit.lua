@@ -52,10 +52,11 @@ end
 -- 1. End the sessions past their idle timeout or lifetime; set aside the
 -- ones of the same install (a new login on a device replaces its old one).
 local victims = {}
+local keep = {}
 local members = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
 for i = 1, #members, 2 do
   local m, last = members[i], tonumber(members[i + 1])
-  local h = redis.call('HMGET', sess_key(m), 'state', 'started', 'install')
+  local h = redis.call('HMGET', sess_key(m), 'state', 'started', 'install', 'seq')
   if not h[1] then
     -- The hash outlived its hold time: the session ended unnoticed.
     local why = 'idle'
@@ -71,23 +72,30 @@ for i = 1, #members, 2 do
     elseif install ~= '' and h[3] == install then
       redis.call('ZREM', KEYS[2], m)
       victims[#victims + 1] = m
+    else
+      keep[#keep + 1] = {m, last, tonumber(h[4]) or 0}
     end
   end
 end
 
--- 2. The least recently active go, so that with the new one the user has
--- max live sessions.
-local n = redis.call('ZCARD', KEYS[2])
-if n >= max then
-  local oldest = redis.call('ZRANGE', KEYS[2], 0, n - max)
-  for _, m in ipairs(oldest) do
-    victims[#victims + 1] = m
+-- 2. The least recently active go (of two last active in the same
+-- millisecond, the one admitted first: seq counts the user's admissions),
+-- so that with the new one the user has max live sessions.
+if #keep >= max then
+  table.sort(keep, function(a, b)
+    if a[2] ~= b[2] then return a[2] < b[2] end
+    if a[3] ~= b[3] then return a[3] < b[3] end
+    return a[1] < b[1]
+  end)
+  for i = 1, #keep - max + 1 do
+    victims[#victims + 1] = keep[i][1]
   end
 end
 
 -- 3. Admit the new session, store what the login told about the user.
+local seq = redis.call('HINCRBY', KEYS[4], 'sess_seq', 1)
 redis.call('HSET', KEYS[3], 'user', user, 'started', ARGV[1], 'last', ARGV[1],
-  'install', install, 'verified', ARGV[11], 'state', 'live')
+  'install', install, 'verified', ARGV[11], 'state', 'live', 'seq', int(seq))
 hold(KEYS[3], hold_until(NOW, NOW))
 redis.call('ZADD', KEYS[2], ARGV[1], sid)
 hold_at_least(KEYS[2], hold_until(NOW, NOW))
