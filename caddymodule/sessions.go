@@ -543,8 +543,11 @@ func (t *Tenant) startSession(ctx context.Context, id identity, attrs *store.Att
 		ID: store.NewID(store.KindSession, shard), UserID: id.userID, InstallID: id.installID,
 		Verified: id.verified, Email: id.verifiedEmail, Phone: id.verifiedPhone, Attributes: attrs,
 	}
+	// Detached from the client's cancellation (the call keeps its
+	// deadline): a client that hangs up mid-login gets no answer, but the
+	// admission is not left to chance.
 	started := t.now()
-	evicted, err := t.app.store.AdmitSession(ctx, t.keys, t.sess.policy, ns, started)
+	evicted, err := t.app.store.AdmitSession(context.WithoutCancel(ctx), t.keys, t.sess.policy, ns, started)
 	var tooLarge *store.AttributesTooLargeError
 	if errors.As(err, &tooLarge) {
 		return nil, newError(http.StatusRequestEntityTooLarge, codeAttributesTooLarge,
@@ -595,7 +598,7 @@ func (a *API) endCurrentSession(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errUnknownSession())
 		return
 	}
-	why, _, known, err := t.app.store.EndSession(r.Context(), t.keys, t.sess.policy, creds.sessionID, store.ReasonLoggedOut, t.now())
+	why, _, known, err := t.app.store.EndSession(context.WithoutCancel(r.Context()), t.keys, t.sess.policy, creds.sessionID, store.ReasonLoggedOut, t.now())
 	if err != nil {
 		a.fail(w, err)
 		return

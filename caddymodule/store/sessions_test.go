@@ -527,6 +527,31 @@ func testAdmitAttributes(t *testing.T, backends []testBackend) {
 	}
 }
 
+// TestTombstoneThenUnknown: an ended id answers its reason until its
+// tombstone expires, then it is unknown (the embedded store's clock is
+// fast-forwarded).
+func TestTombstoneThenUnknown(t *testing.T) {
+	e, err := OpenEmbedded(time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	k := NewKeys("forever")
+	p := SessionPolicy{Max: 1, Idle: time.Hour, Channel: "idl:invalidate"}
+	user := newUser(8)
+	c := newClock()
+	a, _ := admit(t, e, k, p, user, "", c.now())
+	admit(t, e, k, p, user, "", c.now()) // evicts a
+	e.Embedded().FastForward(2*time.Hour - time.Second)
+	if st := touch(t, e, k, p, a, c.add(2*time.Hour-time.Second)); st.Status != SessionEnded || st.Reason != ReasonEvicted {
+		t.Fatalf("within the tombstone TTL: %+v", st)
+	}
+	e.Embedded().FastForward(2 * time.Second)
+	if st := touch(t, e, k, p, a, c.add(2*time.Second)); st.Status != SessionUnknown {
+		t.Fatalf("after the tombstone TTL: %+v", st)
+	}
+}
+
 // TestAdmitPublishesInvalidations: every end is announced on the channel.
 func TestAdmitPublishesInvalidations(t *testing.T) {
 	b := sessionBackends(t, false)[0]
