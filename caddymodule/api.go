@@ -141,7 +141,9 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) *apiError {
 	if err := dec.Decode(v); err != nil {
 		return errInvalidRequest("the body is not a valid JSON object of the expected shape")
 	}
-	if dec.More() {
+	// Only white space may follow (dec.More is false before a stray '}'
+	// or ']', which a second Token call reports).
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return errInvalidRequest("the body holds more than one JSON value")
 	}
 	return nil

@@ -37,10 +37,14 @@ type installCache struct {
 	users  *ttlCache[string, string]
 	flight singleflight.Group
 	gen    atomic.Uint64
+	fetch  func(ctx context.Context, installID string) (string, error) // the store; tests wrap it
 }
 
 func (t *Tenant) provisionInstalls() {
 	t.installs.users = newTTLCache[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
+	t.installs.fetch = func(ctx context.Context, installID string) (string, error) {
+		return t.app.store.InstallUser(ctx, t.keys, installID)
+	}
 	t.onInvalidate(invalidateInstall, t.dropInstall, func() {
 		t.installs.gen.Add(1)
 		t.installs.users.Purge()
@@ -65,7 +69,7 @@ func (t *Tenant) installUser(ctx context.Context, installID string) (string, err
 	}
 	v, err, _ := t.installs.flight.Do(installID, func() (any, error) {
 		gen := t.installs.gen.Load()
-		u, err := t.app.store.InstallUser(context.WithoutCancel(ctx), t.keys, installID)
+		u, err := t.installs.fetch(context.WithoutCancel(ctx), installID)
 		if err != nil {
 			return "", err
 		}

@@ -1,10 +1,13 @@
 package caddymodule
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 
@@ -49,23 +52,13 @@ func (a *API) link(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errInstallNotFound())
 		return
 	}
-	var body struct {
-		ExternalID *string `json:"external_id"`
-	}
-	if e := readJSON(w, r, &body); e != nil {
+	externalID, e := readLinkBody(w, r)
+	if e != nil {
 		writeError(w, e)
 		return
 	}
-	if body.ExternalID == nil {
-		writeError(w, errInvalidRequest("external_id is required"))
-		return
-	}
-	if !validHeaderValue(*body.ExternalID, maxExternalIDLen) {
-		writeError(w, errInvalidRequest("external_id must be 1 to 256 bytes of UTF-8 without control characters"))
-		return
-	}
 
-	res, err := t.link(r.Context(), installID, *body.ExternalID)
+	res, err := t.link(r.Context(), installID, externalID)
 	switch {
 	case errors.Is(err, store.ErrInstallNotFound):
 		writeError(w, errInstallNotFound())
@@ -80,6 +73,62 @@ func (a *API) link(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeJSON(w, http.StatusOK, linkResponse{UserID: res.UserID, Created: res.Created, MergedFrom: res.MergedFrom})
 	}
+}
+
+// readLinkBody reads {"external_id": "..."}: 1 to 256 bytes of UTF-8
+// without control characters (it may reach an upstream header). The key
+// must be spelled exactly and appear once, and the body must be valid
+// UTF-8: encoding/json alone would accept "External_ID", take the last of
+// duplicate keys and replace invalid bytes, so that idlink could link
+// another id than a proxy or log in front of it saw. Other keys are
+// ignored.
+func readLinkBody(w http.ResponseWriter, r *http.Request) (string, *apiError) {
+	var raw json.RawMessage
+	if e := readJSON(w, r, &raw); e != nil {
+		return "", e
+	}
+	if !utf8.Valid(raw) {
+		return "", errInvalidRequest("the body is not valid UTF-8")
+	}
+	bad := errInvalidRequest(`the body must be a JSON object {"external_id": "<string>"}`)
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return "", bad
+	}
+	var ext *string
+	seen := false
+	for dec.More() {
+		tok, err := dec.Token()
+		key, ok := tok.(string)
+		if err != nil || !ok {
+			return "", bad
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return "", bad
+		}
+		if key != "external_id" {
+			continue
+		}
+		if seen {
+			return "", errInvalidRequest("external_id appears more than once")
+		}
+		seen = true
+		if string(v) == "null" {
+			continue
+		}
+		ext = new(string)
+		if err := json.Unmarshal(v, ext); err != nil {
+			return "", errInvalidRequest("external_id must be a string")
+		}
+	}
+	if ext == nil {
+		return "", errInvalidRequest("external_id is required")
+	}
+	if !validHeaderValue(*ext, maxExternalIDLen) {
+		return "", errInvalidRequest("external_id must be 1 to 256 bytes of UTF-8 without control characters")
+	}
+	return *ext, nil
 }
 
 func errInstallNotFound() *apiError {

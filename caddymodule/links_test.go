@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -318,6 +319,10 @@ func TestLinkE2E(t *testing.T) {
 			{"array", `["alice"]`, "", 400, "invalid_request"},
 			{"malformed", `{"external_id":"alice"`, "", 400, "invalid_request"},
 			{"two values", `{"external_id":"a"}{"external_id":"b"}`, "", 400, "invalid_request"},
+			{"stray closing brace", `{"external_id":"a"}}`, "", 400, "invalid_request"},
+			{"duplicate key", `{"external_id":"a","external_id":"b"}`, "", 400, "invalid_request"},
+			{"key in another case", `{"External_ID":"alice"}`, "", 400, "invalid_request"},
+			{"invalid UTF-8", "{\"external_id\":\"a\xffb\"}", "", 400, "invalid_request"},
 			{"empty body", ``, "", 400, "invalid_request"},
 			{"over the limit", big, "", 413, "body_too_large"},
 			{"text/plain", `{"external_id":"alice"}`, "text/plain", 415, "unsupported_media_type"},
@@ -540,5 +545,100 @@ func TestLinkInvalidatesOtherInstances(t *testing.T) {
 			t.Fatalf("second instance still serves %q a second after the link (want %q)", u, owner)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// FuzzLinkBody: whatever the body, readLinkBody never panics, and what it
+// accepts is a valid external id that the JSON really held.
+func FuzzLinkBody(f *testing.F) {
+	for _, s := range []string{
+		`{"external_id":"alice"}`, `{}`, `{"external_id":null}`, `{"external_id":""}`,
+		`{"external_id":"a\u0000b"}`, `{"external_id":"\ud800"}`, `{"external_id":"é"}`,
+		`{"external_id":42}`, `[]`, `{"external_id":"a"}{}`, `{"external_id":"a","x":1}`,
+		"{\"external_id\":\"\xff\"}", `{"external_id":"` + strings.Repeat("a", 256) + `"}`,
+		`{"eXternAl_id":"a"}`, `{"external_id":"a","external_id":"b"}`, `{"external_id":null,"external_id":"b"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		r := httptest.NewRequest("POST", "/users/x/link", bytes.NewReader(body))
+		ext, e := readLinkBody(httptest.NewRecorder(), r)
+		if e != nil {
+			if ext != "" || e.Status < 400 || e.Status > 499 {
+				t.Fatalf("error %v with %q", e, ext)
+			}
+			return
+		}
+		if !validHeaderValue(ext, maxExternalIDLen) {
+			t.Fatalf("accepted invalid external id %q", ext)
+		}
+		var m map[string]any
+		if err := json.Unmarshal(body, &m); err != nil || m["external_id"] != ext ||
+			strings.Count(string(body), `"external_id"`) != 1 {
+			t.Fatalf("accepted %q from %q (%v)", ext, body, err)
+		}
+	})
+}
+
+// TestInstallCacheInvalidation: an install's cached user is dropped by an
+// invalidation message and by a flush, and a lookup that started before a
+// drop does not store what it read.
+func TestInstallCacheInvalidation(t *testing.T) {
+	app := &App{Tenants: map[string]*Tenant{"acme": {}}}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := app.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = app.Cleanup() })
+	ten := app.Tenants["acme"]
+	i, a, err := app.store.CreateInstall(context.Background(), ten.keys, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, err := ten.installUser(context.Background(), i); err != nil || u != a {
+		t.Fatalf("installUser = %q, %v", u, err)
+	}
+	if u, ok := ten.installs.users.Get(i); !ok || u != a {
+		t.Fatal("not cached")
+	}
+	ten.invalidate(invalidateInstall, i)
+	if _, ok := ten.installs.users.Get(i); ok {
+		t.Fatal("invalidation did not drop the entry")
+	}
+	_, _ = ten.installUser(context.Background(), i)
+	ten.flushInvalidatable()
+	if ten.installs.users.Len() != 0 {
+		t.Fatal("flush did not purge")
+	}
+	// A drop while a lookup is in flight: the lookup answers what it
+	// read, but does not cache it (it may predate the move).
+	fetch := ten.installs.fetch
+	reading, moved := make(chan struct{}), make(chan struct{})
+	ten.installs.fetch = func(ctx context.Context, id string) (string, error) {
+		u, err := fetch(ctx, id)
+		close(reading)
+		<-moved
+		return u, err
+	}
+	done := make(chan string)
+	go func() {
+		u, _ := ten.installUser(context.Background(), i)
+		done <- u
+	}()
+	<-reading
+	ten.dropInstall(i) // as the link's invalidation message would
+	close(moved)
+	if u := <-done; u != a {
+		t.Fatalf("in-flight lookup answered %q", u)
+	}
+	if _, ok := ten.installs.users.Get(i); ok {
+		t.Fatal("a lookup that raced an invalidation cached its answer")
+	}
+	ten.installs.fetch = fetch
+	for _, bad := range []string{"", "x", a, "i_00" + strings.Repeat("A", 24)} {
+		if _, err := ten.installUser(context.Background(), bad); !errors.Is(err, store.ErrInstallNotFound) {
+			t.Errorf("installUser(%q) = %v", bad, err)
+		}
 	}
 }

@@ -53,8 +53,8 @@ func caddyDuration(d time.Duration) caddy.Duration { return caddy.Duration(d) }
 
 func caddyfileDispenser(s string) *caddyfile.Dispenser { return caddyfile.NewTestDispenser(s) }
 
-// newTestAPI returns the idlink_api handler of tenant acme of app.
-func newTestAPI(tb testing.TB, app *App) *API {
+// newSessionsAPI returns the idlink_api handler of tenant acme of app.
+func newSessionsAPI(tb testing.TB, app *App) *API {
 	tb.Helper()
 	a := &API{Tenant: "acme", app: app, tenant: app.Tenants["acme"], logger: zap.NewNop(), mux: http.NewServeMux()}
 	for pattern, h := range apiRoutes {
@@ -114,7 +114,7 @@ func sessionError(tb testing.TB, w *httptest.ResponseRecorder) (code, reason str
 
 func TestSessionLoginAndCheck(t *testing.T) {
 	app := newTestApp(t, testRedisURL(t), nil)
-	api, h := newTestAPI(t, app), newTestHandler(t, app, nil)
+	api, h := newSessionsAPI(t, app), newTestHandler(t, app, nil)
 
 	res := login(t, api, "alice")
 	if !strings.HasPrefix(res.SessionID, "s_") || !strings.HasPrefix(res.UserID, "u_") || res.ExpiresAt != nil || res.Evicted == nil {
@@ -164,7 +164,7 @@ func TestSessionLoginAndCheck(t *testing.T) {
 
 func TestSessionLoginRefusals(t *testing.T) {
 	app := newTestApp(t, testRedisURL(t), nil)
-	api := newTestAPI(t, app)
+	api := newSessionsAPI(t, app)
 	bad := loginRequest("alice", "")
 	bad.Header.Set(hdrExternalIDSig, sign("wrong-secret-0123456789", "alice"))
 	badBody := loginRequest("alice", `{"external_attributes": [1]}`)
@@ -198,7 +198,7 @@ func TestSessionLoginRefusals(t *testing.T) {
 // signature starts a session, but it is not a verified one.
 func TestSessionReportModeUnverified(t *testing.T) {
 	app := newTestApp(t, testRedisURL(t), nil)
-	api, h := newTestAPI(t, app), newTestHandler(t, app, nil)
+	api, h := newSessionsAPI(t, app), newTestHandler(t, app, nil)
 	r := loginRequest("walt", "")
 	r.Header.Set(hdrPlatform, "web")
 	r.Header.Set(hdrExternalIDSig, sign("wrong-secret-0123456789", "walt"))
@@ -223,7 +223,7 @@ func TestSessionLimit(t *testing.T) {
 		t.Run(itoa(max), func(t *testing.T) {
 			c := newTestClock()
 			app := newTestApp(t, url, withSessions(&Sessions{Max: max}, c))
-			api, h := newTestAPI(t, app), newTestHandler(t, app, nil)
+			api, h := newSessionsAPI(t, app), newTestHandler(t, app, nil)
 			ext := "limit-" + itoa(max)
 			var sids []string
 			for i := range max + 2 {
@@ -270,7 +270,7 @@ func TestSessionLimitConcurrentTwoInstances(t *testing.T) {
 				newTestApp(t, url, withSessions(&Sessions{Max: max}, nil)),
 				newTestApp(t, url, withSessions(&Sessions{Max: max}, nil)),
 			}
-			apis := []*API{newTestAPI(t, apps[0]), newTestAPI(t, apps[1])}
+			apis := []*API{newSessionsAPI(t, apps[0]), newSessionsAPI(t, apps[1])}
 			hs := []*Handler{newTestHandler(t, apps[0], nil), newTestHandler(t, apps[1], nil)}
 			ext := "crowd-" + itoa(max)
 			sids := make([]string, logins)
@@ -317,7 +317,7 @@ func TestSessionEvictionSeenByOtherInstance(t *testing.T) {
 		t.Skip("needs a shared Redis (two instances)")
 	}
 	a, b := newTestApp(t, url, nil), newTestApp(t, url, nil)
-	apiA, hB := newTestAPI(t, a), newTestHandler(t, b, nil)
+	apiA, hB := newSessionsAPI(t, a), newTestHandler(t, b, nil)
 	first := login(t, apiA, "roamer")
 	for range 3 { // warm on B
 		if w, _, _ := serve(hB, sessionRequest(first.SessionID)); w.Code != 200 {
@@ -371,7 +371,7 @@ func TestSessionLogout(t *testing.T) {
 		t.Skip("needs a shared Redis (two instances)")
 	}
 	a, b := newTestApp(t, url, nil), newTestApp(t, url, nil)
-	api, hA, hB := newTestAPI(t, a), newTestHandler(t, a, nil), newTestHandler(t, b, nil)
+	api, hA, hB := newSessionsAPI(t, a), newTestHandler(t, a, nil), newTestHandler(t, b, nil)
 	res := login(t, api, "leaver")
 	for _, h := range []*Handler{hA, hB} {
 		if w, _, _ := serve(h, sessionRequest(res.SessionID)); w.Code != 200 {
@@ -428,7 +428,7 @@ func TestSessionLogout(t *testing.T) {
 func TestSessionIdleAndLifetime(t *testing.T) {
 	c := newTestClock()
 	app := newTestApp(t, testRedisURL(t), withSessions(&Sessions{Max: 2, Idle: caddy10m, Lifetime: caddy1h}, c))
-	api, h := newTestAPI(t, app), newTestHandler(t, app, nil)
+	api, h := newSessionsAPI(t, app), newTestHandler(t, app, nil)
 
 	res := login(t, api, "ida")
 	if res.ExpiresAt == nil {
@@ -474,7 +474,7 @@ func TestSessionIdleSeenAcrossInstances(t *testing.T) {
 	c := newTestClock()
 	a := newTestApp(t, url, withSessions(&Sessions{Idle: caddy10m}, c))
 	b := newTestApp(t, url, withSessions(&Sessions{Idle: caddy10m}, c))
-	api, hA, hB := newTestAPI(t, a), newTestHandler(t, a, nil), newTestHandler(t, b, nil)
+	api, hA, hB := newSessionsAPI(t, a), newTestHandler(t, a, nil), newTestHandler(t, b, nil)
 	res := login(t, api, "traveller")
 	serve(hB, sessionRequest(res.SessionID))
 	for range 4 { // 24 minutes of activity on A only
@@ -522,19 +522,38 @@ func waitSubscribed(tb testing.TB, app *App) {
 	}
 }
 
-// commandCounter counts the commands a client sends.
-type commandCounter struct{ n atomic.Int64 }
+// commandCounter counts the commands a client sends that name a key
+// holding match (background work, such as event delivery, sends others).
+type commandCounter struct {
+	match string
+	n     atomic.Int64
+}
+
+func (c *commandCounter) counts(cmd redis.Cmder) bool {
+	for _, a := range cmd.Args() {
+		if s, ok := a.(string); ok && strings.Contains(s, c.match) {
+			return true
+		}
+	}
+	return false
+}
 
 func (c *commandCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (c *commandCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		c.n.Add(1)
+		if c.counts(cmd) {
+			c.n.Add(1)
+		}
 		return next(ctx, cmd)
 	}
 }
 func (c *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
-		c.n.Add(int64(len(cmds)))
+		for _, cmd := range cmds {
+			if c.counts(cmd) {
+				c.n.Add(1)
+			}
+		}
 		return next(ctx, cmds)
 	}
 }
@@ -545,12 +564,12 @@ func (c *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) red
 func TestSessionCheckWarmNoRoundTrip(t *testing.T) {
 	c := newTestClock()
 	app := newTestApp(t, testRedisURL(t), withSessions(&Sessions{Idle: caddy10m}, c))
-	api, h := newTestAPI(t, app), newTestHandler(t, app, nil)
+	api, h := newSessionsAPI(t, app), newTestHandler(t, app, nil)
 	waitSubscribed(t, app)
 	res := login(t, api, "warm")
 	// Load the lookup script (EVALSHA falls back to EVAL once per script).
 	serve(h, sessionRequest(store.NewID(store.KindSession, 0)))
-	counter := &commandCounter{}
+	counter := &commandCounter{match: res.SessionID}
 	app.store.Client().AddHook(counter)
 
 	if w, _, _ := serve(h, sessionRequest(res.SessionID)); w.Code != 200 {
@@ -587,7 +606,7 @@ func TestSessionCheckWarmNoRoundTrip(t *testing.T) {
 // ones on the request win.
 func TestSessionStoredVerifiedAttributes(t *testing.T) {
 	app := newTestApp(t, testRedisURL(t), nil)
-	api, h := newTestAPI(t, app), newTestHandler(t, app, nil)
+	api, h := newSessionsAPI(t, app), newTestHandler(t, app, nil)
 	r := loginRequest("vera", "")
 	r.Header.Set(hdrUserEmail, "vera@example.com")
 	r.Header.Set(hdrUserEmailSig, sign(testSecret, "vera@example.com"))
@@ -623,7 +642,7 @@ func TestSessionStoredVerifiedAttributes(t *testing.T) {
 // are refused with 413 and nothing at all is stored.
 func TestSessionAttributes(t *testing.T) {
 	app := newTestApp(t, testRedisURL(t), nil)
-	api := newTestAPI(t, app)
+	api := newSessionsAPI(t, app)
 	tn := app.Tenants["acme"]
 	ctx := context.Background()
 	post := func(body string) (*httptest.ResponseRecorder, startSessionResponse) {
@@ -700,7 +719,7 @@ func TestSessionAttributes(t *testing.T) {
 // key all land (compare-and-set with retries).
 func TestSessionAttributesConcurrentMerges(t *testing.T) {
 	app := newTestApp(t, testRedisURL(t), withSessions(&Sessions{Max: 50}, nil))
-	api := newTestAPI(t, app)
+	api := newSessionsAPI(t, app)
 	const n = 20
 	var wg sync.WaitGroup
 	var user atomic.Value
@@ -730,7 +749,7 @@ func TestSessionAttributesConcurrentMerges(t *testing.T) {
 func TestUserSessionsView(t *testing.T) {
 	c := newTestClock()
 	app := newTestApp(t, testRedisURL(t), withSessions(&Sessions{Max: 2}, c))
-	api, h := newTestAPI(t, app), newTestHandler(t, app, nil)
+	api, h := newSessionsAPI(t, app), newTestHandler(t, app, nil)
 	first := login(t, api, "viewed")
 	c.Add(time.Second)
 	second := login(t, api, "viewed")
@@ -902,11 +921,11 @@ func TestSessionsDefaultsAndValidation(t *testing.T) {
 // the whole request path, with no Redis round trip (checked).
 func BenchmarkSessionCheckWarm(b *testing.B) {
 	app := newTestApp(b, testRedisURL(b), nil)
-	api, h := newTestAPI(b, app), newTestHandler(b, app, nil)
+	api, h := newSessionsAPI(b, app), newTestHandler(b, app, nil)
 	waitSubscribed(b, app)
 	sid := login(b, api, "bench").SessionID
 	serve(h, sessionRequest(sid))
-	counter := &commandCounter{}
+	counter := &commandCounter{match: sid} // any command about this session
 	app.store.Client().AddHook(counter)
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -935,7 +954,7 @@ func BenchmarkSessionCheckWarm(b *testing.B) {
 // 16 logins in flight per CPU: ns/op is the inverse of the throughput.
 func BenchmarkLogin(b *testing.B) {
 	app := newTestApp(b, testRedisURL(b), nil)
-	api := newTestAPI(b, app)
+	api := newSessionsAPI(b, app)
 	var i atomic.Int64
 	b.ReportAllocs()
 	b.SetParallelism(16) // many logins in flight, as from many devices
@@ -971,7 +990,7 @@ func newInstall(tb testing.TB, api *API) (installID, userID string) {
 // another device's.
 func TestSessionLoginLinksInstall(t *testing.T) {
 	app := newTestApp(t, testRedisURL(t), withSessions(&Sessions{Max: 2}, nil))
-	api, h := newTestAPI(t, app), newTestHandler(t, app, nil)
+	api, h := newSessionsAPI(t, app), newTestHandler(t, app, nil)
 	loginOn := func(install, ext string) (*httptest.ResponseRecorder, startSessionResponse) {
 		r := loginRequest(ext, "")
 		r.Header.Set(hdrInstallID, install)
@@ -1056,7 +1075,7 @@ func TestGetUserShowsSessionsAndAttributes(t *testing.T) {
 	app := newTestApp(t, testRedisURL(t), func(a *App) {
 		a.Tenants["acme"].APIKeys = []APIKey{{SHA256: sha256Hex(key), Scopes: []string{ScopeUserRead}}}
 	})
-	api := newTestAPI(t, app)
+	api := newSessionsAPI(t, app)
 	w, _, _ := serve(api, loginRequest("shown", `{"external_attributes": {"plan": "pro"}}`))
 	var res startSessionResponse
 	_ = json.Unmarshal(w.Body.Bytes(), &res)

@@ -64,6 +64,16 @@ type Tenant struct {
 	// none). See sessions.go.
 	Sessions *Sessions `json:"sessions,omitempty"`
 
+	// Webhook receives the tenant's events. Default: none (events stay in
+	// the outbox for EventsRetention).
+	Webhook *Webhook `json:"webhook,omitempty"`
+
+	// EventsRetention trims outbox events older than that, delivered or
+	// not. Default: 7 days for a tenant without a webhook; none for one
+	// with a webhook (only delivered events are trimmed; failing ones move
+	// to the dead letters after the webhook's max_age).
+	EventsRetention caddy.Duration `json:"events_retention,omitempty"`
+
 	name         string
 	app          *App
 	keys         *store.Keys
@@ -78,6 +88,7 @@ type Tenant struct {
 	installs     installCache
 	linkOpts     atomic.Pointer[store.LinkOptions] // tests shorten the lock and hook into steps
 	sess         sessionRuntime
+	outbox       *outbox
 }
 
 // Platform is one client platform's trusted-identity settings.
@@ -119,6 +130,10 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 		if err := t.APIKeys[i].provision(); err != nil {
 			return err
 		}
+		if t.APIKeys[i].disabled {
+			t.logger.Warn("api_key disabled: its digest placeholder is empty",
+				zap.String("api_key", t.APIKeys[i].SHA256))
+		}
 	}
 
 	repl := caddy.NewReplacer()
@@ -152,7 +167,7 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 		}
 		t.strictest = stricter(t.strictest, p.Mode)
 	}
-	return nil
+	return t.provisionEvents()
 }
 
 func (t *Tenant) validate() error {
@@ -174,7 +189,10 @@ func (t *Tenant) validate() error {
 	default:
 		return fmt.Errorf("tenant %q: anonymous must be allow or deny, not %q", t.name, t.Anonymous)
 	}
-	return t.validateSessions()
+	if err := t.validateSessions(); err != nil {
+		return err
+	}
+	return t.validateEvents()
 }
 
 func stricter(a, b string) string {

@@ -113,6 +113,10 @@ func ExternalShard(externalID string) int {
 //	idl:{T:SS}:inst:<install id>:lock  string  per-install link lock (random
 //	                                           token, PX 5s)
 //	idl:{T:SS}:events                  stream  the shard's outbox of events
+//	idl:{T:SS}:events:due              zset    outbox entry ids being delivered
+//	                                           or waiting for a retry, scored by
+//	                                           when they may next be taken (unix ms)
+//	idl:{T:SS}:deadletter              stream  events that kept failing
 //	idl:itenant:<install id>           string  tenant of an install (global,
 //	                                           written before the install; only
 //	                                           tells 403 from 404 on a link)
@@ -205,3 +209,12 @@ func InstallTenant(installID string) string { return "idl:itenant:" + installID 
 
 // Events is the outbox stream of a shard.
 func (k *Keys) Events(shard int) string { return k.tags[shard] + "events" }
+
+// EventsDue is the schedule of a shard's outbox entries that were taken for
+// delivery: entry id scored by the time (unix ms) at which the entry may be
+// taken again (its lease while an attempt runs, its retry time after a
+// failure).
+func (k *Keys) EventsDue(shard int) string { return k.tags[shard] + "events:due" }
+
+// Deadletter is the stream of a shard's events that kept failing.
+func (k *Keys) Deadletter(shard int) string { return k.tags[shard] + "deadletter" }

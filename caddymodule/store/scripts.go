@@ -30,14 +30,20 @@ func luaSource(name string) string {
 // (redis.Script.Run), and every key it touches comes through KEYS and
 // shares one hash tag.
 var (
-	resolveScript       = script("resolve")
-	installCreateScript = script("install_create")
-	userGetScript       = script("user_get")
-	linkLockScript      = script("link_lock")
-	linkClaimScript     = script("link_claim")
-	linkAdoptScript     = script("link_adopt")
-	linkMoveScript      = script("link_move")
-	linkFinishScript    = script("link_finish")
+	resolveScript           = script("resolve")
+	installCreateScript     = script("install_create")
+	userGetScript           = script("user_get")
+	linkLockScript          = script("link_lock")
+	linkClaimScript         = script("link_claim")
+	linkAdoptScript         = script("link_adopt")
+	linkMoveScript          = script("link_move")
+	linkFinishScript        = script("link_finish")
+	fetchEventsScript       = script("events_fetch")
+	ackEventScript          = script("events_ack")
+	rescheduleEventScript   = script("events_reschedule")
+	deadletterEventScript   = script("events_deadletter")
+	replayDeadlettersScript = script("events_replay")
+	maintainOutboxScript    = script("events_maintain")
 
 	sessionAdmitScript = scriptWith("sessions_lib", "session_admit")
 	sessionTouchScript = scriptWith("sessions_lib", "session_touch")
