@@ -45,7 +45,8 @@ const (
 // Answers, all JSON {"error","message"}: 400 invalid_request (ambiguous,
 // over-long or control-character values), 401 invalid_signature (enforce
 // mode), 401 unknown_install (X-Install-Id not an install of the tenant),
-// 401 identity_mismatch (credentials naming different users), 401
+// 401 session_ended with "reason" (X-Session-Id evicted, logged_out, idle
+// or expired), 401 unknown_session, 401 identity_mismatch (credentials naming different users), 401
 // authentication_required (anonymous deny), 503
 // store_unavailable with Retry-After (store down, fail_closed).
 //

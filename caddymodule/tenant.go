@@ -59,6 +59,11 @@ type Tenant struct {
 	// memory turnover. Default: 10m.
 	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
 
+	// Sessions is the session policy: at most max live sessions per user
+	// (default 1), ended after idle (default 72h) or lifetime (default
+	// none). See sessions.go.
+	Sessions *Sessions `json:"sessions,omitempty"`
+
 	// Webhook receives the tenant's events. Default: none (events stay in
 	// the outbox for EventsRetention).
 	Webhook *Webhook `json:"webhook,omitempty"`
@@ -82,6 +87,7 @@ type Tenant struct {
 	inval        invalidators
 	installs     installCache
 	linkOpts     atomic.Pointer[store.LinkOptions] // tests shorten the lock and hook into steps
+	sess         sessionRuntime
 	outbox       *outbox
 }
 
@@ -116,6 +122,7 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 		t.CacheTTL = caddy.Duration(10 * time.Minute)
 	}
 	t.users = newTTLCache[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
+	t.provisionSessions()
 	t.strip = newHeaderSet(identityHeaders, credentialHeaders)
 	t.provisionInstalls()
 
@@ -181,6 +188,9 @@ func (t *Tenant) validate() error {
 	case AnonymousAllow, AnonymousDeny:
 	default:
 		return fmt.Errorf("tenant %q: anonymous must be allow or deny, not %q", t.name, t.Anonymous)
+	}
+	if err := t.validateSessions(); err != nil {
+		return err
 	}
 	return t.validateEvents()
 }
