@@ -62,6 +62,11 @@ func init() {
 //				token_param <name>
 //				leeway <duration>
 //			}
+//			sessions {
+//				max <n>
+//				idle <duration>|off
+//				lifetime <duration>|off
+//			}
 //			api_key <sha256-hex-of-key> <scope>...
 //			cache_size <entries>
 //			cache_ttl <duration>
@@ -243,6 +248,14 @@ func (t *Tenant) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			t.CacheSize = n
 		case "cache_ttl":
 			if err := durationArg(d, &t.CacheTTL); err != nil {
+				return err
+			}
+		case "sessions":
+			if t.Sessions != nil {
+				return d.Err("sessions already specified")
+			}
+			t.Sessions = new(Sessions)
+			if err := t.Sessions.unmarshalCaddyfile(d); err != nil {
 				return err
 			}
 		case "webhook":

@@ -38,6 +38,7 @@ type apiError struct {
 	Message    string
 	RetryAfter int    // seconds; 0: no Retry-After header
 	Challenge  string // WWW-Authenticate value, if any
+	Reason     string // answered as "reason" when set (session_ended)
 }
 
 func (e *apiError) Error() string { return e.Code + ": " + e.Message }
@@ -64,7 +65,8 @@ func writeError(w http.ResponseWriter, e *apiError) {
 	body, _ := marshalJSON(struct {
 		Error   string `json:"error"`
 		Message string `json:"message"`
-	}{e.Code, e.Message})
+		Reason  string `json:"reason,omitempty"`
+	}{e.Code, e.Message, e.Reason})
 	h := w.Header()
 	h.Set(headerContentType, contentTypeJSON)
 	h.Set(headerCacheControl, cacheControlNoStore)

@@ -48,9 +48,12 @@ const (
 // over-long or control-character values), 401 invalid_signature (enforce
 // mode), 401 invalid_token with WWW-Authenticate (contact or SSO token
 // refused), 401 unknown_install (X-Install-Id not an install of the
-// tenant), 401 identity_mismatch (credentials naming different users), 401
-// authentication_required (anonymous deny), 503 key_source_unavailable
-// (JWKS down, no key), 503 sso_unavailable (token-info URL down), 503
+// tenant), 401 session_ended with "reason" (X-Session-Id, or the sid of a
+// contact token, evicted, logged_out, idle or expired), 401
+// unknown_session, 401 identity_mismatch (credentials naming different
+// users), 401 authentication_required (anonymous deny), 503
+// key_source_unavailable (JWKS down, no key), 503 sso_unavailable
+// (token-info URL down), 503
 // store_unavailable with Retry-After (store down, fail_closed).
 //
 // CORS preflight requests (OPTIONS with Access-Control-Request-Method) are

@@ -70,6 +70,7 @@ var credentialChecks = []credentialCheck{
 	(*Tenant).checkContactToken,
 	(*Tenant).checkHMAC,
 	(*Tenant).checkSSO,
+	(*Tenant).checkSession,
 	(*Tenant).checkInstall,
 }
 
@@ -119,8 +120,8 @@ func (t *Tenant) identify(ctx context.Context, c *credentials) (identity, error)
 		if id.externalID == "" && claim.verified {
 			id.externalID = claim.externalID
 		}
-		if id.verifiedEmail == "" {
-			id.verifiedEmail = claim.verifiedEmail
+		if id.verifiedEmail == "" && id.verifiedPhone == "" {
+			id.verifiedEmail, id.verifiedPhone = claim.verifiedEmail, claim.verifiedPhone
 		}
 		if id.claimHeaders == nil {
 			id.claimHeaders = claim.claimHeaders
@@ -133,11 +134,11 @@ func (t *Tenant) identify(ctx context.Context, c *credentials) (identity, error)
 		}
 		id = &identity{source: SourceAnonymous}
 	}
-	// A signed X-User-Email wins over an email a credential vouched for.
-	if email != "" {
-		id.verifiedEmail = email
+	// Signed email/phone on the request win over the ones a session's
+	// login stored for the user.
+	if email != "" || phone != "" {
+		id.verifiedEmail, id.verifiedPhone = email, phone
 	}
-	id.verifiedPhone = phone
 	return *id, nil
 }
 
@@ -175,19 +176,7 @@ func (t *Tenant) checkHMAC(ctx context.Context, c *credentials) (*identity, erro
 	if c.externalID == "" || len(t.Platforms) == 0 {
 		return nil, nil
 	}
-	platform, mode := t.platformFor(c.platform)
-	verified, why := false, ""
-	switch {
-	case mode == ModeOff:
-	case platform == nil:
-		why = "unknown platform"
-	case c.externalIDSig == "":
-		why = "the external id has no signature"
-	case !verifyHMAC(platform.keys, c.externalID, c.externalIDSig):
-		why = "the external id signature does not match"
-	default:
-		verified = true
-	}
+	verified, mode, why := t.verifyExternalID(c)
 	if !verified && mode == ModeEnforce {
 		return nil, t.badSignature(why)
 	}
@@ -199,6 +188,24 @@ func (t *Tenant) checkHMAC(ctx context.Context, c *credentials) (*identity, erro
 		return nil, err
 	}
 	return &identity{source: SourceHMAC, verified: verified, userID: userID, externalID: c.externalID}, nil
+}
+
+// verifyExternalID checks the signature of X-External-Id under its
+// platform: whether it verified, the mode that applies, and why not.
+func (t *Tenant) verifyExternalID(c *credentials) (verified bool, mode, why string) {
+	platform, mode := t.platformFor(c.platform)
+	switch {
+	case mode == ModeOff:
+	case platform == nil:
+		why = "unknown platform"
+	case c.externalIDSig == "":
+		why = "the external id has no signature"
+	case !verifyHMAC(platform.keys, c.externalID, c.externalIDSig):
+		why = "the external id signature does not match"
+	default:
+		verified = true
+	}
+	return verified, mode, why
 }
 
 // platformFor returns the platform a request names (or the default one)

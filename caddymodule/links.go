@@ -165,15 +165,17 @@ func (t *Tenant) link(ctx context.Context, installID, externalID string) (store.
 
 // userResponse is the answer of GET /users/{user_id}.
 type userResponse struct {
-	UserID     string   `json:"user_id"`
-	ExternalID *string  `json:"external_id"` // null: anonymous
-	Installs   []string `json:"installs"`
-	Created    string   `json:"created"` // RFC 3339, UTC
+	UserID           string   `json:"user_id"`
+	ExternalID       *string  `json:"external_id"` // null: anonymous
+	Installs         []string `json:"installs"`
+	Created          string   `json:"created"` // RFC 3339, UTC
+	userSessionsView          // live sessions and attributes (sessions.go)
 }
 
 // getUser is GET /users/{user_id}, for an API key with scope user.read:
 // the user's external id (null while anonymous), the installs that point
-// to it, and when it was created. 404 user_not_found for a malformed or
+// to it, when it was created, its live sessions and its external
+// attributes. 404 user_not_found for a malformed or
 // unknown id, which includes every other tenant's users.
 func (a *API) getUser(w http.ResponseWriter, r *http.Request) {
 	t := a.tenant
@@ -190,7 +192,12 @@ func (a *API) getUser(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	resp := userResponse{UserID: u.ID, Installs: u.Installs, Created: u.Created.UTC().Format(time.RFC3339)}
+	sessions, err := t.userSessions(r.Context(), u.ID)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	resp := userResponse{UserID: u.ID, Installs: u.Installs, Created: u.Created.UTC().Format(time.RFC3339), userSessionsView: sessions}
 	if u.ExternalID != "" {
 		resp.ExternalID = &u.ExternalID
 	}

@@ -190,14 +190,14 @@ func TestSSOCache(t *testing.T) {
 		t.Fatalf("calls good=%d refused=%d down=%d; want 1, 1 (cached) and 3 (outages are not cached)", g, r, d)
 	}
 	// Refusals are remembered briefly.
-	clock.Advance(ssoFailureTTL + time.Second)
+	clock.Add(ssoFailureTTL + time.Second)
 	h.do(t, hdr(hdrSSOToken, "refused"))
 	if r := srv.callsFor("refused"); r != 2 {
 		t.Fatalf("refused asked %d times after the failure TTL", r)
 	}
 	// A valid answer is cached until its exp; past exp (and the leeway)
 	// the endpoint is asked again and its answer is expired.
-	clock.Advance(3 * time.Minute)
+	clock.Add(3 * time.Minute)
 	w := h.do(t, hdr(hdrSSOToken, "good"))
 	if code, _ := errorBody(t, w); w.Code != 401 || code != codeInvalidToken || srv.callsFor("good") != 2 {
 		t.Fatalf("after exp: %d %s, %d calls", w.Code, code, srv.callsFor("good"))

@@ -69,6 +69,11 @@ type Tenant struct {
 	// memory turnover. Default: 10m.
 	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
 
+	// Sessions is the session policy: at most max live sessions per user
+	// (default 1), ended after idle (default 72h) or lifetime (default
+	// none). See sessions.go.
+	Sessions *Sessions `json:"sessions,omitempty"`
+
 	// Webhook receives the tenant's events. Default: none (events stay in
 	// the outbox for EventsRetention).
 	Webhook *Webhook `json:"webhook,omitempty"`
@@ -93,6 +98,7 @@ type Tenant struct {
 	inval         invalidators
 	installs      installCache
 	linkOpts      atomic.Pointer[store.LinkOptions] // tests shorten the lock and hook into steps
+	sess          sessionRuntime
 	outbox        *outbox
 }
 
@@ -127,6 +133,7 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 		t.CacheTTL = caddy.Duration(10 * time.Minute)
 	}
 	t.users = newTTLCache[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
+	t.provisionSessions()
 	if t.ContactToken != nil {
 		if err := t.ContactToken.provision(t); err != nil {
 			return err
@@ -209,6 +216,9 @@ func (t *Tenant) validate() error {
 		if err := t.ContactToken.validate(t.name); err != nil {
 			return err
 		}
+	}
+	if err := t.validateSessions(); err != nil {
+		return err
 	}
 	return t.validateEvents()
 }

@@ -161,18 +161,6 @@ func (s *jwksServer) setKeys(keys ...jwkset.JWKMarshal) {
 	s.mu.Unlock()
 }
 
-// testClock is an adjustable clock.
-type testClock struct{ ns atomic.Int64 }
-
-func newTestClock() *testClock {
-	c := &testClock{}
-	c.ns.Store(time.Now().UnixNano())
-	return c
-}
-
-func (c *testClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
-func (c *testClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
-
 // startTestApp provisions and starts an idlink app with the embedded store
 // and the given tenants; now may be nil for the real clock.
 func startTestApp(t testing.TB, now func() time.Time, tenants map[string]*Tenant) *App {

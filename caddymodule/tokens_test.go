@@ -452,7 +452,7 @@ func TestContactTokenCache(t *testing.T) {
 	if _, err := c.verify(ctx, tok); err != nil {
 		t.Fatal(err)
 	}
-	clock.Advance(2 * time.Minute)
+	clock.Add(2 * time.Minute)
 	if _, err := c.verify(ctx, tok); err == nil || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("after exp: %v", err)
 	}

@@ -92,6 +92,15 @@ func ExternalShard(externalID string) int {
 //	                                           created (unix ms)
 //	idl:{T:SS}:user:<user id>:installs set     install ids of the user (may hold
 //	                                           stale ids: readers check the install)
+//	idl:{T:SS}:user:<user id>:sessions zset    live session ids, score = last
+//	                                           activity (unix ms)
+//	idl:{T:SS}:user:<user id>:attrs    hash    external attributes: JSON-encoded
+//	                                           key -> compact JSON value
+//	idl:{T:SS}:sess:<session id>       hash    user, started, last (unix ms),
+//	                                           install, verified (0/1), seq (the
+//	                                           user's sess_seq at admission),
+//	                                           state (live|ended), reason, by
+//	                                           (evicting session), ended (unix ms)
 //	idl:{T:SS}:inst:<install id>       hash    user, created (unix ms),
 //	                                           anon_user (the anonymous user made
 //	                                           with the install), anon_claim (the
@@ -116,6 +125,25 @@ func ExternalShard(externalID string) int {
 // tag, so every key of one shard is in one Cluster slot. An install and
 // its anonymous user live in one shard (the install's); an external id and
 // the user first created for it live in ExternalShard(external id).
+//
+// Sessions (sessions.go) live in their user's shard: a session id is
+// NewID(KindSession, shard of the user), so the session hash, the user's
+// session set and the user hash share one slot and one script admits,
+// touches or ends a session atomically. The user hash counts the user's
+// admissions (sess_seq), which orders sessions last active in the same
+// millisecond. A login also stores the user's verified email and phone
+// (fields email, phone of the user hash) and
+// external attributes: a hash whose fields are the attribute keys JSON-
+// encoded (quotes included) and whose values are compact JSON, so that the
+// admission script merges them and knows the exact size of the object's
+// compact JSON without decoding anything.
+//
+// A session hash outlives the session as a tombstone, so an ended id
+// answers session_ended with its reason: with a lifetime L it expires at
+// started+L+keep; without one, at (last activity or end)+idle+keep, where
+// keep is idle, or 24h without idle, or 30 days with neither (see
+// SessionPolicy.Keep). After that the id is simply unknown; ids are random
+// and never reissued.
 type Keys struct {
 	tenant string
 	tags   [Shards]string // "idl:{T:SS}:"
@@ -147,6 +175,21 @@ func (k *Keys) User(shard int, userID string) string { return k.tags[shard] + "u
 // UserInstalls is the set of a user's installs.
 func (k *Keys) UserInstalls(shard int, userID string) string {
 	return k.tags[shard] + "user:" + userID + ":installs"
+}
+
+// UserSessions is the sorted set of a user's live sessions.
+func (k *Keys) UserSessions(shard int, userID string) string {
+	return k.tags[shard] + "user:" + userID + ":sessions"
+}
+
+// UserAttributes is the hash of a user's external attributes.
+func (k *Keys) UserAttributes(shard int, userID string) string {
+	return k.tags[shard] + "user:" + userID + ":attrs"
+}
+
+// Session is the hash of a session; the id must have passed ParseID.
+func (k *Keys) Session(shard int, sessionID string) string {
+	return k.tags[shard] + "sess:" + sessionID
 }
 
 // Install is the hash of an install.

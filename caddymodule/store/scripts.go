@@ -10,11 +10,20 @@ import (
 var luaFiles embed.FS
 
 func script(name string) *redis.Script {
+	return redis.NewScript(luaSource(name))
+}
+
+// scriptWith is a script with a library of shared functions prepended.
+func scriptWith(lib, name string) *redis.Script {
+	return redis.NewScript(luaSource(lib) + luaSource(name))
+}
+
+func luaSource(name string) string {
 	src, err := luaFiles.ReadFile("lua/" + name + ".lua")
 	if err != nil {
 		panic("idlink: missing Lua script " + name)
 	}
-	return redis.NewScript(string(src))
+	return string(src)
 }
 
 // The scripts, loaded once. Each runs with EVALSHA and falls back to EVAL
@@ -35,4 +44,9 @@ var (
 	deadletterEventScript   = script("events_deadletter")
 	replayDeadlettersScript = script("events_replay")
 	maintainOutboxScript    = script("events_maintain")
+
+	sessionAdmitScript = scriptWith("sessions_lib", "session_admit")
+	sessionTouchScript = scriptWith("sessions_lib", "session_touch")
+	sessionEndScript   = scriptWith("sessions_lib", "session_end")
+	userSessionsScript = scriptWith("sessions_lib", "user_sessions")
 )
