@@ -436,17 +436,34 @@ func (c *ContactToken) identityOf(ctx context.Context, vt *verifiedToken) (*iden
 		id.userID = u
 	}
 	if vt.sessionID != "" {
-		if err := c.tenant.checkTokenSession(ctx, vt); err != nil {
+		e, err := c.tenant.checkTokenSession(ctx, vt)
+		if err != nil {
 			return nil, err
 		}
+		id.installID = e.installID
 	}
 	return id, nil
 }
 
-// checkTokenSession refuses a token bound to a session that has ended.
-// (Session liveness is wired when sessions land.)
-func (t *Tenant) checkTokenSession(ctx context.Context, vt *verifiedToken) error {
-	return nil
+// checkTokenSession refuses a token bound to a session (sid) that has
+// ended, through the sessions' liveness check: warm, it costs no Redis
+// round trip, and an end (logout, eviction) reaches every instance over
+// the invalidation channel. It counts as activity on the session.
+func (t *Tenant) checkTokenSession(ctx context.Context, vt *verifiedToken) (*sessionEntry, error) {
+	e, err := t.liveSession(ctx, vt.sessionID)
+	if err != nil {
+		var ae *apiError
+		if errors.As(err, &ae) {
+			withChallenge := *ae
+			withChallenge.Challenge = bearerInvalidToken
+			return nil, &withChallenge
+		}
+		return nil, err
+	}
+	if e.userID != vt.userID {
+		return nil, tokenError("the token's session belongs to another user")
+	}
+	return e, nil
 }
 
 // verify returns what a token says, from the cache when it was verified
@@ -738,6 +755,142 @@ func claimString(v any) (string, bool) {
 
 // Issuance.
 
+func init() {
+	apiRoutes["POST /contact-token"] = (*API).refreshContactToken
+	// POST /sessions hands out a contact token with each new session.
+	sessionTokenIssuer = func(t *Tenant, ctx context.Context, id identity, sessionID string, sessionEnd time.Time) (string, error) {
+		if !t.issues() {
+			return "", nil
+		}
+		tok, _, err := t.issueForSession(ctx, id.userID, sessionID, id.externalID, sessionEnd)
+		return tok, err
+	}
+}
+
+// registeredClaims are set by idlink itself: extra identifiers never
+// replace them.
+var registeredClaims = map[string]bool{
+	"iss": true, "aud": true, "sub": true, "sid": true, "iat": true, "exp": true,
+	"nbf": true, "jti": true, "external_id": true,
+}
+
+// issueForSession issues a token for a live session: the extra
+// identifiers are the user's attributes named by claim_header claims,
+// read now (so no token is issued without them), and the token never
+// outlives the session's absolute lifetime (sessionEnd; zero: none).
+func (t *Tenant) issueForSession(ctx context.Context, userID, sessionID, externalID string, sessionEnd time.Time) (string, time.Time, error) {
+	extra, err := t.tokenExtras(ctx, userID)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	return t.issueToken(userID, sessionID, externalID, extra, sessionEnd)
+}
+
+// tokenExtras reads the user's attributes that claim_header claims name.
+func (t *Tenant) tokenExtras(ctx context.Context, userID string) (map[string]string, error) {
+	var names []string
+	for _, m := range t.ContactToken.headers {
+		if !registeredClaims[m.Claim] {
+			names = append(names, m.Claim)
+		}
+	}
+	if len(names) == 0 {
+		return nil, nil
+	}
+	raw, err := t.app.store.UserAttributes(ctx, t.keys, userID)
+	if err != nil {
+		return nil, err
+	}
+	var attrs map[string]any
+	if err := json.Unmarshal([]byte(raw), &attrs); err != nil {
+		return nil, fmt.Errorf("%w: user %s: stored attributes are not a JSON object", store.ErrUnavailable, userID)
+	}
+	extra := map[string]string{}
+	for _, n := range names {
+		if v, ok := attrs[n]; ok && v != nil {
+			if s, ok := claimString(v); ok && validHeaderValue(s, maxClaimHeaderValue) {
+				extra[n] = s
+			} else {
+				t.debug("attribute not usable as a token claim", zap.String("claim", n))
+			}
+		}
+	}
+	return extra, nil
+}
+
+// refreshContactToken is POST /contact-token: a fresh token for a live
+// session, named by the current token (Authorization: Bearer or
+// X-Contact-Token; it must still verify) or by X-Session-Id.
+func (a *API) refreshContactToken(w http.ResponseWriter, r *http.Request) {
+	t := a.tenant
+	if !t.issues() {
+		writeError(w, errNoSigningKey)
+		return
+	}
+	creds, bad := readCredentials(r.Header)
+	if bad != nil {
+		writeError(w, bad)
+		return
+	}
+	raw := creds.bearer
+	if raw == "" {
+		raw = creds.contactToken
+	} else if creds.contactToken != "" && creds.contactToken != raw {
+		writeError(w, errInvalidRequest("Authorization and X-Contact-Token carry different tokens"))
+		return
+	}
+	sid, userID := "", ""
+	if raw != "" {
+		vt, err := t.ContactToken.verify(r.Context(), raw)
+		if err != nil {
+			a.fail(w, err)
+			return
+		}
+		if !vt.own || vt.sessionID == "" {
+			writeError(w, tokenError("only a contact token idlink issued for a session can be refreshed"))
+			return
+		}
+		sid, userID = vt.sessionID, vt.userID
+	}
+	if creds.sessionID != "" {
+		if sid != "" && sid != creds.sessionID {
+			writeError(w, newError(http.StatusUnauthorized, codeIdentityMismatch,
+				"the token and X-Session-Id name different sessions"))
+			return
+		}
+		sid = creds.sessionID
+	}
+	if sid == "" {
+		writeError(w, newError(http.StatusUnauthorized, codeAuthRequired,
+			"send the current contact token (Authorization: Bearer) or X-Session-Id"))
+		return
+	}
+	e, err := t.liveSession(r.Context(), sid)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	if userID != "" && e.userID != userID {
+		writeError(w, tokenError("the token's session belongs to another user"))
+		return
+	}
+	var end time.Time
+	if lt := t.sess.policy.Lifetime; lt > 0 {
+		end = time.UnixMilli(e.started).Add(lt)
+	}
+	tok, exp, err := t.issueForSession(r.Context(), e.userID, sid, e.externalID, end)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, struct {
+		ContactToken string `json:"contact_token"`
+		ExpiresAt    string `json:"expires_at"`
+		UserID       string `json:"user_id"`
+		SessionID    string `json:"session_id"`
+	}{tok, exp.UTC().Format(time.RFC3339), e.userID, sid})
+}
+
 // errNoSigningKey is returned when a tenant that has no sign_key is asked
 // to issue a token.
 var errNoSigningKey = newError(http.StatusNotFound, "contact_tokens_disabled",
@@ -752,15 +905,26 @@ func (t *Tenant) issues() bool { return t.ContactToken != nil && len(t.ContactTo
 // tenant's extra identifiers (e.g. contact_id, predict_external_id).
 // extra cannot override the registered claims.
 func (t *Tenant) issueContactToken(ctx context.Context, userID, sessionID, externalID string, extra map[string]string) (string, time.Time, error) {
+	return t.issueToken(userID, sessionID, externalID, extra, time.Time{})
+}
+
+// issueToken signs a token that expires after the ttl, or at notAfter if
+// that is sooner (zero: no bound).
+func (t *Tenant) issueToken(userID, sessionID, externalID string, extra map[string]string, notAfter time.Time) (string, time.Time, error) {
 	if !t.issues() {
 		return "", time.Time{}, errNoSigningKey
 	}
 	c := t.ContactToken
 	now := t.now().Truncate(time.Second)
 	exp := now.Add(time.Duration(c.TTL))
+	if !notAfter.IsZero() && notAfter.Before(exp) {
+		exp = notAfter.Truncate(time.Second)
+	}
 	claims := jwt.MapClaims{}
 	for k, v := range extra {
-		claims[k] = v
+		if !registeredClaims[k] {
+			claims[k] = v
+		}
 	}
 	claims["iss"] = c.SignIssuer
 	if len(c.ownAud) == 1 {
@@ -771,17 +935,11 @@ func (t *Tenant) issueContactToken(ctx context.Context, userID, sessionID, exter
 	claims["sub"] = userID
 	claims["iat"] = now.Unix()
 	claims["exp"] = exp.Unix()
-	delete(claims, "nbf")
-	delete(claims, "jti")
 	if sessionID != "" {
 		claims["sid"] = sessionID
-	} else {
-		delete(claims, "sid")
 	}
 	if externalID != "" {
 		claims["external_id"] = externalID
-	} else {
-		delete(claims, "external_id")
 	}
 	k := c.signers[0]
 	tok := jwt.NewWithClaims(jwt.GetSigningMethod(k.alg), claims)

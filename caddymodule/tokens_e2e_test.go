@@ -27,6 +27,7 @@ func TestTokensE2E(t *testing.T) {
 	jwks := startJWKSServer(t, ext.jwk(t, true))
 	own := newTestKey(t, "own-1", "EdDSA")
 	t.Setenv("IDLINK_E2E_SIGN_KEY", own.writePEM(t, true))
+	t.Setenv("IDLINK_E2E_TOKENS_SECRET", testSecret)
 	info := startTokenInfoServer(t)
 	up := testenv.StartUpstream(t)
 	port := testenv.FreePort(t)
@@ -34,6 +35,10 @@ func TestTokensE2E(t *testing.T) {
 	idlink {
 		%s
 		tenant acme {
+			platform ios {
+				secret {env.IDLINK_E2E_TOKENS_SECRET}
+			}
+			default_platform ios
 			contact_token {
 				jwks_url %s
 				issuer %s
@@ -68,7 +73,11 @@ http://127.0.0.1:%d {
 	do := func(path string, headers ...string) (int, http.Header, string, http.Header) {
 		t.Helper()
 		up.Reset()
-		req, _ := http.NewRequest("GET", base+path, nil)
+		method := "GET"
+		if m, p, ok := strings.Cut(path, " "); ok {
+			method, path = m, p
+		}
+		req, _ := http.NewRequest(method, base+path, nil)
 		for i := 0; i+1 < len(headers); i += 2 {
 			req.Header[headers[i]] = append(req.Header[headers[i]], headers[i+1])
 		}
@@ -115,6 +124,30 @@ http://127.0.0.1:%d {
 	if status, _, body, got := do("/app", "X-Contact-Token", ownTok); status != 200 || got.Get("X-Platform-User-Id") != alice {
 		t.Fatalf("own token: %d %s", status, body)
 	}
+	// Login → token alone → refresh → logout → refused.
+	status, _, body, _ = do("POST /idlink/sessions", "X-External-Id", "dave", "X-External-Id-Signature", sign(testSecret, "dave"))
+	var login startSessionResponse
+	if err := json.Unmarshal([]byte(body), &login); status != 201 || err != nil || login.ContactToken == "" {
+		t.Fatalf("login: %d %s", status, body)
+	}
+	if status, _, body, got := do("/app", "Authorization", "Bearer "+login.ContactToken); status != 200 ||
+		got.Get("X-Identity-Source") != "contact_token" || got.Get("X-External-Id") != "dave" || got.Get("X-Session-Id") == "" {
+		t.Fatalf("issued token: %d %s %v", status, body, got)
+	}
+	status, _, body, _ = do("POST /idlink/contact-token", "Authorization", "Bearer "+login.ContactToken)
+	var refreshed refreshAnswer
+	if err := json.Unmarshal([]byte(body), &refreshed); status != 200 || err != nil || refreshed.ContactToken == "" {
+		t.Fatalf("refresh: %d %s", status, body)
+	}
+	if status, _, body, _ := do("DELETE /idlink/sessions/current", "X-Session-Id", refreshed.SessionID); status != 200 {
+		t.Fatalf("logout: %d %s", status, body)
+	}
+	for _, tok := range []string{login.ContactToken, refreshed.ContactToken} {
+		if status, _, body, got := do("/app", "Authorization", "Bearer "+tok); status != 401 || got != nil || !strings.Contains(body, `"error":"session_ended"`) {
+			t.Fatalf("after logout: %d %s", status, body)
+		}
+	}
+
 	// Refusals: exact code, challenge, nothing upstream.
 	for name, bad := range map[string]string{
 		"alg none":  unsigned(`{"alg":"none","kid":"ext-1"}`, `{"sub":"alice","exp":9999999999}`, []byte("x")),
