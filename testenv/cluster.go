@@ -56,24 +56,37 @@ func StartCluster(t testing.TB, masters, replicas int) *Cluster {
 		t.Fatalf("testenv: StartCluster(%d, %d): a cluster needs at least 3 masters and 0 or more replicas", masters, replicas)
 	}
 	requireRedisOrSkip(t, "a Redis Cluster")
-	dir := t.TempDir()
-	c := &Cluster{t: t}
+	c, err := startCluster(t.TempDir(), masters, replicas)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	c.t = t
 	t.Cleanup(func() {
-		c.mu.Lock()
-		if c.client != nil {
-			_ = c.client.Close()
-			c.client = nil
+		if err := c.close(); err != nil {
+			t.Errorf("testenv: %v", err)
 		}
-		c.mu.Unlock()
-		c.stopAll()
 	})
+	return c
+}
+
+// startCluster starts a cluster with its files in dir. On error, whatever
+// it started is stopped again. The returned Cluster has no test: the
+// caller sets c.t (for KillMaster) and calls close.
+func startCluster(dir string, masters, replicas int) (c *Cluster, err error) {
+	c = &Cluster{}
+	defer func() {
+		if err != nil {
+			_ = c.close()
+			c = nil
+		}
+	}()
 
 	n := masters * (1 + replicas)
 	for i := range n {
 		nodeDir := filepath.Join(dir, fmt.Sprintf("node%d", i))
 		srv, err := startServer(nodeDir, false, true, clusterConf)
 		if err != nil {
-			t.Fatalf("testenv: starting cluster node %d: %v", i, err)
+			return c, fmt.Errorf("starting cluster node %d: %v", i, err)
 		}
 		c.nodes = append(c.nodes, srv)
 	}
@@ -81,17 +94,28 @@ func StartCluster(t testing.TB, masters, replicas int) *Cluster {
 	out, err := runRedisCLI(clusterCreateTimeout, append(append([]string{"--cluster", "create"}, c.Addrs()...),
 		"--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")...)
 	if err != nil {
-		t.Fatalf("testenv: redis-cli --cluster create: %v\n%s\n%s", err, out, c.allLogs())
+		return c, fmt.Errorf("redis-cli --cluster create: %v\n%s\n%s", err, out, c.allLogs())
 	}
 
 	err = waitFor(clusterReadyTimeout, 50*time.Millisecond, nil, func() (bool, string) {
 		return c.settled(masters, replicas)
 	})
 	if err != nil {
-		t.Fatalf("testenv: cluster of %d masters and %d replicas each did not settle: %v\n--- redis-cli ---\n%s\n%s",
+		return c, fmt.Errorf("cluster of %d masters and %d replicas each did not settle: %v\n--- redis-cli ---\n%s\n%s",
 			masters, replicas, err, out, c.allLogs())
 	}
-	return c
+	return c, nil
+}
+
+// close closes the client and stops every node.
+func (c *Cluster) close() error {
+	c.mu.Lock()
+	if c.client != nil {
+		_ = c.client.Close()
+		c.client = nil
+	}
+	c.mu.Unlock()
+	return c.stopAll()
 }
 
 // clusterConf is the config of a cluster node.
@@ -234,18 +258,18 @@ func (c *Cluster) live() []*server {
 	return live
 }
 
-func (c *Cluster) stopAll() {
+func (c *Cluster) stopAll() error {
 	var wg sync.WaitGroup
-	for _, n := range c.nodes {
+	errs := make([]error, len(c.nodes))
+	for i, n := range c.nodes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := n.stop(); err != nil {
-				c.t.Errorf("testenv: %v", err)
-			}
+			errs[i] = n.stop()
 		}()
 	}
 	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func (c *Cluster) allLogs() string {
