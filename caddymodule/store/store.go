@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -32,6 +33,10 @@ type Store struct {
 	timeout  time.Duration
 	embedded *miniredis.Miniredis
 	kind     string
+
+	durability  Durability      // see SetDurability
+	onShortfall func(Shortfall) // see SetDurability
+	shortfalls  atomic.Int64
 }
 
 // Open connects to the Redis deployment named by rawURL, in go-redis's URL
