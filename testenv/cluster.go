@@ -107,8 +107,10 @@ func startCluster(dir string, masters, replicas int) (c *Cluster, err error) {
 	return c, nil
 }
 
-// close closes the client and stops every node.
+// close closes the client and stops every node, after noting which
+// scripts watched by ScriptsRanOnCluster ran on it.
 func (c *Cluster) close() error {
+	_ = recordScripts(c) // best effort: a cluster without live nodes ran nothing we can see
 	c.mu.Lock()
 	if c.client != nil {
 		_ = c.client.Close()
