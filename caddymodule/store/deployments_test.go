@@ -10,11 +10,12 @@ import (
 	"github.com/idlink/idlink/testenv"
 )
 
-// TestMain runs the store tests, then checks that every script in lua/
-// ran on the shared Redis Cluster (testenv.ScriptsRanOnCluster): a script
-// added without a store test on every deployment fails the run.
+// TestMain runs the store tests, then checks that every script the
+// package runs (scriptSources) ran on a Redis Cluster
+// (testenv.ScriptsRanOnCluster): a script added without a store test on
+// every deployment fails the run.
 func TestMain(m *testing.M) {
-	testenv.Main(m, testenv.ScriptsRanOnCluster(luaSources()))
+	testenv.Main(m, testenv.ScriptsRanOnCluster(scriptSources))
 }
 
 // luaSources returns every script of lua/ by name.
@@ -70,9 +71,23 @@ func storeFor(tb testing.TB, d testenv.Deployment) *Store {
 	return s
 }
 
-func TestLuaSources(t *testing.T) {
-	src := luaSources()
-	if src["resolve"] == "" {
-		t.Fatalf("luaSources() = %v, want at least resolve", src)
+// TestEveryLuaFileIsInAScript: every file of lua/ is part of a script
+// registered with newScript, so the cluster check of TestMain covers it.
+func TestEveryLuaFileIsInAScript(t *testing.T) {
+	files := luaSources()
+	if files["resolve"] == "" {
+		t.Fatalf("luaSources() = %v, want at least resolve", files)
+	}
+	for name, src := range files {
+		found := false
+		for _, script := range scriptSources {
+			if strings.Contains(script, src) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			t.Errorf("lua/%s.lua is part of no script built with newScript (scripts.go): nothing checks it runs on a cluster", name)
+		}
 	}
 }

@@ -14,7 +14,19 @@ func script(name string) *redis.Script {
 	if err != nil {
 		panic("idlink: missing Lua script " + name)
 	}
-	return redis.NewScript(string(src))
+	return newScript(name, string(src))
+}
+
+// scriptSources holds the source of every script the package runs, by
+// name. The tests check that each one ran on a Redis Cluster (proof that
+// it is single-slot) and that every file of lua/ is part of one: build
+// every script with newScript.
+var scriptSources = map[string]string{}
+
+// newScript registers a script's source and returns the script.
+func newScript(name, src string) *redis.Script {
+	scriptSources[name] = src
+	return redis.NewScript(src)
 }
 
 // The scripts, loaded once. Each runs with EVALSHA and falls back to EVAL
