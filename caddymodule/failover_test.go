@@ -26,9 +26,9 @@ const (
 	faultTimeout    = 200 * time.Millisecond
 	faultMaxLatency = faultTimeout + 400*time.Millisecond
 	// faultRecovery bounds the time from a healed deployment to new users
-	// being served again: go-redis's cluster slot map is refreshed every
-	// 2s (store.applyCluster) or on the first MOVED reply; the failover
-	// client follows the sentinels' +switch-master at once.
+	// being served again: the cluster client refreshes its slot map every
+	// second (store.clusterStateReload); the failover client follows the
+	// sentinels' +switch-master at once.
 	faultRecovery = 5 * time.Second
 )
 
