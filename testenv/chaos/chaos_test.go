@@ -214,6 +214,9 @@ func TestChaos(t *testing.T) {
 
 	rep := summarize(answers)
 	rep.killed, rep.killedAt, rep.healedAt, rep.end = killed, killedAt, healedAt, end
+	for _, p := range procs {
+		rep.shortfallLogs += strings.Count(p.Logs(), "not acknowledged by enough replicas")
+	}
 	t.Log(rep.String())
 	fmt.Printf("CHAOS requests=%d ok=%d unavailable=%d other=%d hung=%d max=%v p99=%v gap=%v healed_after_kill=%v last_503_after_kill=%v durability=%d\n",
 		rep.total, rep.ok, rep.unavailable, rep.other, rep.hung, rep.max.Round(time.Millisecond), rep.p99.Round(time.Millisecond),
@@ -279,6 +282,7 @@ func (k *knownSet) pick(rng *rand.Rand) string {
 type report struct {
 	total, ok, okNew, unavailable, other, hung int
 	newAfterRecovery                           int
+	shortfallLogs                              int // durability warnings in the Caddy logs (at most one a second each)
 	max, p50, p99, p999                        time.Duration
 	first503, last503                          time.Duration
 	killed                                     string
@@ -363,6 +367,9 @@ func (r report) String() string {
 		fmt.Fprintf(&b, "503s from %v to %v (%v; the last one %v after the kill); %d first sights served after the last 503\n",
 			r.first503.Round(time.Millisecond), r.last503.Round(time.Millisecond), r.gap().Round(time.Millisecond),
 			r.last503AfterKill().Round(time.Millisecond), r.newAfterRecovery)
+	}
+	if *durability > 0 {
+		fmt.Fprintf(&b, "durability shortfall warnings logged (at most 1/s per instance): %d\n", r.shortfallLogs)
 	}
 	fmt.Fprintf(&b, "latency p50 %v, p99 %v, p99.9 %v, max %v\n", r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond),
 		r.p999.Round(time.Microsecond), r.max.Round(time.Microsecond))
