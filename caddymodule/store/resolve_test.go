@@ -345,7 +345,8 @@ func TestRunWriteDurable(t *testing.T) {
 
 // BenchmarkResolveExternalCold is the cold path (a new external id: one
 // script that creates the user) on each deployment, without and with
-// durability (WAIT for 1 replica, in the same round trip).
+// durability (WAIT for 1 replica, in the same round trip), one call at a
+// time (latency) and from 16 goroutines (throughput).
 //
 //	go test ./caddymodule/store -run XXX -bench ResolveExternalCold -benchtime 3s
 func BenchmarkResolveExternalCold(b *testing.B) {
@@ -356,26 +357,46 @@ func BenchmarkResolveExternalCold(b *testing.B) {
 				if replicas > 0 && (name == testenv.DeployStandalone || name == testenv.DeployEmbedded) {
 					continue // no replica to wait for
 				}
-				b.Run(fmt.Sprintf("wait=%d", replicas), func(b *testing.B) {
-					s := storeFor(b, d)
-					if err := s.SetDurability(Durability{Replicas: replicas, Timeout: 100 * time.Millisecond}, nil); err != nil {
-						b.Fatal(err)
+				for _, parallel := range []bool{false, true} {
+					label := fmt.Sprintf("wait=%d", replicas)
+					if parallel {
+						label += "/parallel"
 					}
-					k := NewKeys(fmt.Sprintf("bench%d", replicas))
-					ctx := context.Background()
-					i := 0
-					b.ReportAllocs()
-					for b.Loop() {
-						i++
-						if _, created, err := s.ResolveExternal(ctx, k, "cold-"+strconv.Itoa(i), resolveNow); err != nil || !created {
-							b.Fatal(created, err)
-						}
-					}
-					if s.Shortfalls() > 0 {
-						b.Fatalf("%d shortfalls", s.Shortfalls())
-					}
-				})
+					b.Run(label, func(b *testing.B) { benchResolveCold(b, d, replicas, parallel) })
+				}
 			}
 		})
+	}
+}
+
+func benchResolveCold(b *testing.B, d testenv.Deployment, replicas int, parallel bool) {
+	s := storeFor(b, d)
+	if err := s.SetDurability(Durability{Replicas: replicas, Timeout: 100 * time.Millisecond}, nil); err != nil {
+		b.Fatal(err)
+	}
+	k := NewKeys(fmt.Sprintf("bench%d-%d", replicas, time.Now().UnixNano()))
+	ctx := context.Background()
+	var n atomic.Int64
+	resolve := func() {
+		ext := "cold-" + strconv.FormatInt(n.Add(1), 10)
+		if _, created, err := s.ResolveExternal(ctx, k, ext, resolveNow); err != nil || !created {
+			b.Error(created, err)
+		}
+	}
+	b.ReportAllocs()
+	if parallel {
+		b.SetParallelism(8) // 8 x GOMAXPROCS goroutines
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				resolve()
+			}
+		})
+	} else {
+		for b.Loop() {
+			resolve()
+		}
+	}
+	if s.Shortfalls() > 0 {
+		b.Fatalf("%d shortfalls", s.Shortfalls())
 	}
 }
