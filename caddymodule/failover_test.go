@@ -191,29 +191,35 @@ type failoverReport struct {
 	requests, ok, unavailable, anonymous int
 	maxLatency, p99                      time.Duration
 	gap                                  time.Duration // first to last 503
-	healed, recovered                    time.Duration // after the kill
+	healed, recovered, busBack           time.Duration // after the kill
 }
 
 func (r failoverReport) String() string {
 	return fmt.Sprintf("%d requests: %d ok (%d of them fail_open anonymous), %d 503 store_unavailable over %v; "+
-		"max latency %v (p99 %v); deployment healed %v after the kill, new users served again %v after the kill",
+		"max latency %v (p99 %v); deployment healed %v after the kill, new users served again %v after the kill, "+
+		"invalidation bus back %v after the kill",
 		r.requests, r.ok, r.anonymous, r.unavailable, r.gap.Round(time.Millisecond),
 		r.maxLatency.Round(time.Millisecond), r.p99.Round(time.Millisecond),
-		r.healed.Round(time.Millisecond), r.recovered.Round(time.Millisecond))
+		r.healed.Round(time.Millisecond), r.recovered.Round(time.Millisecond), r.busBack.Round(time.Millisecond))
 }
 
 // failoverUnderLoad runs load through a fail_closed and a fail_open
-// instance on url, calls kill (which takes a master down and returns a
+// instance on url (and watches the invalidation bus between two more),
+// calls kill (which takes a master down and returns a
 // function that waits until the deployment has failed over), and checks:
 // no request outlives the deadline; fail_closed answers 200 or 503
 // store_unavailable with Retry-After, and some 503s show the gap was hit;
 // fail_open answers 200, anonymous (no user, no external id, unverified)
 // or with the true user; known users are served throughout from the
 // cache; no spoofed header ever passes; new users are served again by the
-// same instances (no restart) soon after the deployment healed; every
-// user answered is the one Redis holds.
+// same instances (no restart) soon after the deployment healed, and the
+// invalidation bus carries messages again (re-subscribed, caches flushed);
+// every user answered is the one Redis holds.
 func failoverUnderLoad(t *testing.T, url string, client func() redis.UniversalClient, kill func() (healed func() error)) failoverReport {
 	pair := newInstancePair(t, url)
+	busFrom, _, bus := busInstances(t, url)
+	awaitBus(t, busFrom, bus, 5*time.Second)
+	flushesBefore := bus.flushes.Load()
 	stop := make(chan struct{})
 	l, wg := startLoad(t, pair, 8, stop)
 	stopped := false
@@ -241,6 +247,13 @@ func failoverUnderLoad(t *testing.T, url string, client func() redis.UniversalCl
 		time.Sleep(50 * time.Millisecond)
 	}
 	rep.recovered = time.Since(killedAt)
+	// The invalidation bus: its subscription came back by itself (and
+	// flushed the caches, as messages may have been missed meanwhile).
+	awaitBus(t, busFrom, bus, rep.healed+faultRecovery-time.Since(killedAt))
+	rep.busBack = time.Since(killedAt)
+	if bus.flushes.Load() == flushesBefore {
+		t.Error("the invalidation subscription was not re-established (no flush) after the failover")
+	}
 	time.Sleep(300 * time.Millisecond) // load after the recovery
 	stopLoad()
 
@@ -327,8 +340,9 @@ func failoverUnderLoad(t *testing.T, url string, client func() redis.UniversalCl
 	return rep
 }
 
-// TestClusterMasterKilledUnderLoad kills the master of slot 0 of a
-// 3-master+replica cluster of its own while two instances serve load.
+// TestClusterMasterKilledUnderLoad kills, in a 3-master+replica cluster of
+// its own, the master that holds the invalidation channel's subscriptions
+// while two instances serve load.
 func TestClusterMasterKilledUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a cluster failover takes seconds")
@@ -337,7 +351,7 @@ func TestClusterMasterKilledUnderLoad(t *testing.T) {
 	failoverUnderLoad(t, c.URL(),
 		func() redis.UniversalClient { return redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs()}) },
 		func() func() error {
-			c.KillMaster(0)
+			c.KillMasterOf(InvalidationChannel)
 			return func() error { return c.WaitHealthy(30 * time.Second) }
 		})
 }

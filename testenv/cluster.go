@@ -225,6 +225,53 @@ func (c *Cluster) KillMaster(i int) string {
 	return addr
 }
 
+// KillMasterOf SIGKILLs the master that serves key's hash slot, as
+// CLUSTER SLOTS asked of a live node tells, and returns its address. Use
+// it to take down the node a client must move away from, e.g. the one
+// holding a pub/sub channel's subscriptions. It fails the test if no live
+// node answers or the master is not a running node of this cluster.
+func (c *Cluster) KillMasterOf(key string) string {
+	c.t.Helper()
+	addr, err := c.masterOf(key)
+	if err != nil {
+		c.t.Fatalf("testenv: KillMasterOf(%q): %v", key, err)
+	}
+	srv := c.node(addr)
+	if srv == nil || !srv.running() {
+		c.t.Fatalf("testenv: KillMasterOf(%q): master %s is not a running node of this cluster", key, addr)
+	}
+	if err := srv.stop(); err != nil {
+		c.t.Fatalf("testenv: KillMasterOf(%q): %v", key, err)
+	}
+	return addr
+}
+
+func (c *Cluster) masterOf(key string) (string, error) {
+	var lastErr error = errors.New("no live node")
+	for _, n := range c.live() {
+		cl := redis.NewClient(probeOptions(n.addr()))
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		slot, err := cl.ClusterKeySlot(ctx, key).Result()
+		var slots []redis.ClusterSlot
+		if err == nil {
+			slots, err = cl.ClusterSlots(ctx).Result()
+		}
+		cancel()
+		cl.Close()
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		for _, r := range slots {
+			if int64(r.Start) <= slot && slot <= int64(r.End) && len(r.Nodes) > 0 {
+				return r.Nodes[0].Addr, nil
+			}
+		}
+		return "", fmt.Errorf("%s: no master serves slot %d", n.addr(), slot)
+	}
+	return "", lastErr
+}
+
 // WaitHealthy waits until every live node reports cluster_state:ok with all
 // 16384 slots ok, and every slot is served by a master that is alive, as
 // CLUSTER SLOTS tells from every live node. It returns an error when
