@@ -107,6 +107,9 @@ func (s *Store) shortfall(f Shortfall) {
 // as a shortfall. WAIT runs after every script, also one that found
 // nothing to change: when replicas are up, that costs next to nothing.
 //
+// As with sc.Run, a connection that fails mid-call is retried once, so the
+// script may run twice: store operations are written to be retry-safe.
+//
 // A shortfall does not fail the call: the write happened on the master and
 // cannot be undone, a retry would find it done, and failing every write
 // whenever a replica is down would turn the loss of a replica into an
@@ -131,7 +134,7 @@ func (s *Store) runWrite(ctx context.Context, sc *redis.Script, keys []string, a
 		_, moved := redis.IsMovedError(err)
 		_, ask := redis.IsAskError(err)
 		var rerr redis.Error
-		if moved || ask || !errors.As(err, &rerr) {
+		if moved || ask || !errors.As(err, &rerr) || redis.HasErrorPrefix(err, "READONLY") || redis.HasErrorPrefix(err, "CLUSTERDOWN") {
 			cc.ReloadState(ctx) // the slot map may be stale (failover, resharding)
 		}
 		if !moved && !ask {
