@@ -25,10 +25,15 @@ const maxBodyBytes = 16 << 10
 // `handle_path /idlink/*`). It answers every request itself and never
 // calls the next handler.
 //
+// Endpoints: POST /installs, POST /users/{install_id}/link (scope
+// user.link), GET /users/{user_id} (scope user.read).
+//
 // Every error is {"error": "<code>", "message": "<sentence>"}: 400
-// invalid_request, 401 invalid_api_key, 403 insufficient_scope, 404
-// not_found, 405 method_not_allowed, 413 body_too_large, 503
-// store_unavailable.
+// invalid_request, 401 invalid_api_key, 403 insufficient_scope, 403
+// install_wrong_tenant, 404 not_found, 404 install_not_found, 404
+// user_not_found, 405 method_not_allowed, 409 link_in_progress (with
+// Retry-After), 413 body_too_large, 415 unsupported_media_type, 503
+// store_unavailable (with Retry-After).
 type API struct {
 	// Tenant is the name of the tenant in the idlink app. Required.
 	Tenant string `json:"tenant"`
@@ -77,12 +82,12 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Hand
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set("idlink.tenant", a.Tenant)
 	}
-	h, pattern := a.mux.Handler(r)
-	if pattern == "" {
+	if _, pattern := a.mux.Handler(r); pattern == "" {
 		writeError(w, a.unmatched(r))
 		return nil
 	}
-	h.ServeHTTP(w, r)
+	// Through the mux itself, so that r.PathValue is set.
+	a.mux.ServeHTTP(w, r)
 	return nil
 }
 
@@ -136,7 +141,9 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) *apiError {
 	if err := dec.Decode(v); err != nil {
 		return errInvalidRequest("the body is not a valid JSON object of the expected shape")
 	}
-	if dec.More() {
+	// Only white space may follow (dec.More is false before a stray '}'
+	// or ']', which a second Token call reports).
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return errInvalidRequest("the body holds more than one JSON value")
 	}
 	return nil

@@ -8,17 +8,19 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
 
 // API key scopes.
 const (
-	ScopeUserLink = "user.link"
-	ScopeUserRead = "user.read"
+	ScopeUserLink    = "user.link"
+	ScopeUserRead    = "user.read"
+	ScopeEventsAdmin = "events.admin"
 )
 
 // knownScopes are the scopes an api_key may name.
-var knownScopes = map[string]bool{ScopeUserLink: true, ScopeUserRead: true}
+var knownScopes = map[string]bool{ScopeUserLink: true, ScopeUserRead: true, ScopeEventsAdmin: true}
 
 // maxAPIKeyLen bounds a presented key before it is hashed.
 const maxAPIKeyLen = 512
@@ -26,22 +28,39 @@ const maxAPIKeyLen = 512
 // APIKey is a server-to-server key of a tenant, stored as the SHA-256 of
 // the key so that the config never holds the key itself.
 type APIKey struct {
-	// SHA256 is the lower-case hex SHA-256 digest of the key (64 digits).
-	// `caddy idlink api-key` makes a key and prints its digest.
+	// SHA256 is the hex SHA-256 digest of the key (64 digits), or a
+	// placeholder such as {env.API_KEY_SHA256} replaced at provision time.
+	// A placeholder that is empty disables the key (with a warning). `caddy idlink api-key` makes a key and
+	// prints its digest.
 	SHA256 string `json:"sha256"`
 
 	// Scopes the key grants, e.g. "user.link", "user.read".
 	Scopes []string `json:"scopes"`
 
-	digest [sha256.Size]byte
+	digest   [sha256.Size]byte
+	disabled bool // the digest's placeholder was empty
 }
 
 func (k *APIKey) provision() error {
-	b, err := hex.DecodeString(k.SHA256)
+	digest, err := caddy.NewReplacer().ReplaceOrErr(k.SHA256, false, true)
+	if err != nil {
+		return fmt.Errorf("api_key %s: %v", redactDigest(k.SHA256), err)
+	}
+	k.disabled = strings.TrimSpace(digest) == ""
+	if k.disabled {
+		// An unset {env.*}: the key matches nothing (the API answers 401
+		// invalid_api_key) and provisioning logs a warning.
+		return k.checkScopes()
+	}
+	b, err := hex.DecodeString(strings.ToLower(strings.TrimSpace(digest)))
 	if err != nil || len(b) != sha256.Size {
 		return fmt.Errorf("api_key: %q is not the 64-digit hex SHA-256 of a key", redactDigest(k.SHA256))
 	}
 	copy(k.digest[:], b)
+	return k.checkScopes()
+}
+
+func (k *APIKey) checkScopes() error {
 	if len(k.Scopes) == 0 {
 		return fmt.Errorf("api_key %s: at least one scope is required", redactDigest(k.SHA256))
 	}
@@ -85,7 +104,7 @@ func (t *Tenant) requireScope(r *http.Request, scope string) *apiError {
 	sum := sha256.Sum256([]byte(key))
 	var match *APIKey
 	for i := range t.APIKeys {
-		if subtle.ConstantTimeCompare(sum[:], t.APIKeys[i].digest[:]) == 1 {
+		if subtle.ConstantTimeCompare(sum[:], t.APIKeys[i].digest[:]) == 1 && !t.APIKeys[i].disabled {
 			match = &t.APIKeys[i]
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -154,6 +155,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("tenant %q: %w", name, err)
 		}
 	}
+	// Last: the admin endpoint may already serve this config's registry,
+	// and the gauges read the provisioned tenants.
+	if err := a.registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
+	}
 	return nil
 }
 
@@ -177,14 +183,18 @@ func (a *App) Validate() error {
 	return nil
 }
 
-// Start starts the app's background work: the invalidation listener.
+// Start starts the app's background work: the invalidation listener, and
+// the events work of every tenant (outbox upkeep, webhook delivery).
 // Everything started here stops in Stop, so nothing outlives a reload.
 func (a *App) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	a.stop, a.done = cancel, make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { a.listen(ctx) })
+	a.runEvents(ctx, &wg)
 	go func() {
 		defer close(a.done)
-		a.listen(ctx)
+		wg.Wait()
 	}()
 	return nil
 }

@@ -57,5 +57,8 @@ func (c *ttlCache[K, V]) AddFor(key K, val V, ttl time.Duration) {
 // Remove drops key.
 func (c *ttlCache[K, V]) Remove(key K) { c.lru.Remove(key) }
 
+// Purge drops every entry.
+func (c *ttlCache[K, V]) Purge() { c.lru.Purge() }
+
 // Len is the number of entries, expired ones included.
 func (c *ttlCache[K, V]) Len() int { return c.lru.Len() }

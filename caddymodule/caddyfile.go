@@ -39,9 +39,25 @@ func init() {
 //			}
 //			default_platform <name>
 //			anonymous allow|deny
+//			sessions {
+//				max <n>
+//				idle <duration>|off
+//				lifetime <duration>|off
+//			}
 //			api_key <sha256-hex-of-key> <scope>...
 //			cache_size <entries>
 //			cache_ttl <duration>
+//			webhook <url> {
+//				secret <secret>...
+//				max_attempts <n>
+//				max_age <duration>
+//				timeout <duration>
+//				concurrency <n>
+//				backoff <base> [<max>]
+//				poll_interval <duration>
+//				claim_after <duration>
+//			}
+//			events_retention <duration>
 //		}
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
@@ -177,7 +193,10 @@ func (t *Tenant) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err("api_key needs the key's SHA-256 and at least one scope: api_key <sha256-hex> <scope>...")
 			}
 			k := APIKey{SHA256: strings.ToLower(args[0]), Scopes: args[1:]}
-			if err := k.provision(); err != nil {
+			if strings.Contains(args[0], "{") {
+				// A placeholder ({env.*}, {file.*}): checked at provision.
+				k.SHA256 = args[0]
+			} else if err := k.provision(); err != nil {
 				return d.Err(err.Error())
 			}
 			t.APIKeys = append(t.APIKeys, k)
@@ -195,10 +214,123 @@ func (t *Tenant) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := durationArg(d, &t.CacheTTL); err != nil {
 				return err
 			}
+		case "sessions":
+			if t.Sessions != nil {
+				return d.Err("sessions already specified")
+			}
+			t.Sessions = new(Sessions)
+			if err := t.Sessions.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
+		case "webhook":
+			if t.Webhook != nil {
+				return d.Err("webhook already specified")
+			}
+			w, err := parseWebhook(d)
+			if err != nil {
+				return err
+			}
+			t.Webhook = w
+		case "events_retention":
+			if t.EventsRetention != 0 {
+				return d.Err("events_retention already specified")
+			}
+			if err := durationArg(d, &t.EventsRetention); err != nil {
+				return err
+			}
 		default:
 			return d.Errf("unrecognized tenant subdirective '%s'", d.Val())
 		}
 	}
+	return nil
+}
+
+// parseWebhook parses a tenant's webhook block (see parseGlobalOption).
+func parseWebhook(d *caddyfile.Dispenser) (*Webhook, error) {
+	w := new(Webhook)
+	if err := oneArg(d, &w.URL); err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		if sub != "secret" {
+			if seen[sub] {
+				return nil, d.Errf("webhook %s already specified", sub)
+			}
+			seen[sub] = true
+		}
+		switch sub {
+		case "secret":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return nil, d.ArgErr()
+			}
+			w.Secrets = append(w.Secrets, args...)
+		case "max_attempts":
+			if err := positiveIntArg(d, &w.MaxAttempts); err != nil {
+				return nil, err
+			}
+		case "concurrency":
+			if err := positiveIntArg(d, &w.Concurrency); err != nil {
+				return nil, err
+			}
+			if w.Concurrency > maxConcurrency {
+				return nil, d.Errf("concurrency must be at most %d", maxConcurrency)
+			}
+		case "max_age":
+			if err := durationArg(d, &w.MaxAge); err != nil {
+				return nil, err
+			}
+		case "timeout":
+			if err := durationArg(d, &w.Timeout); err != nil {
+				return nil, err
+			}
+		case "poll_interval":
+			if err := durationArg(d, &w.PollInterval); err != nil {
+				return nil, err
+			}
+		case "claim_after":
+			if err := durationArg(d, &w.ClaimAfter); err != nil {
+				return nil, err
+			}
+		case "backoff":
+			args := d.RemainingArgs()
+			if len(args) < 1 || len(args) > 2 {
+				return nil, d.Err("backoff needs a base and optionally a maximum: backoff <base> [<max>]")
+			}
+			for i, a := range args {
+				v, err := caddy.ParseDuration(a)
+				if err != nil || v <= 0 {
+					return nil, d.Errf("'%s' is not a positive duration", a)
+				}
+				if i == 0 {
+					w.BackoffBase = caddy.Duration(v)
+				} else {
+					w.BackoffMax = caddy.Duration(v)
+				}
+			}
+		default:
+			return nil, d.Errf("unrecognized webhook subdirective '%s'", sub)
+		}
+	}
+	if len(w.Secrets) == 0 {
+		return nil, d.Err("webhook needs at least one secret (secret {env.NAME})")
+	}
+	return w, nil
+}
+
+// positiveIntArg reads exactly one positive integer into dst.
+func positiveIntArg(d *caddyfile.Dispenser, dst *int) error {
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		return d.Errf("'%s' is not a positive number", s)
+	}
+	*dst = n
 	return nil
 }
 

@@ -297,3 +297,22 @@ func TestE2EEmbeddedDefault(t *testing.T) {
 		t.Fatal("a secret or signature reached the log")
 	}
 }
+
+// TestE2EReloadKeepsStore reloads the config: the store client (here the
+// embedded store, whose data lives in it) is shared through the usage
+// pool, so users resolved before the reload are the same after it.
+func TestE2EReloadKeepsStore(t *testing.T) {
+	t.Setenv("IDLINK_E2E_NEW", e2eNew)
+	t.Setenv("IDLINK_E2E_OLD", e2eOld)
+	up := testenv.StartUpstream(t)
+	port := testenv.FreePort(t)
+	cfg := e2eCaddyfile("", port, up.Addr())
+	c := testenv.StartCaddy(t, cfg)
+	e := &e2e{t: t, base: fmt.Sprintf("http://127.0.0.1:%d", port), upstream: up}
+	_, _, before := e.do("GET", "/app", signed("reload-user", e2eNew))
+	c.Reload(t, strings.Replace(cfg, "redis_timeout 200ms", "redis_timeout 200ms\n\t\ton_store_error fail_closed", 1))
+	_, _, after := e.do("GET", "/app", signed("reload-user", e2eNew))
+	if before.Get("X-Platform-User-Id") == "" || before.Get("X-Platform-User-Id") != after.Get("X-Platform-User-Id") {
+		t.Fatalf("user changed across a reload: %q then %q", before.Get("X-Platform-User-Id"), after.Get("X-Platform-User-Id"))
+	}
+}

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"strconv"
@@ -37,6 +38,7 @@ type apiError struct {
 	Message    string
 	RetryAfter int    // seconds; 0: no Retry-After header
 	Challenge  string // WWW-Authenticate value, if any
+	Reason     string // answered as "reason" when set (session_ended)
 }
 
 func (e *apiError) Error() string { return e.Code + ": " + e.Message }
@@ -60,10 +62,11 @@ func errStoreUnavailable() *apiError {
 
 // writeError answers e as JSON.
 func writeError(w http.ResponseWriter, e *apiError) {
-	body, _ := json.Marshal(struct {
+	body, _ := marshalJSON(struct {
 		Error   string `json:"error"`
 		Message string `json:"message"`
-	}{e.Code, e.Message})
+		Reason  string `json:"reason,omitempty"`
+	}{e.Code, e.Message, e.Reason})
 	h := w.Header()
 	h.Set(headerContentType, contentTypeJSON)
 	h.Set(headerCacheControl, cacheControlNoStore)
@@ -75,12 +78,12 @@ func writeError(w http.ResponseWriter, e *apiError) {
 		h.Set(headerWWWAuthenticate, e.Challenge)
 	}
 	w.WriteHeader(e.Status)
-	_, _ = w.Write(append(body, '\n'))
+	_, _ = w.Write(body)
 }
 
 // writeJSON answers v with status.
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	body, err := json.Marshal(v)
+	body, err := marshalJSON(v)
 	if err != nil {
 		writeError(w, newError(http.StatusInternalServerError, codeInternal, "could not encode the response"))
 		return
@@ -90,5 +93,16 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	h.Set(headerCacheControl, cacheControlNoStore)
 	h.Set(headerContentTypeOpts, contentTypeOptsNoSniff)
 	w.WriteHeader(status)
-	_, _ = w.Write(append(body, '\n'))
+	_, _ = w.Write(body)
+}
+
+// marshalJSON encodes v followed by a newline, without HTML escaping (our
+// answers are JSON for programs, and "<key>" reads better than
+// "\u003ckey\u003e").
+func marshalJSON(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	err := enc.Encode(v)
+	return b.Bytes(), err
 }

@@ -31,8 +31,10 @@ const (
 // in every spelling (case, duplicates, and the underscore forms CGI, PHP
 // and WSGI fold into the same name), on every path. Then it sets
 // X-Platform-User-Id, X-Identity-Source, X-Identity-Verified,
-// X-External-Id, X-Verified-Email and X-Verified-Phone from what it
-// verified. Signatures and tokens are not forwarded.
+// X-External-Id, X-Install-Id, X-Verified-Email and X-Verified-Phone from
+// what it verified. X-Install-Id alone identifies the install's user,
+// unverified (X-Identity-Source: install). Signatures and tokens are not
+// forwarded.
 //
 // Placeholders set: {http.auth.user.id} (the platform user id, as Caddy's
 // authentication handler does), {idlink.user_id}, {idlink.external_id},
@@ -42,7 +44,10 @@ const (
 //
 // Answers, all JSON {"error","message"}: 400 invalid_request (ambiguous,
 // over-long or control-character values), 401 invalid_signature (enforce
-// mode), 401 authentication_required (anonymous deny), 503
+// mode), 401 unknown_install (X-Install-Id not an install of the tenant),
+// 401 session_ended with "reason" (X-Session-Id evicted, logged_out, idle
+// or expired), 401 unknown_session, 401 identity_mismatch (credentials naming different users), 401
+// authentication_required (anonymous deny), 503
 // store_unavailable with Retry-After (store down, fail_closed).
 //
 // CORS preflight requests (OPTIONS with Access-Control-Request-Method) are

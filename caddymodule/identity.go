@@ -64,6 +64,8 @@ type credentialCheck func(t *Tenant, ctx context.Context, c *credentials) (*iden
 // present names the user; every other one present must name the same user.
 var credentialChecks = []credentialCheck{
 	(*Tenant).checkHMAC,
+	(*Tenant).checkSession,
+	(*Tenant).checkInstall,
 }
 
 // authenticate verifies the credentials of a request and resolves the
@@ -109,6 +111,9 @@ func (t *Tenant) identify(ctx context.Context, c *credentials) (identity, error)
 		if id.sessionID == "" {
 			id.sessionID = claim.sessionID
 		}
+		if id.verifiedEmail == "" && id.verifiedPhone == "" {
+			id.verifiedEmail, id.verifiedPhone = claim.verifiedEmail, claim.verifiedPhone
+		}
 	}
 	if id == nil {
 		if t.Anonymous == AnonymousDeny {
@@ -117,7 +122,11 @@ func (t *Tenant) identify(ctx context.Context, c *credentials) (identity, error)
 		}
 		id = &identity{source: SourceAnonymous}
 	}
-	id.verifiedEmail, id.verifiedPhone = email, phone
+	// Signed email/phone on the request win over the ones a session's
+	// login stored for the user.
+	if email != "" || phone != "" {
+		id.verifiedEmail, id.verifiedPhone = email, phone
+	}
 	return *id, nil
 }
 
@@ -155,19 +164,7 @@ func (t *Tenant) checkHMAC(ctx context.Context, c *credentials) (*identity, erro
 	if c.externalID == "" || len(t.Platforms) == 0 {
 		return nil, nil
 	}
-	platform, mode := t.platformFor(c.platform)
-	verified, why := false, ""
-	switch {
-	case mode == ModeOff:
-	case platform == nil:
-		why = "unknown platform"
-	case c.externalIDSig == "":
-		why = "the external id has no signature"
-	case !verifyHMAC(platform.keys, c.externalID, c.externalIDSig):
-		why = "the external id signature does not match"
-	default:
-		verified = true
-	}
+	verified, mode, why := t.verifyExternalID(c)
 	if !verified && mode == ModeEnforce {
 		return nil, t.badSignature(why)
 	}
@@ -179,6 +176,24 @@ func (t *Tenant) checkHMAC(ctx context.Context, c *credentials) (*identity, erro
 		return nil, err
 	}
 	return &identity{source: SourceHMAC, verified: verified, userID: userID, externalID: c.externalID}, nil
+}
+
+// verifyExternalID checks the signature of X-External-Id under its
+// platform: whether it verified, the mode that applies, and why not.
+func (t *Tenant) verifyExternalID(c *credentials) (verified bool, mode, why string) {
+	platform, mode := t.platformFor(c.platform)
+	switch {
+	case mode == ModeOff:
+	case platform == nil:
+		why = "unknown platform"
+	case c.externalIDSig == "":
+		why = "the external id has no signature"
+	case !verifyHMAC(platform.keys, c.externalID, c.externalIDSig):
+		why = "the external id signature does not match"
+	default:
+		verified = true
+	}
+	return verified, mode, why
 }
 
 // platformFor returns the platform a request names (or the default one)

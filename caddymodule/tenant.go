@@ -59,6 +59,21 @@ type Tenant struct {
 	// memory turnover. Default: 10m.
 	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
 
+	// Sessions is the session policy: at most max live sessions per user
+	// (default 1), ended after idle (default 72h) or lifetime (default
+	// none). See sessions.go.
+	Sessions *Sessions `json:"sessions,omitempty"`
+
+	// Webhook receives the tenant's events. Default: none (events stay in
+	// the outbox for EventsRetention).
+	Webhook *Webhook `json:"webhook,omitempty"`
+
+	// EventsRetention trims outbox events older than that, delivered or
+	// not. Default: 7 days for a tenant without a webhook; none for one
+	// with a webhook (only delivered events are trimmed; failing ones move
+	// to the dead letters after the webhook's max_age).
+	EventsRetention caddy.Duration `json:"events_retention,omitempty"`
+
 	name         string
 	app          *App
 	keys         *store.Keys
@@ -70,6 +85,10 @@ type Tenant struct {
 	logger       *zap.Logger
 	lastErrorLog atomic.Int64
 	inval        invalidators
+	installs     installCache
+	linkOpts     atomic.Pointer[store.LinkOptions] // tests shorten the lock and hook into steps
+	sess         sessionRuntime
+	outbox       *outbox
 }
 
 // Platform is one client platform's trusted-identity settings.
@@ -103,11 +122,17 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 		t.CacheTTL = caddy.Duration(10 * time.Minute)
 	}
 	t.users = newTTLCache[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
+	t.provisionSessions()
 	t.strip = newHeaderSet(identityHeaders, credentialHeaders)
+	t.provisionInstalls()
 
 	for i := range t.APIKeys {
 		if err := t.APIKeys[i].provision(); err != nil {
 			return err
+		}
+		if t.APIKeys[i].disabled {
+			t.logger.Warn("api_key disabled: its digest placeholder is empty",
+				zap.String("api_key", t.APIKeys[i].SHA256))
 		}
 	}
 
@@ -142,7 +167,7 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 		}
 		t.strictest = stricter(t.strictest, p.Mode)
 	}
-	return nil
+	return t.provisionEvents()
 }
 
 func (t *Tenant) validate() error {
@@ -164,7 +189,10 @@ func (t *Tenant) validate() error {
 	default:
 		return fmt.Errorf("tenant %q: anonymous must be allow or deny, not %q", t.name, t.Anonymous)
 	}
-	return nil
+	if err := t.validateSessions(); err != nil {
+		return err
+	}
+	return t.validateEvents()
 }
 
 func stricter(a, b string) string {

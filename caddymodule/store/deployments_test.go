@@ -50,6 +50,21 @@ func forEachDeployment(t *testing.T, f func(t *testing.T, s *Store, d testenv.De
 	})
 }
 
+// redisDeployments returns the selected deployments with a real Redis
+// (testenv.DeploymentNames without embedded; none without redis-server
+// outside CI), each the test's alone and empty (testenv.UseDeployment),
+// for store tests that keep their own list of backends.
+func redisDeployments(t *testing.T) []testenv.Deployment {
+	t.Helper()
+	var out []testenv.Deployment
+	for _, name := range testenv.DeploymentNames(t) {
+		if name != testenv.DeployEmbedded {
+			out = append(out, testenv.UseDeployment(t, name))
+		}
+	}
+	return out
+}
+
 // storeFor opens a store on d (the embedded store when d.URL is "") and
 // closes it when the test ends.
 func storeFor(tb testing.TB, d testenv.Deployment) *Store {

@@ -86,14 +86,64 @@ func ExternalShard(externalID string) int {
 
 // Keys names the Redis keys of one tenant. The schema (README "Key schema"):
 //
-//	idl:{T:SS}:ext:<external id>      string  user id of an external id
-//	idl:{T:SS}:user:<user id>         hash    ext, created (unix ms), ...
-//	idl:{T:SS}:user:<user id>:installs set    install ids of the user
-//	idl:{T:SS}:inst:<install id>      hash    user, created
-//	idl:{T:SS}:events                 stream  the shard's outbox of events
+//	idl:{T:SS}:ext:<external id>       string  user id of an external id: SET
+//	                                           only if absent, never reassigned
+//	idl:{T:SS}:user:<user id>          hash    ext (absent or empty: anonymous),
+//	                                           created (unix ms)
+//	idl:{T:SS}:user:<user id>:installs set     install ids of the user (may hold
+//	                                           stale ids: readers check the install)
+//	idl:{T:SS}:user:<user id>:sessions zset    live session ids, score = last
+//	                                           activity (unix ms)
+//	idl:{T:SS}:user:<user id>:attrs    hash    external attributes: JSON-encoded
+//	                                           key -> compact JSON value
+//	idl:{T:SS}:sess:<session id>       hash    user, started, last (unix ms),
+//	                                           install, verified (0/1), seq (the
+//	                                           user's sess_seq at admission),
+//	                                           state (live|ended), reason, by
+//	                                           (evicting session), ended (unix ms)
+//	idl:{T:SS}:inst:<install id>       hash    user, created (unix ms),
+//	                                           anon_user (the anonymous user made
+//	                                           with the install), anon_claim (the
+//	                                           one external id anon_user may ever
+//	                                           take), and the outcome of the last
+//	                                           link: link_ext, link_user,
+//	                                           link_created (0/1), link_merged_from;
+//	                                           prev (user the install left, while
+//	                                           its installs set may still list it)
+//	idl:{T:SS}:inst:<install id>:lock  string  per-install link lock (random
+//	                                           token, PX 5s)
+//	idl:{T:SS}:events                  stream  the shard's outbox of events
+//	idl:{T:SS}:events:due              zset    outbox entry ids being delivered
+//	                                           or waiting for a retry, scored by
+//	                                           when they may next be taken (unix ms)
+//	idl:{T:SS}:deadletter              stream  events that kept failing
+//	idl:itenant:<install id>           string  tenant of an install (global,
+//	                                           written before the install; only
+//	                                           tells 403 from 404 on a link)
 //
 // T is the tenant and SS the shard in two hex digits; {T:SS} is the hash
-// tag, so every key of one shard is in one Cluster slot.
+// tag, so every key of one shard is in one Cluster slot. An install and
+// its anonymous user live in one shard (the install's); an external id and
+// the user first created for it live in ExternalShard(external id).
+//
+// Sessions (sessions.go) live in their user's shard: a session id is
+// NewID(KindSession, shard of the user), so the session hash, the user's
+// session set and the user hash share one slot and one script admits,
+// touches or ends a session atomically. The user hash counts the user's
+// admissions (sess_seq), which orders sessions last active in the same
+// millisecond. A login also stores the user's verified email and phone
+// (fields email, phone of the user hash) and
+// external attributes: a hash whose fields are the attribute keys JSON-
+// encoded (quotes included) and whose values are compact JSON, so that the
+// admission script merges them and knows the exact size of the object's
+// compact JSON without decoding anything.
+//
+// A session hash outlives the session as a tombstone, so an ended id
+// answers session_ended with its reason: with a lifetime L it expires at
+// started+L+keep; without one, at (last activity or end)+idle+keep, where
+// keep is idle, or 24h without idle, or 30 days with neither (see
+// SessionPolicy.Keep). After that the id is simply unknown; ids are random
+// and never reissued.
 type Keys struct {
 	tenant string
 	tags   [Shards]string // "idl:{T:SS}:"
@@ -127,10 +177,44 @@ func (k *Keys) UserInstalls(shard int, userID string) string {
 	return k.tags[shard] + "user:" + userID + ":installs"
 }
 
+// UserSessions is the sorted set of a user's live sessions.
+func (k *Keys) UserSessions(shard int, userID string) string {
+	return k.tags[shard] + "user:" + userID + ":sessions"
+}
+
+// UserAttributes is the hash of a user's external attributes.
+func (k *Keys) UserAttributes(shard int, userID string) string {
+	return k.tags[shard] + "user:" + userID + ":attrs"
+}
+
+// Session is the hash of a session; the id must have passed ParseID.
+func (k *Keys) Session(shard int, sessionID string) string {
+	return k.tags[shard] + "sess:" + sessionID
+}
+
 // Install is the hash of an install.
 func (k *Keys) Install(shard int, installID string) string {
 	return k.tags[shard] + "inst:" + installID
 }
 
+// InstallLock is the per-install link lock.
+func (k *Keys) InstallLock(shard int, installID string) string {
+	return k.tags[shard] + "inst:" + installID + ":lock"
+}
+
+// InstallTenant is the global key naming the tenant of an install. It is
+// outside every tenant's keys (so one tenant can tell "another tenant's
+// install" from "no such install") and is only ever read by itself.
+func InstallTenant(installID string) string { return "idl:itenant:" + installID }
+
 // Events is the outbox stream of a shard.
 func (k *Keys) Events(shard int) string { return k.tags[shard] + "events" }
+
+// EventsDue is the schedule of a shard's outbox entries that were taken for
+// delivery: entry id scored by the time (unix ms) at which the entry may be
+// taken again (its lease while an attempt runs, its retry time after a
+// failure).
+func (k *Keys) EventsDue(shard int) string { return k.tags[shard] + "events:due" }
+
+// Deadletter is the stream of a shard's events that kept failing.
+func (k *Keys) Deadletter(shard int) string { return k.tags[shard] + "deadletter" }

@@ -11,6 +11,8 @@ import (
 // Event types appended to the outbox.
 const (
 	EventUserCreated = "user.created"
+	EventUserLinked  = "user.linked"
+	EventUserMerged  = "user.merged"
 )
 
 // ResolveExternal returns the user of an external id, creating the user on

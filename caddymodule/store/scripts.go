@@ -10,17 +10,26 @@ import (
 var luaFiles embed.FS
 
 func script(name string) *redis.Script {
+	return newScript(name, luaSource(name))
+}
+
+// scriptWith is a script with a library of shared functions prepended.
+func scriptWith(lib, name string) *redis.Script {
+	return newScript(name, luaSource(lib)+luaSource(name))
+}
+
+func luaSource(name string) string {
 	src, err := luaFiles.ReadFile("lua/" + name + ".lua")
 	if err != nil {
 		panic("idlink: missing Lua script " + name)
 	}
-	return newScript(name, string(src))
+	return string(src)
 }
 
 // scriptSources holds the source of every script the package runs, by
 // name. The tests check that each one ran on a Redis Cluster (proof that
 // it is single-slot) and that every file of lua/ is part of one: build
-// every script with newScript.
+// every script with newScript (script and scriptWith do).
 var scriptSources = map[string]string{}
 
 // newScript registers a script's source and returns the script.
@@ -33,5 +42,23 @@ func newScript(name, src string) *redis.Script {
 // (redis.Script.Run), and every key it touches comes through KEYS and
 // shares one hash tag.
 var (
-	resolveScript = script("resolve")
+	resolveScript           = script("resolve")
+	installCreateScript     = script("install_create")
+	userGetScript           = script("user_get")
+	linkLockScript          = script("link_lock")
+	linkClaimScript         = script("link_claim")
+	linkAdoptScript         = script("link_adopt")
+	linkMoveScript          = script("link_move")
+	linkFinishScript        = script("link_finish")
+	fetchEventsScript       = script("events_fetch")
+	ackEventScript          = script("events_ack")
+	rescheduleEventScript   = script("events_reschedule")
+	deadletterEventScript   = script("events_deadletter")
+	replayDeadlettersScript = script("events_replay")
+	maintainOutboxScript    = script("events_maintain")
+
+	sessionAdmitScript = scriptWith("sessions_lib", "session_admit")
+	sessionTouchScript = scriptWith("sessions_lib", "session_touch")
+	sessionEndScript   = scriptWith("sessions_lib", "session_end")
+	userSessionsScript = scriptWith("sessions_lib", "user_sessions")
 )

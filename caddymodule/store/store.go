@@ -94,6 +94,9 @@ func OpenEmbedded(timeout time.Duration) (*Store, error) {
 		timeout = DefaultTimeout
 	}
 	m := miniredis.NewMiniRedis()
+	// TTLs (locks, session tombstones, retention) run on the wall clock, as
+	// in a real Redis; miniredis otherwise only expires on FastForward.
+	m.ClockTTL(true)
 	if err := m.StartAddr("127.0.0.1:0"); err != nil {
 		return nil, fmt.Errorf("starting embedded store: %w", err)
 	}

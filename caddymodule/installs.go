@@ -1,0 +1,120 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/idlink/idlink/caddymodule/store"
+)
+
+func init() {
+	apiRoutes["POST /installs"] = (*API).createInstall
+}
+
+// Error codes of installs.
+const (
+	codeUnknownInstall     = "unknown_install"
+	codeInstallNotFound    = "install_not_found"
+	codeInstallWrongTenant = "install_wrong_tenant"
+)
+
+// invalidateInstall is the invalidation kind of an install's user: a link
+// that moves an install publishes "<tenant> install <install id>".
+const invalidateInstall = "install"
+
+// installCache holds install id → user id in process. A link can move an
+// install to another user, so entries are dropped on every instance when
+// the link script publishes, and all of them when the subscription
+// restarts. gen counts drops: a lookup that started before a drop does not
+// store what it read, which may predate the move.
+type installCache struct {
+	users  *ttlCache[string, string]
+	flight singleflight.Group
+	gen    atomic.Uint64
+	fetch  func(ctx context.Context, installID string) (string, error) // the store; tests wrap it
+}
+
+func (t *Tenant) provisionInstalls() {
+	t.installs.users = newTTLCache[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
+	t.installs.fetch = func(ctx context.Context, installID string) (string, error) {
+		return t.app.store.InstallUser(ctx, t.keys, installID)
+	}
+	t.onInvalidate(invalidateInstall, t.dropInstall, func() {
+		t.installs.gen.Add(1)
+		t.installs.users.Purge()
+	})
+}
+
+// dropInstall forgets the cached user of an install.
+func (t *Tenant) dropInstall(installID string) {
+	t.installs.gen.Add(1)
+	t.installs.users.Remove(installID)
+}
+
+// installUser returns the user an install points to: from the cache when
+// warm, else from Redis in one round trip (concurrent cold lookups of one
+// install share it). store.ErrInstallNotFound for malformed or unknown ids.
+func (t *Tenant) installUser(ctx context.Context, installID string) (string, error) {
+	if _, err := store.ParseID(store.KindInstall, installID); err != nil {
+		return "", store.ErrInstallNotFound
+	}
+	if u, ok := t.installs.users.Get(installID); ok {
+		return u, nil
+	}
+	v, err, _ := t.installs.flight.Do(installID, func() (any, error) {
+		gen := t.installs.gen.Load()
+		u, err := t.installs.fetch(context.WithoutCancel(ctx), installID)
+		if err != nil {
+			return "", err
+		}
+		if t.installs.gen.Load() == gen {
+			t.installs.users.Add(installID, u)
+		}
+		return u, nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return v.(string), nil
+}
+
+// checkInstall identifies a request by X-Install-Id: the install's user,
+// unverified (an install id is a device's bearer id, not a proof of who
+// uses it). With a stronger credential it only has to agree with it.
+func (t *Tenant) checkInstall(ctx context.Context, c *credentials) (*identity, error) {
+	if c.installID == "" {
+		return nil, nil
+	}
+	u, err := t.installUser(ctx, c.installID)
+	if errors.Is(err, store.ErrInstallNotFound) {
+		t.debug("unknown install id refused")
+		return nil, newError(http.StatusUnauthorized, codeUnknownInstall, "the install id is not known")
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &identity{source: SourceInstall, userID: u, installID: c.installID}, nil
+}
+
+// createInstall is POST /installs: the SDK's first call on a device. It
+// issues an install id with a new anonymous user and answers 201
+// {install_id, user_id}. The body, if any, is ignored.
+func (a *API) createInstall(w http.ResponseWriter, r *http.Request) {
+	t := a.tenant
+	installID, userID, err := t.app.store.CreateInstall(context.WithoutCancel(r.Context()), t.keys, t.now())
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	t.debug("install created", zap.String("user_id", userID))
+	writeJSON(w, http.StatusCreated, struct {
+		InstallID string `json:"install_id"`
+		UserID    string `json:"user_id"`
+	}{installID, userID})
+}

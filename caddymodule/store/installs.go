@@ -1,0 +1,159 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Errors of install and user lookups.
+var (
+	ErrInstallNotFound    = errors.New("install not found")
+	ErrInstallWrongTenant = errors.New("install belongs to another tenant")
+	ErrUserNotFound       = errors.New("user not found")
+)
+
+// CreateInstall issues a new install id with a new anonymous user, both in
+// one random shard, and appends user.created to that shard's outbox.
+//
+// Two steps: the global install → tenant entry (SET NX, so an id is never
+// issued twice), then one script in the install's shard that writes the
+// install, the user, the user's installs set and the event. A crash
+// between them leaves an entry naming an install that does not exist,
+// which a link answers with 404 install_not_found, as for any unknown id:
+// the caller never received the id.
+func (s *Store) CreateInstall(ctx context.Context, k *Keys, now time.Time) (installID, userID string, err error) {
+	shard := rand.IntN(Shards)
+	ctx, cancel := s.deadline(ctx)
+	defer cancel()
+	for {
+		installID = NewID(KindInstall, shard)
+		ok, err := s.rdb.SetNX(ctx, InstallTenant(installID), k.Tenant(), 0).Result()
+		if err != nil {
+			return "", "", wrap(err)
+		}
+		if ok {
+			break
+		}
+		// 144 random bits: never in practice; try another id.
+	}
+	userID = NewID(KindUser, shard)
+	data, _ := json.Marshal(struct {
+		UserID    string `json:"user_id"`
+		InstallID string `json:"install_id"`
+	}{userID, installID})
+	n, err := s.runWrite(ctx, installCreateScript,
+		[]string{k.Install(shard, installID), k.User(shard, userID), k.UserInstalls(shard, userID), k.Events(shard)},
+		installID, userID, strconv.FormatInt(now.UnixMilli(), 10), k.Tenant(), data,
+	).Int()
+	if err != nil {
+		return "", "", wrap(err)
+	}
+	if n != 1 {
+		return "", "", fmt.Errorf("%w: install %s already existed", ErrUnavailable, installID)
+	}
+	return installID, userID, nil
+}
+
+// InstallUser returns the user an install points to, or
+// ErrInstallNotFound (also for a malformed id or another tenant's install).
+func (s *Store) InstallUser(ctx context.Context, k *Keys, installID string) (string, error) {
+	shard, err := ParseID(KindInstall, installID)
+	if err != nil {
+		return "", ErrInstallNotFound
+	}
+	ctx, cancel := s.deadline(ctx)
+	defer cancel()
+	u, err := s.rdb.HGet(ctx, k.Install(shard, installID), "user").Result()
+	if errors.Is(err, redis.Nil) {
+		return "", ErrInstallNotFound
+	}
+	return u, wrap(err)
+}
+
+// installTenant tells why an install is missing from a tenant's keys:
+// ErrInstallWrongTenant if the global entry names another tenant, else
+// ErrInstallNotFound.
+func (s *Store) installTenant(ctx context.Context, k *Keys, installID string) error {
+	ctx, cancel := s.deadline(ctx)
+	defer cancel()
+	t, err := s.rdb.Get(ctx, InstallTenant(installID)).Result()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return ErrInstallNotFound
+	case err != nil:
+		return wrap(err)
+	case t != k.Tenant():
+		return ErrInstallWrongTenant
+	}
+	return ErrInstallNotFound
+}
+
+// User is what the store knows of a user.
+type User struct {
+	ID         string
+	ExternalID string // empty: anonymous
+	Created    time.Time
+	Installs   []string // installs that point to the user, sorted
+}
+
+// GetUser reads a user and the installs that point to it. The user's
+// installs set may hold installs that have moved on (a link interrupted
+// between its steps leaves them; see links.go): each is checked against
+// the install itself, so only installs whose user is this one are listed.
+// A malformed id or an unknown user is ErrUserNotFound.
+func (s *Store) GetUser(ctx context.Context, k *Keys, userID string) (*User, error) {
+	shard, err := ParseID(KindUser, userID)
+	if err != nil {
+		return nil, ErrUserNotFound
+	}
+	ctx, cancel := s.deadline(ctx)
+	defer cancel()
+	res, err := userGetScript.Run(ctx, s.rdb, []string{k.User(shard, userID), k.UserInstalls(shard, userID)}).StringSlice()
+	if err != nil {
+		return nil, wrap(err)
+	}
+	if len(res) < 2 {
+		return nil, ErrUserNotFound
+	}
+	ms, _ := strconv.ParseInt(res[1], 10, 64)
+	u := &User{ID: userID, ExternalID: res[0], Created: time.UnixMilli(ms).UTC(), Installs: []string{}}
+	members := res[2:]
+	if len(members) == 0 {
+		return u, nil
+	}
+	cmds := make([]*redis.StringCmd, len(members))
+	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, inst := range members {
+			is, err := ParseID(KindInstall, inst)
+			if err != nil {
+				continue
+			}
+			cmds[i] = p.HGet(ctx, k.Install(is, inst), "user")
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, wrap(err)
+	}
+	for i, c := range cmds {
+		if c == nil {
+			continue
+		}
+		if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return nil, wrap(err)
+		}
+		if c.Val() == userID {
+			u.Installs = append(u.Installs, members[i])
+		}
+	}
+	sort.Strings(u.Installs)
+	return u, nil
+}

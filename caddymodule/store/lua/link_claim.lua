@@ -1,0 +1,21 @@
+-- Link step 2, in the external id's shard: who is this external id? The
+-- ext key is SET only if absent and never reassigned, so concurrent links
+-- of one external id from any number of installs agree on one user.
+-- KEYS[1] ext key, KEYS[2] hash of the candidate new user, KEYS[3] outbox
+--   (all in the external id's shard: one slot)
+-- ARGV[1] 'claim' (the install's anonymous user, reserved for this external
+--   id, becomes its user) or 'create' (a new user), ARGV[2] that user id,
+-- ARGV[3] external id, ARGV[4] now (unix ms), ARGV[5] tenant,
+-- ARGV[6] event type, ARGV[7] event data (JSON)
+-- Returns {user id, 1 if this call assigned it else 0}.
+local u = redis.call('GET', KEYS[1])
+if u then
+  return {u, 0}
+end
+redis.call('SET', KEYS[1], ARGV[2])
+if ARGV[1] == 'create' then
+  redis.call('HSET', KEYS[2], 'ext', ARGV[3], 'created', ARGV[4])
+end
+redis.call('XADD', KEYS[3], '*', 'type', ARGV[6], 'tenant', ARGV[5],
+  'occurred_at', ARGV[4], 'data', ARGV[7])
+return {ARGV[2], 1}

@@ -1,0 +1,38 @@
+-- Link step 4 of a move, in the install's shard: compare-and-set the
+-- install's user, remember the outcome, append the event and tell every
+-- instance to drop its cached mapping, atomically; forget the pending
+-- candidate user. When the previous user
+-- lives in this shard too, drop the install from its set and release the
+-- lock here as well; else remember it as prev for the caller to finish.
+-- KEYS[1] install hash, KEYS[2] install lock, KEYS[3] outbox,
+-- KEYS[4] previous user's installs set if in this shard, else KEYS[1]
+-- ARGV[1] install id, ARGV[2] expected (previous) user, ARGV[3] new user,
+-- ARGV[4] external id, ARGV[5] created 0/1, ARGV[6] merged_from ('' none),
+-- ARGV[7] lock token, ARGV[8] '1' if KEYS[4] is the previous user's set,
+-- ARGV[9] now (unix ms), ARGV[10] tenant, ARGV[11] event type,
+-- ARGV[12] event data (JSON), ARGV[13] invalidation channel, ARGV[14] message
+-- Returns 1, or 0 if the install no longer points to the expected user
+-- (the lock is then released).
+local function unlock()
+  if redis.call('GET', KEYS[2]) == ARGV[7] then
+    redis.call('DEL', KEYS[2])
+  end
+end
+if redis.call('HGET', KEYS[1], 'user') ~= ARGV[2] then
+  unlock()
+  return 0
+end
+redis.call('HSET', KEYS[1], 'user', ARGV[3], 'link_ext', ARGV[4], 'link_user', ARGV[3],
+  'link_created', ARGV[5], 'link_merged_from', ARGV[6])
+redis.call('HDEL', KEYS[1], 'pending_ext', 'pending_user')
+if ARGV[8] == '1' then
+  redis.call('SREM', KEYS[4], ARGV[1])
+  redis.call('HDEL', KEYS[1], 'prev')
+  unlock()
+else
+  redis.call('HSET', KEYS[1], 'prev', ARGV[2])
+end
+redis.call('XADD', KEYS[3], '*', 'type', ARGV[11], 'tenant', ARGV[10],
+  'occurred_at', ARGV[9], 'data', ARGV[12])
+redis.call('PUBLISH', ARGV[13], ARGV[14])
+return 1
