@@ -7,7 +7,8 @@ package caddymodule
 import (
 	"context"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -140,12 +141,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 	}
 
-	names := make([]string, 0, len(a.Tenants))
-	for name := range a.Tenants {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
+	for _, name := range slices.Sorted(maps.Keys(a.Tenants)) {
 		t := a.Tenants[name]
 		if t == nil {
 			t = new(Tenant)
