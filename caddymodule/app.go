@@ -7,7 +7,8 @@ package caddymodule
 import (
 	"context"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -48,6 +49,11 @@ type App struct {
 	// Retry-After; "fail_open" passes the request on as anonymous (unless
 	// the tenant denies anonymous requests).
 	OnStoreError string `json:"on_store_error,omitempty"`
+
+	// Durability makes every write that changes state wait until that
+	// many replicas have it (Redis WAIT), within a timeout; see
+	// Durability. Default: off (a failover can lose the last writes).
+	Durability *Durability `json:"durability,omitempty"`
 
 	// Tenants by name.
 	Tenants map[string]*Tenant `json:"tenants,omitempty"`
@@ -93,6 +99,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 		a.RedisTimeout = caddy.Duration(store.DefaultTimeout)
 	}
 	timeout := time.Duration(a.RedisTimeout)
+	if a.Durability != nil {
+		a.Durability.provision(timeout)
+		if err := a.Durability.validate(timeout); err != nil {
+			return err
+		}
+	}
 
 	url, err := caddy.NewReplacer().ReplaceOrErr(a.Redis, true, true)
 	if a.Redis != "" && err != nil {
@@ -101,14 +113,21 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if url == "" {
 		a.poolKey = "embedded"
 	} else {
-		a.poolKey = url + "|" + strconv.FormatInt(int64(timeout), 10)
+		a.poolKey = url + "|" + strconv.FormatInt(int64(timeout), 10) + a.Durability.poolKey()
 	}
 	val, loaded, err := stores.LoadOrNew(a.poolKey, func() (caddy.Destructor, error) {
+		var s *store.Store
+		var err error
 		if url == "" {
-			s, err := store.OpenEmbedded(timeout)
-			return pooledStore{s}, err
+			s, err = store.OpenEmbedded(timeout)
+		} else {
+			s, err = store.Open(url, timeout)
 		}
-		s, err := store.Open(url, timeout)
+		if err == nil {
+			if err = a.applyDurability(s); err != nil {
+				s.Close()
+			}
+		}
 		return pooledStore{s}, err
 	})
 	if err != nil {
@@ -124,12 +143,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 	}
 
-	names := make([]string, 0, len(a.Tenants))
-	for name := range a.Tenants {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
+	for _, name := range slices.Sorted(maps.Keys(a.Tenants)) {
 		t := a.Tenants[name]
 		if t == nil {
 			t = new(Tenant)
@@ -153,6 +167,11 @@ func (a *App) Validate() error {
 	case FailClosed, FailOpen:
 	default:
 		return fmt.Errorf("on_store_error must be fail_closed or fail_open, not %q", a.OnStoreError)
+	}
+	if a.Durability != nil {
+		if err := a.Durability.validate(time.Duration(a.RedisTimeout)); err != nil {
+			return err
+		}
 	}
 	for _, t := range a.Tenants {
 		if err := t.validate(); err != nil {

@@ -31,6 +31,7 @@ func init() {
 //		redis <url>
 //		redis_timeout <duration>
 //		on_store_error fail_closed|fail_open
+//		durability replicas <n> [timeout <duration>]
 //		tenant <name> {
 //			platform <name> {
 //				secret <secret>...
@@ -121,6 +122,15 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if a.OnStoreError != FailClosed && a.OnStoreError != FailOpen {
 				return d.Errf("on_store_error must be fail_closed or fail_open, not '%s'", a.OnStoreError)
 			}
+		case "durability":
+			if a.Durability != nil {
+				return d.Err("durability already specified")
+			}
+			dur, err := unmarshalDurability(d)
+			if err != nil {
+				return err
+			}
+			a.Durability = dur
 		case "tenant":
 			if !d.NextArg() {
 				return d.ArgErr()

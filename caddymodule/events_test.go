@@ -704,25 +704,13 @@ var webhookScenarios = []struct {
 	{"two instances", testWebhookTwoInstances},
 }
 
+// TestWebhook runs every scenario on every deployment (forEachStore:
+// standalone, the shared Cluster, where the consumer group and every
+// script must work per shard, and the Sentinel setup), each on an empty
+// one.
 func TestWebhook(t *testing.T) {
 	for _, sc := range webhookScenarios {
-		t.Run(sc.name, func(t *testing.T) { sc.run(t, eventsRedisURL(t)) })
-	}
-}
-
-func TestWebhookCluster(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a Redis Cluster")
-	}
-	c := testenv.StartCluster(t, 3, 0)
-	for _, sc := range webhookScenarios {
-		err := c.Client().ForEachMaster(t.Context(), func(ctx context.Context, m *redis.Client) error {
-			return m.FlushAll(ctx).Err()
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Run(sc.name, func(t *testing.T) { sc.run(t, c.URL()) })
+		t.Run(sc.name, func(t *testing.T) { forEachStore(t, sc.run) })
 	}
 }
 

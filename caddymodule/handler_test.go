@@ -20,8 +20,10 @@ func signedRequest(ext, platform, secret string) *http.Request {
 	return r
 }
 
-func TestHandlerHMAC(t *testing.T) {
-	app := newTestApp(t, testRedisURL(t), nil)
+func TestHandlerHMAC(t *testing.T) { forEachStore(t, testHandlerHMAC) }
+
+func testHandlerHMAC(t *testing.T, redisURL string) {
+	app := newTestApp(t, redisURL, nil)
 	h := newTestHandler(t, app, nil)
 
 	type want struct {
@@ -158,8 +160,10 @@ func TestHandlerPreflightPassesWithoutAuthentication(t *testing.T) {
 	}
 }
 
-func TestHandlerAnonymousDeny(t *testing.T) {
-	app := newTestApp(t, testRedisURL(t), func(a *App) { a.Tenants["acme"].Anonymous = AnonymousDeny })
+func TestHandlerAnonymousDeny(t *testing.T) { forEachStore(t, testHandlerAnonymousDeny) }
+
+func testHandlerAnonymousDeny(t *testing.T, redisURL string) {
+	app := newTestApp(t, redisURL, func(a *App) { a.Tenants["acme"].Anonymous = AnonymousDeny })
 	h := newTestHandler(t, app, nil)
 	w, next, _ := serve(h, httptest.NewRequest(http.MethodGet, "/", nil))
 	if w.Code != 401 || next.called {
@@ -258,8 +262,9 @@ func TestHandlerForwardCredentials(t *testing.T) {
 // TestResolveConcurrentFirstSight: many concurrent first requests for one
 // external id, through two separate apps (two instances) sharing one
 // Redis, end with exactly one user.
-func TestResolveConcurrentFirstSight(t *testing.T) {
-	url := testRedisURL(t)
+func TestResolveConcurrentFirstSight(t *testing.T) { forEachStore(t, testResolveConcurrentFirstSight) }
+
+func testResolveConcurrentFirstSight(t *testing.T, url string) {
 	if url == "" {
 		t.Skip("needs a shared Redis (two instances)")
 	}

@@ -60,7 +60,9 @@ func newTestApp(tb testing.TB, redisURL string, mutate func(a *App)) *App {
 }
 
 // testRedisURL starts a real redis-server for the test ("" when it is
-// missing outside CI: the embedded store is used then).
+// missing outside CI: the embedded store is used then). A test whose
+// behaviour touches Redis runs on every deployment with forEachStore
+// instead.
 func testRedisURL(tb testing.TB) string {
 	if r := testenv.StartRedis(tb); r != nil {
 		return r.URL()

@@ -90,10 +90,13 @@ type linkEnv struct {
 }
 
 func startLinkEnv(t *testing.T) *linkEnv {
+	return startLinkEnvOn(t, testenv.UseDeployment(t, testenv.DeployStandalone))
+}
+
+// startLinkEnvOn is startLinkEnv on a given deployment (forEachDeployment).
+func startLinkEnvOn(t *testing.T, d testenv.Deployment) *linkEnv {
 	e := &linkEnv{t: t, up: testenv.StartUpstream(t)}
-	if r := testenv.StartRedis(t); r != nil {
-		e.redis, e.redisURL = r.Client(), r.URL()
-	}
+	e.redis, e.redisURL = d.Client, d.URL
 	port := testenv.FreePort(t)
 	e.base = fmt.Sprintf("http://127.0.0.1:%d", port)
 	testenv.StartCaddy(t, linkCaddyfile(e.redisURL, port, e.up.Addr()))
@@ -438,7 +441,10 @@ func TestLinkE2E(t *testing.T) {
 // TestLinkE2EConcurrent links one external id from 200 installs at once
 // through Caddy: one user, every install points to it and it lists all.
 func TestLinkE2EConcurrent(t *testing.T) {
-	e := startLinkEnv(t)
+	testenv.ForEachDeployment(t, func(t *testing.T, d testenv.Deployment) { testLinkE2EConcurrent(t, startLinkEnvOn(t, d)) })
+}
+
+func testLinkE2EConcurrent(t *testing.T, e *linkEnv) {
 	const n = 200
 	installs := make([]string, n)
 	for i := range installs {
@@ -506,7 +512,10 @@ func TestLinkInvalidatesOtherInstances(t *testing.T) {
 	if !testenv.RequireRedis(t) {
 		return
 	}
-	e := startLinkEnv(t)
+	testenv.ForEachDeployment(t, func(t *testing.T, d testenv.Deployment) { testLinkInvalidatesOtherInstances(t, startLinkEnvOn(t, d)) })
+}
+
+func testLinkInvalidatesOtherInstances(t *testing.T, e *linkEnv) {
 	up2 := testenv.StartUpstream(t)
 	port2 := testenv.FreePort(t)
 	base2 := fmt.Sprintf("http://127.0.0.1:%d", port2)

@@ -217,8 +217,9 @@ func TestSessionReportModeUnverified(t *testing.T) {
 // TestSessionLimit: limits 1, 2 and 3, with ordered logins: the least
 // recently active session is refused with session_ended: evicted, and
 // the others keep working.
-func TestSessionLimit(t *testing.T) {
-	url := testRedisURL(t)
+func TestSessionLimit(t *testing.T) { forEachStore(t, testSessionLimit) }
+
+func testSessionLimit(t *testing.T, url string) {
 	for _, max := range []int{1, 2, 3} {
 		t.Run(itoa(max), func(t *testing.T) {
 			c := newTestClock()
@@ -259,7 +260,10 @@ func TestSessionLimit(t *testing.T) {
 // of one user through two instances (two apps, one Redis) leave exactly
 // max live sessions, and every other one is refused on both instances.
 func TestSessionLimitConcurrentTwoInstances(t *testing.T) {
-	url := testRedisURL(t)
+	forEachStore(t, testSessionLimitConcurrentTwoInstances)
+}
+
+func testSessionLimitConcurrentTwoInstances(t *testing.T, url string) {
 	if url == "" {
 		t.Skip("needs a shared Redis (two instances)")
 	}
@@ -312,7 +316,10 @@ func TestSessionLimitConcurrentTwoInstances(t *testing.T) {
 // cache is refused by B within a second of a login on instance A evicting
 // it (pub/sub invalidation), and the stream holds both events.
 func TestSessionEvictionSeenByOtherInstance(t *testing.T) {
-	url := testRedisURL(t)
+	forEachStore(t, testSessionEvictionSeenByOtherInstance)
+}
+
+func testSessionEvictionSeenByOtherInstance(t *testing.T, url string) {
 	if url == "" {
 		t.Skip("needs a shared Redis (two instances)")
 	}
@@ -365,8 +372,9 @@ func TestSessionEvictionSeenByOtherInstance(t *testing.T) {
 
 // TestSessionLogout: DELETE /sessions/current ends the session on every
 // instance, is idempotent, and the id never works again.
-func TestSessionLogout(t *testing.T) {
-	url := testRedisURL(t)
+func TestSessionLogout(t *testing.T) { forEachStore(t, testSessionLogout) }
+
+func testSessionLogout(t *testing.T, url string) {
 	if url == "" {
 		t.Skip("needs a shared Redis (two instances)")
 	}
@@ -467,7 +475,10 @@ func TestSessionIdleAndLifetime(t *testing.T) {
 // TestSessionIdleSeenAcrossInstances: activity on one instance keeps the
 // session alive on another whose own view is older than the idle timeout.
 func TestSessionIdleSeenAcrossInstances(t *testing.T) {
-	url := testRedisURL(t)
+	forEachStore(t, testSessionIdleSeenAcrossInstances)
+}
+
+func testSessionIdleSeenAcrossInstances(t *testing.T, url string) {
 	if url == "" {
 		t.Skip("needs a shared Redis (two instances)")
 	}

@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
-	"sort"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -160,12 +161,7 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 	}
 
 	repl := caddy.NewReplacer()
-	names := make([]string, 0, len(t.Platforms))
-	for pname := range t.Platforms {
-		names = append(names, pname)
-	}
-	sort.Strings(names)
-	for _, pname := range names {
+	for _, pname := range slices.Sorted(maps.Keys(t.Platforms)) {
 		p := t.Platforms[pname]
 		if p == nil {
 			return fmt.Errorf("platform %q: empty", pname)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -92,9 +93,17 @@ func StartCaddy(t testing.TB, caddyfile string) *Caddy {
 // with caddy.Load, as StartCaddy does, then waits for its listeners. It
 // fails t if the new config does not adapt or load; Caddy then keeps
 // running the previous config.
+//
+// A reload replaces Caddy's servers, so keep-alive connections to the old
+// ones are reset; Reload closes the idle connections of
+// http.DefaultTransport so that the test's next request opens a new one
+// instead of failing on a reused dead one.
 func (c *Caddy) Reload(t testing.TB, caddyfile string) {
 	t.Helper()
 	c.load(t, caddyfile)
+	if tr, ok := http.DefaultTransport.(*http.Transport); ok {
+		tr.CloseIdleConnections()
+	}
 }
 
 func (c *Caddy) load(t testing.TB, text string) {

@@ -56,24 +56,37 @@ func StartCluster(t testing.TB, masters, replicas int) *Cluster {
 		t.Fatalf("testenv: StartCluster(%d, %d): a cluster needs at least 3 masters and 0 or more replicas", masters, replicas)
 	}
 	requireRedisOrSkip(t, "a Redis Cluster")
-	dir := t.TempDir()
-	c := &Cluster{t: t}
+	c, err := startCluster(t.TempDir(), masters, replicas)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	c.t = t
 	t.Cleanup(func() {
-		c.mu.Lock()
-		if c.client != nil {
-			_ = c.client.Close()
-			c.client = nil
+		if err := c.close(); err != nil {
+			t.Errorf("testenv: %v", err)
 		}
-		c.mu.Unlock()
-		c.stopAll()
 	})
+	return c
+}
+
+// startCluster starts a cluster with its files in dir. On error, whatever
+// it started is stopped again. The returned Cluster has no test: the
+// caller sets c.t (for KillMaster) and calls close.
+func startCluster(dir string, masters, replicas int) (c *Cluster, err error) {
+	c = &Cluster{}
+	defer func() {
+		if err != nil {
+			_ = c.close()
+			c = nil
+		}
+	}()
 
 	n := masters * (1 + replicas)
 	for i := range n {
 		nodeDir := filepath.Join(dir, fmt.Sprintf("node%d", i))
 		srv, err := startServer(nodeDir, false, true, clusterConf)
 		if err != nil {
-			t.Fatalf("testenv: starting cluster node %d: %v", i, err)
+			return c, fmt.Errorf("starting cluster node %d: %v", i, err)
 		}
 		c.nodes = append(c.nodes, srv)
 	}
@@ -81,17 +94,30 @@ func StartCluster(t testing.TB, masters, replicas int) *Cluster {
 	out, err := runRedisCLI(clusterCreateTimeout, append(append([]string{"--cluster", "create"}, c.Addrs()...),
 		"--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")...)
 	if err != nil {
-		t.Fatalf("testenv: redis-cli --cluster create: %v\n%s\n%s", err, out, c.allLogs())
+		return c, fmt.Errorf("redis-cli --cluster create: %v\n%s\n%s", err, out, c.allLogs())
 	}
 
 	err = waitFor(clusterReadyTimeout, 50*time.Millisecond, nil, func() (bool, string) {
 		return c.settled(masters, replicas)
 	})
 	if err != nil {
-		t.Fatalf("testenv: cluster of %d masters and %d replicas each did not settle: %v\n--- redis-cli ---\n%s\n%s",
+		return c, fmt.Errorf("cluster of %d masters and %d replicas each did not settle: %v\n--- redis-cli ---\n%s\n%s",
 			masters, replicas, err, out, c.allLogs())
 	}
-	return c
+	return c, nil
+}
+
+// close closes the client and stops every node, after noting which
+// scripts watched by ScriptsRanOnCluster ran on it.
+func (c *Cluster) close() error {
+	_ = recordScripts(c) // best effort: a cluster without live nodes ran nothing we can see
+	c.mu.Lock()
+	if c.client != nil {
+		_ = c.client.Close()
+		c.client = nil
+	}
+	c.mu.Unlock()
+	return c.stopAll()
 }
 
 // clusterConf is the config of a cluster node.
@@ -199,6 +225,53 @@ func (c *Cluster) KillMaster(i int) string {
 	return addr
 }
 
+// KillMasterOf SIGKILLs the master that serves key's hash slot, as
+// CLUSTER SLOTS asked of a live node tells, and returns its address. Use
+// it to take down the node a client must move away from, e.g. the one
+// holding a pub/sub channel's subscriptions. It fails the test if no live
+// node answers or the master is not a running node of this cluster.
+func (c *Cluster) KillMasterOf(key string) string {
+	c.t.Helper()
+	addr, err := c.masterOf(key)
+	if err != nil {
+		c.t.Fatalf("testenv: KillMasterOf(%q): %v", key, err)
+	}
+	srv := c.node(addr)
+	if srv == nil || !srv.running() {
+		c.t.Fatalf("testenv: KillMasterOf(%q): master %s is not a running node of this cluster", key, addr)
+	}
+	if err := srv.stop(); err != nil {
+		c.t.Fatalf("testenv: KillMasterOf(%q): %v", key, err)
+	}
+	return addr
+}
+
+func (c *Cluster) masterOf(key string) (string, error) {
+	var lastErr error = errors.New("no live node")
+	for _, n := range c.live() {
+		cl := redis.NewClient(probeOptions(n.addr()))
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		slot, err := cl.ClusterKeySlot(ctx, key).Result()
+		var slots []redis.ClusterSlot
+		if err == nil {
+			slots, err = cl.ClusterSlots(ctx).Result()
+		}
+		cancel()
+		cl.Close()
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		for _, r := range slots {
+			if int64(r.Start) <= slot && slot <= int64(r.End) && len(r.Nodes) > 0 {
+				return r.Nodes[0].Addr, nil
+			}
+		}
+		return "", fmt.Errorf("%s: no master serves slot %d", n.addr(), slot)
+	}
+	return "", lastErr
+}
+
 // WaitHealthy waits until every live node reports cluster_state:ok with all
 // 16384 slots ok, and every slot is served by a master that is alive, as
 // CLUSTER SLOTS tells from every live node. It returns an error when
@@ -234,18 +307,18 @@ func (c *Cluster) live() []*server {
 	return live
 }
 
-func (c *Cluster) stopAll() {
+func (c *Cluster) stopAll() error {
 	var wg sync.WaitGroup
-	for _, n := range c.nodes {
+	errs := make([]error, len(c.nodes))
+	for i, n := range c.nodes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := n.stop(); err != nil {
-				c.t.Errorf("testenv: %v", err)
-			}
+			errs[i] = n.stop()
 		}()
 	}
 	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func (c *Cluster) allLogs() string {

@@ -106,6 +106,28 @@ func TestCluster3Masters1ReplicaFailover(t *testing.T) {
 	checkClusterBasics(t, c, 6)
 }
 
+func TestClusterKillMasterOf(t *testing.T) {
+	t.Parallel()
+	c := StartCluster(t, 3, 1)
+	ctx := context.Background()
+	cl := c.Client()
+	want, err := cl.MasterForKey(ctx, "{chan}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	killed := c.KillMasterOf("{chan}")
+	if killed != want.Options().Addr {
+		t.Fatalf("KillMasterOf killed %s, the master of the key is %s", killed, want.Options().Addr)
+	}
+	if err := c.WaitHealthy(20 * time.Second); err != nil {
+		t.Fatalf("%v\n%s", err, c.Logs())
+	}
+	after, err := c.masterOf("{chan}")
+	if err != nil || after == killed {
+		t.Fatalf("master of the key after failover: %s, %v", after, err)
+	}
+}
+
 func TestParseClusterNodes(t *testing.T) {
 	out := `07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@31004,hostname4 slave e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238317239 4 connected
 67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 127.0.0.1:30002@31002,hostname2 master - 0 1426238316232 2 connected 5461-10922

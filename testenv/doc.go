@@ -17,6 +17,14 @@
 // redis-server is a test failure, never a skip. StartCluster and
 // StartSentinel have no embedded fallback: outside CI they skip the test.
 //
+// ForEachDeployment and UseDeployment run a test on each deployment shape
+// (standalone, a 3-master + 1-replica Cluster, a Sentinel setup; selected
+// by IDLINK_TEST_DEPLOYMENTS). The Cluster and the Sentinel setup start once
+// per test binary and are leased to one test at a time, emptied first; a
+// package that uses them calls Main from its TestMain, which stops them
+// when the tests are done and runs final checks such as
+// ScriptsRanOnCluster.
+//
 // The package is meant for Linux (it relies on process groups, SIGSTOP and
 // Pdeathsig); it builds on other Unix systems without the Pdeathsig safety net.
 package testenv

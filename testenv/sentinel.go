@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -45,32 +46,41 @@ type Sentinel struct {
 func StartSentinel(t testing.TB) *Sentinel {
 	t.Helper()
 	requireRedisOrSkip(t, "Redis Sentinel")
-	dir := t.TempDir()
-	s := &Sentinel{t: t}
+	s, err := startSentinel(t.TempDir())
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	s.t = t
 	t.Cleanup(func() {
-		s.mu.Lock()
-		if s.client != nil {
-			_ = s.client.Close()
-			s.client = nil
-		}
-		s.mu.Unlock()
-		for _, srv := range append(append([]*server(nil), s.sentinels...), s.data...) {
-			if err := srv.stop(); err != nil {
-				t.Errorf("testenv: %v", err)
-			}
+		if err := s.close(); err != nil {
+			t.Errorf("testenv: %v", err)
 		}
 	})
+	return s
+}
+
+// startSentinel starts the setup with its files in dir. On error, whatever
+// it started is stopped again. The returned Sentinel has no test: the
+// caller sets s.t (for MasterAddr and KillPrimary) and calls close.
+func startSentinel(dir string) (s *Sentinel, err error) {
+	s = &Sentinel{}
+	defer func() {
+		if err != nil {
+			_ = s.close()
+			s = nil
+		}
+	}()
 
 	primary, err := startServer(filepath.Join(dir, "primary"), false, false, baseConf)
 	if err != nil {
-		t.Fatalf("testenv: starting the primary: %v", err)
+		return s, fmt.Errorf("starting the primary: %v", err)
 	}
 	s.data = append(s.data, primary)
 	replica, err := startServer(filepath.Join(dir, "replica"), false, false, func(srv *server) string {
 		return baseConf(srv) + "replicaof 127.0.0.1 " + strconv.Itoa(primary.port) + "\n"
 	})
 	if err != nil {
-		t.Fatalf("testenv: starting the replica: %v", err)
+		return s, fmt.Errorf("starting the replica: %v", err)
 	}
 	s.data = append(s.data, replica)
 	err = waitFor(startTimeout, 20*time.Millisecond, replica.p, func() (bool, string) {
@@ -82,7 +92,7 @@ func StartSentinel(t testing.TB) *Sentinel {
 		return st == "up", "master_link_status:" + st
 	})
 	if err != nil {
-		t.Fatalf("testenv: replica %s did not sync with %s: %v\n%s", replica.addr(), primary.addr(), err, s.allLogs())
+		return s, fmt.Errorf("replica %s did not sync with %s: %v\n%s", replica.addr(), primary.addr(), err, s.allLogs())
 	}
 
 	for i := range 3 {
@@ -90,7 +100,7 @@ func StartSentinel(t testing.TB) *Sentinel {
 			return sentinelConf(srv, primary.port)
 		})
 		if err != nil {
-			t.Fatalf("testenv: starting sentinel %d: %v", i, err)
+			return s, fmt.Errorf("starting sentinel %d: %v", i, err)
 		}
 		s.sentinels = append(s.sentinels, srv)
 	}
@@ -104,9 +114,24 @@ func StartSentinel(t testing.TB) *Sentinel {
 		return true, ""
 	})
 	if err != nil {
-		t.Fatalf("testenv: the sentinels did not settle: %v\n%s", err, s.allLogs())
+		return s, fmt.Errorf("the sentinels did not settle: %v\n%s", err, s.allLogs())
 	}
-	return s
+	return s, nil
+}
+
+// close closes the client and stops the sentinels and the data nodes.
+func (s *Sentinel) close() error {
+	s.mu.Lock()
+	if s.client != nil {
+		_ = s.client.Close()
+		s.client = nil
+	}
+	s.mu.Unlock()
+	var errs []error
+	for _, srv := range append(append([]*server(nil), s.sentinels...), s.data...) {
+		errs = append(errs, srv.stop())
+	}
+	return errors.Join(errs...)
 }
 
 // sentinelConf is the config of one sentinel monitoring 127.0.0.1:primaryPort.

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-
-	"github.com/idlink/idlink/testenv"
 )
 
 // tenantFor names a tenant after the running (sub)test, so that cases
@@ -27,8 +25,9 @@ func tenantFor(t *testing.T) string {
 }
 
 // eventStores are the deployments the outbox operations are checked on:
-// a standalone Redis, a 3-master Redis Cluster (every script stays in one
-// slot), and the embedded store.
+// every selected deployment (testenv.DeploymentNames: a standalone Redis,
+// the shared 3-master+replica Cluster, where every script must stay in one
+// slot, and a Sentinel setup), and the embedded store.
 func eventStores(t *testing.T) map[string]*Store {
 	t.Helper()
 	out := map[string]*Store{}
@@ -40,11 +39,8 @@ func eventStores(t *testing.T) map[string]*Store {
 		t.Cleanup(func() { s.Close() })
 		out[name] = s
 	}
-	if r := testenv.StartRedis(t); r != nil {
-		open("standalone", r.URL())
-	}
-	if testenv.Available() {
-		open("cluster", testenv.StartCluster(t, 3, 0).URL())
+	for _, d := range redisDeployments(t) {
+		open(d.Name, d.URL)
 	}
 	e, err := OpenEmbedded(time.Second)
 	if err != nil {

@@ -26,9 +26,11 @@ var (
 	clusterURL  string
 )
 
-// backends are a real standalone Redis, a real 3-master Redis Cluster
-// (proves every script stays in one slot) and the embedded store. Without
-// redis-server (outside CI) only the embedded one runs.
+// backends are every selected deployment (testenv.DeploymentNames: a real
+// standalone Redis, the shared 3-master+replica Redis Cluster, which
+// proves every script stays in one slot, and a Sentinel setup) and the
+// embedded store. Without redis-server (outside CI) only the embedded one
+// runs.
 func backends(t *testing.T) []backend {
 	bs := []backend{{"embedded", func(t *testing.T) *Store {
 		s, err := OpenEmbedded(time.Second)
@@ -41,16 +43,14 @@ func backends(t *testing.T) []backend {
 	if !testenv.RequireRedis(t) {
 		return bs
 	}
-	bs = append(bs,
-		backend{"standalone", func(t *testing.T) *Store {
-			r := testenv.StartRedis(t)
-			return openStore(t, r.URL())
-		}},
-		backend{"cluster", func(t *testing.T) *Store {
-			c := testenv.StartCluster(t, 3, 0)
-			return openStore(t, c.URL())
-		}},
-	)
+	for _, name := range testenv.DeploymentNames(t) {
+		if name == testenv.DeployEmbedded {
+			continue
+		}
+		bs = append(bs, backend{name, func(t *testing.T) *Store {
+			return openStore(t, testenv.UseDeployment(t, name).URL)
+		}})
+	}
 	return bs
 }
 

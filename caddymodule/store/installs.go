@@ -49,7 +49,7 @@ func (s *Store) CreateInstall(ctx context.Context, k *Keys, now time.Time) (inst
 		UserID    string `json:"user_id"`
 		InstallID string `json:"install_id"`
 	}{userID, installID})
-	n, err := installCreateScript.Run(ctx, s.rdb,
+	n, err := s.runWrite(ctx, installCreateScript,
 		[]string{k.Install(shard, installID), k.User(shard, userID), k.UserInstalls(shard, userID), k.Events(shard)},
 		installID, userID, strconv.FormatInt(now.UnixMilli(), 10), k.Tenant(), data,
 	).Int()

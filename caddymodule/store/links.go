@@ -408,7 +408,7 @@ func (l *linker) claim(ctx context.Context, claimable bool, X, candidate string)
 	}
 	ctx, cancel := l.s.deadline(ctx)
 	defer cancel()
-	r, err := linkClaimScript.Run(ctx, l.s.rdb,
+	r, err := l.s.runWrite(ctx, linkClaimScript,
 		[]string{l.k.External(E), l.k.User(l.sE, candidate), l.k.Events(l.sE)},
 		mode, who, E, l.nowMS(), l.k.Tenant(), typ, data,
 	).Slice()
@@ -434,7 +434,7 @@ func (l *linker) adopt(ctx context.Context, U, ext string) error {
 	}
 	ctx, cancel := l.s.deadline(ctx)
 	defer cancel()
-	return wrap(linkAdoptScript.Run(ctx, l.s.rdb,
+	return wrap(l.s.runWrite(ctx, linkAdoptScript,
 		[]string{l.k.User(sU, U), l.k.UserInstalls(sU, U)}, l.req.InstallID, ext).Err())
 }
 
@@ -455,7 +455,7 @@ func (l *linker) move(ctx context.Context, X, U string, created bool, mergedFrom
 	}
 	ctx, cancel := l.s.deadline(ctx)
 	defer cancel()
-	n, err := linkMoveScript.Run(ctx, l.s.rdb,
+	n, err := l.s.runWrite(ctx, linkMoveScript,
 		[]string{inst, l.k.InstallLock(l.sI, l.req.InstallID), l.k.Events(l.sI), xSet},
 		l.req.InstallID, X, U, l.req.ExternalID, boolArg(created), mergedFrom, l.token, same,
 		l.nowMS(), l.k.Tenant(), typ, data, l.req.Channel, l.req.Message,
@@ -493,7 +493,7 @@ func (l *linker) record(ctx context.Context, X string, created, xInShard bool, p
 	}
 	ctx, cancel := l.s.deadline(ctx)
 	defer cancel()
-	n, err := linkFinishScript.Run(ctx, l.s.rdb,
+	n, err := l.s.runWrite(ctx, linkFinishScript,
 		[]string{inst, l.k.InstallLock(l.sI, l.req.InstallID), xHash},
 		l.token, prevDone, X, l.req.ExternalID, boolArg(created), same,
 	).Int()
@@ -509,7 +509,7 @@ func (l *linker) finish(ctx context.Context, prevDone string) error {
 	inst := l.k.Install(l.sI, l.req.InstallID)
 	ctx, cancel := l.s.deadline(ctx)
 	defer cancel()
-	err := linkFinishScript.Run(ctx, l.s.rdb,
+	err := l.s.runWrite(ctx, linkFinishScript,
 		[]string{inst, l.k.InstallLock(l.sI, l.req.InstallID), inst},
 		l.token, prevDone, "", "", "0", "0",
 	).Err()

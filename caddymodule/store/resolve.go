@@ -29,7 +29,7 @@ func (s *Store) ResolveExternal(ctx context.Context, k *Keys, externalID string,
 	}{candidate, externalID})
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	res, err := resolveScript.Run(ctx, s.rdb,
+	res, err := s.runWrite(ctx, resolveScript,
 		[]string{k.External(externalID), k.User(shard, candidate), k.Events(shard)},
 		candidate, externalID, strconv.FormatInt(now.UnixMilli(), 10), k.Tenant(), data,
 	).Slice()

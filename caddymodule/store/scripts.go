@@ -10,12 +10,12 @@ import (
 var luaFiles embed.FS
 
 func script(name string) *redis.Script {
-	return redis.NewScript(luaSource(name))
+	return newScript(name, luaSource(name))
 }
 
 // scriptWith is a script with a library of shared functions prepended.
 func scriptWith(lib, name string) *redis.Script {
-	return redis.NewScript(luaSource(lib) + luaSource(name))
+	return newScript(name, luaSource(lib)+luaSource(name))
 }
 
 func luaSource(name string) string {
@@ -24,6 +24,18 @@ func luaSource(name string) string {
 		panic("idlink: missing Lua script " + name)
 	}
 	return string(src)
+}
+
+// scriptSources holds the source of every script the package runs, by
+// name. The tests check that each one ran on a Redis Cluster (proof that
+// it is single-slot) and that every file of lua/ is part of one: build
+// every script with newScript (script and scriptWith do).
+var scriptSources = map[string]string{}
+
+// newScript registers a script's source and returns the script.
+func newScript(name, src string) *redis.Script {
+	scriptSources[name] = src
+	return redis.NewScript(src)
 }
 
 // The scripts, loaded once. Each runs with EVALSHA and falls back to EVAL

@@ -167,7 +167,7 @@ func (s *Store) AdmitSession(ctx context.Context, k *Keys, p SessionPolicy, ns N
 	}
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	res, err := sessionAdmitScript.Run(ctx, s.rdb,
+	res, err := s.runWrite(ctx, sessionAdmitScript,
 		[]string{k.Events(shard), k.UserSessions(shard, ns.UserID), k.Session(shard, ns.ID),
 			k.User(shard, ns.UserID), k.UserAttributes(shard, ns.UserID)},
 		p.args(k, now, append([]any{ns.ID, ns.UserID, strconv.Itoa(p.Max), ns.InstallID, boolArg(ns.Verified), data,
@@ -260,7 +260,7 @@ func (s *Store) EndSession(ctx context.Context, k *Keys, p SessionPolicy, sessio
 	}
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	res, err := sessionEndScript.Run(ctx, s.rdb,
+	res, err := s.runWrite(ctx, sessionEndScript,
 		[]string{k.Events(shard), k.Session(shard, sessionID)},
 		p.args(k, now, sessionID, reason)...,
 	).Slice()

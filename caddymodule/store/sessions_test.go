@@ -20,10 +20,12 @@ type testBackend struct {
 	s    *Store
 }
 
-// sessionBackends are the stores the session scripts must work on: a real
-// standalone Redis, a real 3-master Cluster (proves every script stays in
-// one slot) and the embedded store (the default with no redis line).
-func sessionBackends(t *testing.T, cluster bool) []testBackend {
+// sessionBackends are the stores the session scripts must work on: every
+// selected deployment (testenv.DeploymentNames: a real standalone Redis
+// first, the shared 3-master+replica Cluster, which proves every script
+// stays in one slot, and a Sentinel setup) and the embedded store (the
+// default with no redis line).
+func sessionBackends(t *testing.T) []testBackend {
 	t.Helper()
 	var out []testBackend
 	open := func(name, url string) {
@@ -34,11 +36,8 @@ func sessionBackends(t *testing.T, cluster bool) []testBackend {
 		t.Cleanup(func() { s.Close() })
 		out = append(out, testBackend{name, s})
 	}
-	if r := testenv.StartRedis(t); r != nil {
-		open("standalone", r.URL())
-	}
-	if cluster && testenv.Available() {
-		open("cluster", testenv.StartCluster(t, 3, 0).URL())
+	for _, d := range redisDeployments(t) {
+		open(d.Name, d.URL)
 	}
 	e, err := OpenEmbedded(2 * time.Second)
 	if err != nil {
@@ -121,7 +120,7 @@ func touch(t *testing.T, s *Store, k *Keys, p SessionPolicy, sid string, now tim
 // TestSessionScripts runs the admission tests on every backend, a real
 // Cluster included (started once for all of them).
 func TestSessionScripts(t *testing.T) {
-	backends := sessionBackends(t, true)
+	backends := sessionBackends(t)
 	t.Run("OrderedLogins", func(t *testing.T) { testAdmitOrderedLogins(t, backends) })
 	t.Run("Concurrent", func(t *testing.T) { testAdmitConcurrent(t, backends) })
 	t.Run("Attributes", func(t *testing.T) { testAdmitAttributes(t, backends) })
@@ -210,8 +209,17 @@ func testAdmitConcurrent(t *testing.T, backends []testBackend) {
 				var mu sync.Mutex
 				var all, evicted []string
 				errs := make(chan error, logins)
+				// All 300 goroutines start at once, but Redis never sees more
+				// at a time than the client's pool has connections; capping
+				// the calls in flight at that number keeps the same
+				// concurrency at Redis without calls queueing for a
+				// connection past their deadline (the embedded store runs
+				// Lua under one lock and is slow under -race).
+				inflight := make(chan struct{}, 20)
 				for range logins {
 					wg.Go(func() {
+						inflight <- struct{}{}
+						defer func() { <-inflight }()
 						shard, _ := ParseID(KindUser, user)
 						sid := NewID(KindSession, shard)
 						ev, err := b.s.AdmitSession(context.Background(), k, p, NewSession{ID: sid, UserID: user}, now)
@@ -263,7 +271,7 @@ func testAdmitConcurrent(t *testing.T, backends []testBackend) {
 }
 
 func TestIdleAndLifetime(t *testing.T) {
-	for _, b := range sessionBackends(t, false) {
+	for _, b := range sessionBackends(t) {
 		t.Run(b.name, func(t *testing.T) {
 			k := NewKeys("time")
 			c := newClock()
@@ -329,7 +337,7 @@ func TestIdleAndLifetime(t *testing.T) {
 }
 
 func TestEndSession(t *testing.T) {
-	for _, b := range sessionBackends(t, false) {
+	for _, b := range sessionBackends(t) {
 		t.Run(b.name, func(t *testing.T) {
 			k := NewKeys("logout")
 			c := newClock()
@@ -368,7 +376,7 @@ func TestEndSession(t *testing.T) {
 // TestAdmitSameMillisecond: logins and activity within one millisecond
 // still evict in login order (the user's admission sequence breaks ties).
 func TestAdmitSameMillisecond(t *testing.T) {
-	for _, b := range sessionBackends(t, false) {
+	for _, b := range sessionBackends(t) {
 		t.Run(b.name, func(t *testing.T) {
 			k := NewKeys("tie")
 			now := newClock().now()
@@ -390,7 +398,7 @@ func TestAdmitSameMillisecond(t *testing.T) {
 // TestSameInstallReplaces: a new login on a device ends that device's
 // previous session instead of another device's.
 func TestSameInstallReplaces(t *testing.T) {
-	b := sessionBackends(t, false)[0]
+	b := sessionBackends(t)[0]
 	k := NewKeys("inst")
 	c := newClock()
 	p := SessionPolicy{Max: 2, Idle: time.Hour, Channel: "idl:invalidate"}
@@ -410,7 +418,7 @@ func TestSameInstallReplaces(t *testing.T) {
 }
 
 func TestTombstoneTTL(t *testing.T) {
-	b := sessionBackends(t, false)[0]
+	b := sessionBackends(t)[0]
 	ctx := context.Background()
 	for _, tc := range []struct {
 		name    string
@@ -554,7 +562,7 @@ func TestTombstoneThenUnknown(t *testing.T) {
 
 // TestAdmitPublishesInvalidations: every end is announced on the channel.
 func TestAdmitPublishesInvalidations(t *testing.T) {
-	b := sessionBackends(t, false)[0]
+	b := sessionBackends(t)[0]
 	ctx := context.Background()
 	ps := b.s.Client().Subscribe(ctx, "idl:test-inval")
 	defer ps.Close()
