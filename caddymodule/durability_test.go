@@ -18,8 +18,15 @@ import (
 // (answered all the same), and the embedded store ignores the option.
 func TestDurability(t *testing.T) {
 	testenv.ForEachDeployment(t, func(t *testing.T, d testenv.Deployment) {
-		app := newTestApp(t, d.URL, func(a *App) { a.Durability = &Durability{Replicas: 1} })
-		wantTimeout := (faultTimeout - store.WaitTick) / 2
+		// A realistic deadline: replicas acknowledge in milliseconds, but
+		// a loaded CI machine (with -race) can take longer than the 50ms
+		// the 200ms test default would leave for the WAIT.
+		const redisTimeout = time.Second
+		app := newTestApp(t, d.URL, func(a *App) {
+			a.RedisTimeout = caddy.Duration(redisTimeout)
+			a.Durability = &Durability{Replicas: 1}
+		})
+		wantTimeout := (redisTimeout - store.WaitTick) / 2
 		if got := time.Duration(app.Durability.Timeout); got != wantTimeout {
 			t.Fatalf("default timeout %v, want %v", got, wantTimeout)
 		}
