@@ -79,9 +79,10 @@ func TestInvalidationAcrossInstances(t *testing.T) {
 		}
 		from, _, probe := busInstances(t, url)
 		took := awaitBus(t, from, probe, 5*time.Second)
-		if probe.flushes.Load() == 0 {
-			t.Fatal("no flush on subscription")
-		}
+		// The flush on (re)subscription is asserted by the failover tests,
+		// where the probe exists before the subscription is re-established;
+		// here the app subscribed before the probe registered, so whether
+		// the first flush is counted is a race.
 		t.Logf("first message across after %v", took.Round(time.Millisecond))
 	})
 }
