@@ -5,7 +5,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
-	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -172,9 +171,10 @@ dropped), never from a flag value, which would land in shell history.`,
 			if !validHeaderValue(args[0], maxExternalIDLen) {
 				return fmt.Errorf("the external id must be 1 to %d bytes of UTF-8 without control characters", maxExternalIDLen)
 			}
-			m := hmac.New(sha256.New, secret)
-			m.Write([]byte(args[0]))
-			fmt.Fprintln(cmd.OutOrStdout(), hex.EncodeToString(m.Sum(nil)))
+			// The same computation the handler verifies against.
+			var sum [sha256.Size]byte
+			newHMACKey(secret).sum(args[0], &sum)
+			fmt.Fprintln(cmd.OutOrStdout(), hex.EncodeToString(sum[:]))
 			return nil
 		},
 	}

@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -192,12 +191,6 @@ func (e *linkEnv) eventCounts(tenant string) map[string]int {
 }
 
 func errCode(m map[string]any) string { s, _ := m["error"].(string); return s }
-
-func hmacHex(secret, v string) string {
-	m := hmac.New(sha256.New, []byte(secret))
-	m.Write([]byte(v))
-	return hex.EncodeToString(m.Sum(nil))
-}
 
 // TestLinkE2E walks SPEC.md's link outcomes table, the API key cases, bad
 // bodies, GET /users, install identity in the handler and an interrupted
@@ -389,7 +382,7 @@ func TestLinkE2E(t *testing.T) {
 				t.Errorf("X-Install-Id %q: %d %v", bad, code, m)
 			}
 		}
-		sig := hmacHex(linkSecret, "alice")
+		sig := sign(linkSecret, "alice")
 		code, _, h = get("X-Install-Id", i1, "X-External-Id", "alice", "X-External-Id-Signature", sig)
 		if code != 200 || h.Get("X-Platform-User-Id") != a1 || h.Get("X-Identity-Source") != "hmac" ||
 			h.Get("X-Identity-Verified") != "true" || h.Get("X-Install-Id") != i1 {
