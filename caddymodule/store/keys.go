@@ -89,7 +89,8 @@ func ExternalShard(externalID string) int {
 //	idl:{T:SS}:ext:<external id>       string  user id of an external id: SET
 //	                                           only if absent, never reassigned
 //	idl:{T:SS}:user:<user id>          hash    ext (absent or empty: anonymous),
-//	                                           created (unix ms)
+//	                                           created (unix ms), email and phone
+//	                                           (verified at a login)
 //	idl:{T:SS}:user:<user id>:installs set     install ids of the user (may hold
 //	                                           stale ids: readers check the install)
 //	idl:{T:SS}:user:<user id>:sessions zset    live session ids, score = last
