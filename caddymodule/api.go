@@ -21,9 +21,12 @@ func init() {
 const maxBodyBytes = 16 << 10
 
 // API is the "idlink_api" HTTP handler: idlink's JSON API for one tenant,
-// served at paths relative to where it is mounted (e.g. inside
-// `handle_path /idlink/*`). It answers every request itself and never
-// calls the next handler.
+// served at paths relative to where it is mounted. It answers every
+// request itself and never calls the next handler. On a site guarded by
+// idlink, mount the API through the handler instead (`idlink acme { api
+// /idlink }`), which hands it the request before removing credentials;
+// idlink_api is for sites that serve only the API (e.g. inside
+// `handle_path /idlink/*` with no idlink in front).
 //
 // Endpoints: POST /installs, POST /users/{install_id}/link (scope
 // user.link), GET /users/{user_id} (scope user.read).
@@ -63,7 +66,12 @@ func (a *API) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("loading idlink app: %v", err)
 	}
-	a.app = appIface.(*App)
+	return a.provisionWith(appIface.(*App))
+}
+
+// provisionWith binds the API to a provisioned app and builds the routes.
+func (a *API) provisionWith(app *App) (err error) {
+	a.app = app
 	if a.Tenant == "" {
 		return fmt.Errorf("tenant is required")
 	}

@@ -15,12 +15,15 @@ func init() {
 	httpcaddyfile.RegisterGlobalOption("idlink", parseGlobalOption)
 	httpcaddyfile.RegisterHandlerDirective("idlink", parseHandler)
 	httpcaddyfile.RegisterHandlerDirective("idlink_api", parseAPI)
-	// idlink_api, then idlink, both just before reverse_proxy and so after
-	// handle/handle_path/route: a handle_path block holding idlink_api
-	// answers API calls before a site-level idlink sees them, and idlink
-	// inside a handle block guards just that block. No `order` line needed.
+	// idlink sits with Caddy's own authentication directives (right after
+	// basic_auth and forward_auth), so before handle/handle_path/route: a
+	// site-level idlink guards every request of the site, and idlink inside
+	// a handle block guards just that block. Its `api` subdirective mounts
+	// the tenant's API on the same site. idlink_api (API-only sites) answers
+	// every request, so it goes with the responding handlers. No `order`
+	// line needed.
+	httpcaddyfile.RegisterDirectiveOrder("idlink", httpcaddyfile.After, "forward_auth")
 	httpcaddyfile.RegisterDirectiveOrder("idlink_api", httpcaddyfile.Before, "reverse_proxy")
-	httpcaddyfile.RegisterDirectiveOrder("idlink", httpcaddyfile.Before, "reverse_proxy")
 }
 
 // parseGlobalOption parses the idlink global option into the idlink app.
@@ -516,6 +519,7 @@ func positiveIntArg(d *caddyfile.Dispenser, dst *int) error {
 //
 //	idlink <tenant> {
 //		forward_credentials
+//		api <path-prefix>
 //	}
 func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	m := new(Handler)
@@ -540,6 +544,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.ForwardCredentials = true
+		case "api":
+			if h.API != "" {
+				return d.Err("api already specified")
+			}
+			if err := oneArg(d, &h.API); err != nil {
+				return err
+			}
+			if err := validAPIPrefix(h.API); err != nil {
+				return d.Errf("api %s: %v", h.API, err)
+			}
 		default:
 			return d.Errf("unrecognized subdirective '%s'", d.Val())
 		}

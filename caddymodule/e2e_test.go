@@ -15,6 +15,53 @@ import (
 // e2eCaddyfile is a site with idlink in front of a recording upstream, and
 // a /members/* block guarded by a tenant that denies anonymous requests.
 func e2eCaddyfile(redisURL string, port int, upstream string) string {
+	return e2eCaddyfileLayout(redisURL, port, upstream, "site")
+}
+
+// e2eLayouts are the forms of e2eCaddyfile's site, all with the same
+// behaviour: "site", a site-level idlink acme with /members/* in a handle
+// block that has its own idlink strict; "handle", idlink only inside
+// handle blocks; "api", "site" with acme's API mounted by the handler.
+// %[1]s is the upstream.
+var e2eLayouts = map[string]string{
+	"site": `
+	handle /members/* {
+		idlink strict
+		reverse_proxy %[1]s
+	}
+	idlink acme
+	reverse_proxy %[1]s {
+		header_up X-Placeholder-User "{http.auth.user.id}"
+		header_up X-Placeholder-Source "{idlink.source}"
+	}`,
+	"handle": `
+	handle /members/* {
+		idlink strict
+		reverse_proxy %[1]s
+	}
+	handle {
+		idlink acme
+		reverse_proxy %[1]s {
+			header_up X-Placeholder-User "{http.auth.user.id}"
+			header_up X-Placeholder-Source "{idlink.source}"
+		}
+	}`,
+	"api": `
+	idlink acme {
+		api /idlink
+	}
+	handle /members/* {
+		idlink strict
+		reverse_proxy %[1]s
+	}
+	reverse_proxy %[1]s {
+		header_up X-Placeholder-User "{http.auth.user.id}"
+		header_up X-Placeholder-Source "{idlink.source}"
+	}`,
+}
+
+// e2eCaddyfileLayout is e2eCaddyfile with the site in one of e2eLayouts.
+func e2eCaddyfileLayout(redisURL string, port int, upstream, layout string) string {
 	redisLine := ""
 	if redisURL != "" {
 		redisLine = "redis " + redisURL
@@ -50,18 +97,9 @@ func e2eCaddyfile(redisURL string, port int, upstream string) string {
 	}
 }
 
-http://127.0.0.1:%d {
-	handle /members/* {
-		idlink strict
-		reverse_proxy %s
-	}
-	idlink acme
-	reverse_proxy %s {
-		header_up X-Placeholder-User "{http.auth.user.id}"
-		header_up X-Placeholder-Source "{idlink.source}"
-	}
+http://127.0.0.1:%d {%s
 }
-`, redisLine, port, upstream, upstream)
+`, redisLine, port, fmt.Sprintf(e2eLayouts[layout], upstream))
 }
 
 const (
@@ -76,11 +114,15 @@ type e2e struct {
 }
 
 func startE2E(t *testing.T, redisURL string) *e2e {
+	return startE2ELayout(t, redisURL, "site")
+}
+
+func startE2ELayout(t *testing.T, redisURL, layout string) *e2e {
 	t.Setenv("IDLINK_E2E_NEW", e2eNew)
 	t.Setenv("IDLINK_E2E_OLD", e2eOld)
 	up := testenv.StartUpstream(t)
 	port := testenv.FreePort(t)
-	testenv.StartCaddy(t, e2eCaddyfile(redisURL, port, up.Addr()))
+	testenv.StartCaddy(t, e2eCaddyfileLayout(redisURL, port, up.Addr(), layout))
 	return &e2e{t: t, base: fmt.Sprintf("http://127.0.0.1:%d", port), upstream: up}
 }
 
@@ -140,7 +182,17 @@ func TestE2E(t *testing.T) {
 		url = r.URL()
 	}
 	e := startE2E(t, url)
+	e2eSpoofChecks(t, e)
+	if r == nil {
+		return
+	}
+	e2eOutage(t, e, r)
+}
 
+// e2eSpoofChecks is the spoof and verification suite of TestE2E, run on
+// every layout by TestPerimeterSpoofsEveryLayout. It returns alice's user.
+func e2eSpoofChecks(t *testing.T, e *e2e) string {
+	t.Helper()
 	// A valid signature: the upstream gets the user, the same one every time.
 	status, body, got := e.do("GET", "/app", signed("alice", e2eNew, spoofs...))
 	if status != 200 || got == nil {
@@ -209,10 +261,13 @@ func TestE2E(t *testing.T) {
 	if status != 200 || got == nil {
 		t.Fatalf("preflight: %d", status)
 	}
+	return user
+}
 
-	if r == nil {
-		return
-	}
+// e2eOutage stops Redis under e.
+func e2eOutage(t *testing.T, e *e2e, r *testenv.Redis) {
+	_, _, got := e.do("GET", "/app", signed("alice", e2eNew))
+	user := got.Get("X-Platform-User-Id")
 	// Redis stopped mid-test: a new user cannot be resolved → 503 with
 	// Retry-After; alice is cached and keeps working; recovery when back.
 	r.Stop()

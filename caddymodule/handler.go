@@ -1,8 +1,13 @@
 package caddymodule
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
+	"path"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -58,6 +63,24 @@ const (
 //
 // CORS preflight requests (OPTIONS with Access-Control-Request-Method) are
 // passed on without authentication (identity headers are still removed).
+//
+// The Caddyfile orders idlink with Caddy's authentication directives
+// (after basic_auth and forward_auth, before handle, handle_path and
+// route): at site level it guards every request of the site; inside a
+// handle block, just that block. When an inner idlink runs after an outer
+// one (a handle block under a site-level idlink), it verifies the
+// credentials the client sent, as the outer one read them, for its own
+// tenant: both must accept the request, and the inner one sets the
+// identity.
+//
+// With API set (`idlink acme { api /idlink }`), the handler answers the
+// tenant's API itself under that prefix: the request reaches the API as
+// sent (credentials and all, nothing stripped or verified first), with the
+// prefix removed as handle_path would, and the answer is never passed to
+// the next handler. Only a clean path at or under the prefix is the API's
+// (/idlink, /idlink/...; not /idlinkfoo, and not a path with empty, "."
+// or ".." segments such as /idlink/../admin, which is guarded like any
+// other path).
 type Handler struct {
 	// Tenant is the name of the tenant in the idlink app. Required.
 	Tenant string `json:"tenant"`
@@ -66,6 +89,12 @@ type Handler struct {
 	// request to the upstream. Default: false (they are removed).
 	ForwardCredentials bool `json:"forward_credentials,omitempty"`
 
+	// API is the path prefix under which the handler serves the tenant's
+	// API (the idlink_api endpoints), e.g. "/idlink". A clean absolute
+	// path other than "/". Default: "" (no API).
+	API string `json:"api,omitempty"`
+
+	api    *API
 	tenant *Tenant
 	app    *App
 	logger *zap.Logger
@@ -104,8 +133,79 @@ func (h *Handler) provisionWith(app *App) (err error) {
 	} else {
 		h.strip = h.tenant.strip
 	}
+	if h.API != "" {
+		if err := validAPIPrefix(h.API); err != nil {
+			return fmt.Errorf("api %s: %v", h.API, err)
+		}
+		h.api = &API{Tenant: h.Tenant, logger: h.logger}
+		if err := h.api.provisionWith(app); err != nil {
+			return err
+		}
+	}
 	return nil
 }
+
+// validAPIPrefix checks the api prefix: a clean absolute path, not "/",
+// without pattern or escape characters.
+func validAPIPrefix(p string) error {
+	switch {
+	case !strings.HasPrefix(p, "/") || p == "/":
+		return errors.New("the prefix must be an absolute path below /, such as /idlink")
+	case path.Clean(p) != p:
+		return errors.New("the prefix must be a clean path (no trailing slash, empty, '.' or '..' segments)")
+	case strings.ContainsAny(p, "*?#%{} \t"):
+		return errors.New("the prefix must be a literal path (no '*', '?', '#', '%', placeholders or spaces)")
+	}
+	return nil
+}
+
+// apiRequest is r for the API, with the prefix removed, if r's path is
+// the API's: a clean path (decoded and, when it differs, escaped) at or
+// under the prefix.
+func (h *Handler) apiRequest(r *http.Request) (*http.Request, bool) {
+	p, ok := underPrefix(r.URL.Path, h.API)
+	if !ok {
+		return nil, false
+	}
+	rp := ""
+	if r.URL.RawPath != "" {
+		if rp, ok = underPrefix(r.URL.RawPath, h.API); !ok {
+			return nil, false
+		}
+	}
+	// As http.StripPrefix does: a shallow copy with its own URL.
+	r2 := new(http.Request)
+	*r2 = *r
+	r2.URL = new(url.URL)
+	*r2.URL = *r.URL
+	r2.URL.Path, r2.URL.RawPath = p, rp
+	return r2, true
+}
+
+// underPrefix returns the rest of p after prefix ("/" at least) when p is
+// a clean path equal to prefix or below it.
+func underPrefix(p, prefix string) (string, bool) {
+	rest, ok := strings.CutPrefix(p, prefix)
+	if !ok || (rest != "" && rest[0] != '/') {
+		return "", false
+	}
+	if c := path.Clean(p); c != p && c+"/" != p {
+		return "", false
+	}
+	if rest == "" {
+		rest = "/"
+	}
+	return rest, true
+}
+
+// presented is what the client sent, as the first idlink handler of the
+// request read it (before stripping), for idlink handlers further in.
+type presented struct {
+	creds credentials
+	bad   *apiError
+}
+
+type presentedKey struct{}
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
@@ -115,9 +215,25 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	repl.Set("idlink.tenant", h.Tenant)
 
-	// Read what the client presented, then delete every identity header
-	// (and, unless forwarded, every credential) before anything can fail.
-	creds, bad := readCredentials(r.Header)
+	// The API's paths go to the API as sent; its answer ends the request.
+	if h.api != nil {
+		if ar, ok := h.apiRequest(r); ok {
+			return h.api.ServeHTTP(w, ar, nil)
+		}
+	}
+
+	// Read what the client presented (or what it presented to an outer
+	// idlink handler, which may have removed it), then delete every
+	// identity header (and, unless forwarded, every credential) before
+	// anything can fail.
+	var creds credentials
+	var bad *apiError
+	if p, ok := r.Context().Value(presentedKey{}).(*presented); ok {
+		creds, bad = p.creds, p.bad
+	} else {
+		creds, bad = readCredentials(r.Header)
+		r = r.WithContext(context.WithValue(r.Context(), presentedKey{}, &presented{creds: creds, bad: bad}))
+	}
 	h.strip.strip(r.Header)
 	if creds.bearer != "" && h.tenant.ContactToken != nil && !h.ForwardCredentials {
 		// The bearer token is this tenant's contact token: a credential.

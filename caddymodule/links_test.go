@@ -38,7 +38,8 @@ func sha256Hex(s string) string {
 }
 
 // linkCaddyfile is a site with the API under /idlink/* for tenant acme
-// (and /other/* for tenant other), and idlink acme in front of upstream.
+// (and /other/* for tenant other, in its own handle block), and idlink
+// acme in front of upstream.
 func linkCaddyfile(redisURL string, port int, upstream string) string {
 	redisLine := ""
 	if redisURL != "" {
@@ -65,14 +66,17 @@ func linkCaddyfile(redisURL string, port int, upstream string) string {
 }
 
 http://127.0.0.1:%d {
-	handle_path /idlink/* {
-		idlink_api acme
+	handle /other/* {
+		idlink other {
+			api /other
+		}
 	}
-	handle_path /other/* {
-		idlink_api other
+	handle {
+		idlink acme {
+			api /idlink
+		}
+		reverse_proxy %s
 	}
-	idlink acme
-	reverse_proxy %s
 }
 `, redisLine, linkSecret, sha256Hex(linkKeyLink), sha256Hex(linkKeyRead), sha256Hex(linkKeyBoth),
 		sha256Hex(linkKeyOther), port, upstream)

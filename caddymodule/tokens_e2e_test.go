@@ -59,10 +59,9 @@ func TestTokensE2E(t *testing.T) {
 }
 
 http://127.0.0.1:%d {
-	handle_path /idlink/* {
-		idlink_api acme
+	idlink acme {
+		api /idlink
 	}
-	idlink acme
 	reverse_proxy %s {
 		header_up X-Placeholder-Source "{idlink.source}"
 	}

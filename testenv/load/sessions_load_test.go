@@ -53,10 +53,9 @@ func TestLoadSessions(t *testing.T) {
 	}
 }
 http://127.0.0.1:%d {
-	handle_path /idlink/* {
-		idlink_api bench
+	idlink bench {
+		api /idlink
 	}
-	idlink bench
 	reverse_proxy %s
 }
 `, redisLine, port, up)
