@@ -9,6 +9,9 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/idlink/idlink/testenv"
 )
@@ -28,6 +31,7 @@ type bindEnv struct {
 	t    *testing.T
 	base string
 	up   *testenv.Upstream
+	own  testKey // the tenant's signing key
 }
 
 func startBindEnv(t *testing.T, tenantExtra string) *bindEnv {
@@ -81,7 +85,7 @@ http://127.0.0.1:%d {
 	reverse_proxy %s
 }
 `, r.URL(), testIssuer, testAudience, hex.EncodeToString(digest[:]), tenantExtra, port, up.Addr()))
-	return &bindEnv{t: t, base: fmt.Sprintf("http://127.0.0.1:%d", port), up: up}
+	return &bindEnv{t: t, base: fmt.Sprintf("http://127.0.0.1:%d", port), up: up, own: own}
 }
 
 // do sends a request and returns the status, the body and what the
@@ -165,6 +169,25 @@ func TestAttackReportLoginMintsNoVerifiedToken(t *testing.T) {
 	}
 	if status, body, got := e.do("GET", "/app", "", "Authorization", "Bearer "+tok); status != 200 || got.Get("X-Identity-Verified") != "true" {
 		t.Fatalf("verified token: %d %s %v", status, body, got)
+	}
+}
+
+// A token bound to an unverified session (one an earlier version issued,
+// signed with the tenant's own key) reads as its session does: unverified.
+func TestAttackTokenOfUnverifiedSessionReadsUnverified(t *testing.T) {
+	e := startBindEnv(t, "")
+	res := e.login(201, "", "X-Platform", "web", "X-External-Id", "victim")
+	now := time.Now()
+	tok := e.own.sign(t, jwt.MapClaims{
+		"iss": "idlink/acme", "aud": testAudience, "sub": str(res, "user_id"), "sid": str(res, "session_id"),
+		"external_id": "victim", "iat": now.Unix(), "exp": now.Add(10 * time.Minute).Unix(),
+	}, nil)
+	status, body, got := e.do("GET", "/app", "", "Authorization", "Bearer "+tok)
+	if status != 200 || got.Get("X-Identity-Source") != "contact_token" {
+		t.Fatalf("token of an unverified session: %d %s", status, body)
+	}
+	if v := got.Get("X-Identity-Verified"); v != "false" {
+		t.Fatalf("a token bound to an unverified session reached the upstream with X-Identity-Verified=%q X-External-Id=%q", v, got.Get("X-External-Id"))
 	}
 }
 
