@@ -80,7 +80,8 @@ for i = 1, #members, 2 do
   end
 end
 
--- 2. The least recently active of the same kind (verified or not) go (of two last active in the same
+-- 2. Of the sessions as verified as the new one (the two kinds are
+-- limited apart), the least recently active go (of two last active in the same
 -- millisecond, the one admitted first: seq counts the user's admissions),
 -- so that with the new one the user has max live sessions.
 if #keep >= max then
