@@ -42,6 +42,7 @@ func init() {
 //			}
 //			default_platform <name>
 //			anonymous allow|deny
+//			signed_attributes bound|plain
 //			contact_token {
 //				jwks_url <url>
 //				key <kid> <pem-file> [<alg>]     # repeatable
@@ -213,6 +214,16 @@ func (t *Tenant) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			if t.Anonymous != AnonymousAllow && t.Anonymous != AnonymousDeny {
 				return d.Errf("anonymous must be allow or deny, not '%s'", t.Anonymous)
+			}
+		case "signed_attributes":
+			if t.SignedAttributes != "" {
+				return d.Err("signed_attributes already specified")
+			}
+			if err := oneArg(d, &t.SignedAttributes); err != nil {
+				return err
+			}
+			if t.SignedAttributes != SignedAttributesBound && t.SignedAttributes != SignedAttributesPlain {
+				return d.Errf("signed_attributes must be bound or plain, not '%s'", t.SignedAttributes)
 			}
 		case "api_key":
 			args := d.RemainingArgs()

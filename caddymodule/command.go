@@ -151,19 +151,28 @@ func generateKey(alg string, bits int) (crypto.Signer, error) {
 }
 
 func signCommand() *cobra.Command {
-	var secretEnv, secretFile string
+	var secretEnv, secretFile, email, phone string
 	cmd := &cobra.Command{
-		Use:   "sign (--secret-env <VAR> | --secret-file <path|->) <external-id>",
-		Short: "Sign an external id with a platform secret",
+		Use:   "sign (--secret-env <VAR> | --secret-file <path|->) [--email <email> | --phone <phone>] <external-id>",
+		Short: "Sign an external id, or a user's email or phone, with a platform secret",
 		Long: `Prints the hex HMAC-SHA256 of the external id under the platform secret:
-the value an SDK sends as X-External-Id-Signature (and, for an email or a
-phone, X-User-Email-Signature / X-User-Phone-Signature).
+the value an SDK sends as X-External-Id-Signature.
+
+With --email (or --phone) it prints the signature of that email (phone)
+for that external id, the value an SDK sends as X-User-Email-Signature
+(X-User-Phone-Signature): the HMAC-SHA256 of "email", the external id and
+the email, separated by newlines ("phone" likewise). A tenant with
+signed_attributes plain takes the HMAC-SHA256 of the value alone: sign the
+value as the argument instead.
 
 The secret is read from an environment variable (--secret-env) or a file
 (--secret-file; "-" reads standard input; one trailing newline is
 dropped), never from a flag value, which would land in shell history.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if email != "" && phone != "" {
+				return errors.New("give --email or --phone, not both: each has its own signature")
+			}
 			secret, err := readSecret(secretEnv, secretFile, cmd.InOrStdin())
 			if err != nil {
 				return err
@@ -171,15 +180,30 @@ dropped), never from a flag value, which would land in shell history.`,
 			if !validHeaderValue(args[0], maxExternalIDLen) {
 				return fmt.Errorf("the external id must be 1 to %d bytes of UTF-8 without control characters", maxExternalIDLen)
 			}
+			msg := args[0]
+			for _, f := range []struct {
+				field, value string
+				max          int
+			}{{"email", email, maxEmailLen}, {"phone", phone, maxPhoneLen}} {
+				if f.value == "" {
+					continue
+				}
+				if !validHeaderValue(f.value, f.max) {
+					return fmt.Errorf("the %s must be 1 to %d bytes of UTF-8 without control characters", f.field, f.max)
+				}
+				msg = attributeMessage(SignedAttributesBound, f.field, args[0], f.value)
+			}
 			// The same computation the handler verifies against.
 			var sum [sha256.Size]byte
-			newHMACKey(secret).sum(args[0], &sum)
+			newHMACKey(secret).sum(msg, &sum)
 			fmt.Fprintln(cmd.OutOrStdout(), hex.EncodeToString(sum[:]))
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&secretEnv, "secret-env", "", "environment variable holding the secret")
 	cmd.Flags().StringVar(&secretFile, "secret-file", "", `file holding the secret ("-": standard input)`)
+	cmd.Flags().StringVar(&email, "email", "", "sign this email for the external id (X-User-Email-Signature)")
+	cmd.Flags().StringVar(&phone, "phone", "", "sign this phone for the external id (X-User-Phone-Signature)")
 	return cmd
 }
 

@@ -112,6 +112,17 @@ func TestSignCommand(t *testing.T) {
 	if out, _, err := runIdlink(t, "secret-0123456789abcdef\n", "sign", "--secret-file", "-", "alice"); err != nil || out != want {
 		t.Fatalf("stdin: %q %v", out, err)
 	}
+	// --email and --phone print the signatures bound to the external id
+	// and the field (the handler's side: TestAttackSignedEmailAndPhoneAreBound).
+	for _, f := range []string{"email", "phone"} {
+		want := boundSig("secret-0123456789abcdef", f, "alice", "alice@example.com") + "\n"
+		if out, _, err := runIdlink(t, "", "sign", "--secret-env", "IDLINK_TEST_SECRET", "--"+f, "alice@example.com", "alice"); err != nil || out != want {
+			t.Fatalf("--%s: %q %v, want %q", f, out, err, want)
+		}
+	}
+	if _, _, err := runIdlink(t, "", "sign", "--secret-env", "IDLINK_TEST_SECRET", "--email", "a@b", "--phone", "1", "alice"); err == nil {
+		t.Fatal("--email with --phone: no error")
+	}
 	// The signature is what the handler accepts.
 	keys := []*hmacKey{newHMACKey([]byte("secret-0123456789abcdef"))}
 	if !verifyHMAC(keys, "alice", strings.TrimSpace(want)) {

@@ -214,9 +214,9 @@ func TestHandlerSignedEmailAndPhone(t *testing.T) {
 	h := newTestHandler(t, app, nil)
 	r := signedRequest("dave", "ios", testSecret)
 	r.Header.Set(hdrUserEmail, "dave@example.com")
-	r.Header.Set(hdrUserEmailSig, sign(testSecret, "dave@example.com"))
+	r.Header.Set(hdrUserEmailSig, boundSig(testSecret, "email", "dave", "dave@example.com"))
 	r.Header.Set(hdrUserPhone, "+3212345678")
-	r.Header.Set(hdrUserPhoneSig, sign(testSecret, "+3212345678"))
+	r.Header.Set(hdrUserPhoneSig, boundSig(testSecret, "phone", "dave", "+3212345678"))
 	_, next, _ := serve(h, r)
 	if next.header.Get(hdrVerifiedEmail) != "dave@example.com" || next.header.Get(hdrVerifiedPhone) != "+3212345678" {
 		t.Fatalf("verified attributes missing: %v", next.header)

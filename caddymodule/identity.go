@@ -88,10 +88,6 @@ func (t *Tenant) authenticate(ctx context.Context, c *credentials) (identity, *a
 }
 
 func (t *Tenant) identify(ctx context.Context, c *credentials) (identity, error) {
-	email, phone, err := t.verifyAttributes(c)
-	if err != nil {
-		return identity{}, err
-	}
 	var id *identity
 	for _, check := range credentialChecks {
 		claim, err := check(t, ctx, c)
@@ -135,17 +131,52 @@ func (t *Tenant) identify(ctx context.Context, c *credentials) (identity, error)
 		id = &identity{source: SourceAnonymous}
 	}
 	// Signed email/phone on the request win over the ones a session's
-	// login stored for the user.
-	if email != "" || phone != "" {
-		id.verifiedEmail, id.verifiedPhone = email, phone
+	// login stored for the user; they count only beside a verified
+	// external id.
+	if id.verified && id.externalID != "" {
+		email, phone, err := t.verifyAttributes(c, id.externalID)
+		if err != nil {
+			return identity{}, err
+		}
+		if email != "" || phone != "" {
+			id.verifiedEmail, id.verifiedPhone = email, phone
+		}
+	} else if c.emailSig != "" || c.phoneSig != "" {
+		t.debug("signed email/phone ignored: no verified external id on the request")
 	}
 	return *id, nil
 }
 
-// verifyAttributes checks the signed email and phone. They are injected
-// only when their signature verifies; a bad one is refused in enforce mode
-// and dropped otherwise.
-func (t *Tenant) verifyAttributes(c *credentials) (email, phone string, err error) {
+// Signed attribute formats (the tenant's signed_attributes).
+const (
+	// SignedAttributesBound (default): the signature of an email or a
+	// phone is HMAC(secret, field + "\n" + external id + "\n" + value),
+	// so that it holds for that user and that field only.
+	SignedAttributesBound = "bound"
+	// SignedAttributesPlain: HMAC(secret, value), as signers of the seeds
+	// do. A captured (value, signature) pair works beside any verified
+	// external id, and an external-id signature of "ceo@corp.com" is also
+	// an email signature of it.
+	SignedAttributesPlain = "plain"
+)
+
+// attributeMessage is the message an email or phone signature signs: in
+// the bound format, the field, the external id and the value separated by
+// newlines (which neither an external id nor a header value can contain,
+// so the message names them unambiguously, and never equals an external
+// id, which an external-id signature signs).
+func attributeMessage(format, field, externalID, value string) string {
+	if format == SignedAttributesPlain {
+		return value
+	}
+	return field + "\n" + externalID + "\n" + value
+}
+
+// verifyAttributes checks the signed email and phone of a request whose
+// verified external id is externalID. They are injected only when their
+// signature verifies; a bad one is refused in enforce mode and dropped
+// otherwise.
+func (t *Tenant) verifyAttributes(c *credentials, externalID string) (email, phone string, err error) {
 	platform, mode := t.platformFor(c.platform)
 	if platform == nil || mode == ModeOff {
 		return "", "", nil
@@ -154,7 +185,7 @@ func (t *Tenant) verifyAttributes(c *credentials) (email, phone string, err erro
 		if v == "" || sig == "" {
 			return "", nil
 		}
-		if verifyHMAC(platform.keys, v, sig) {
+		if verifyHMAC(platform.keys, attributeMessage(t.SignedAttributes, what, externalID, v), sig) {
 			return v, nil
 		}
 		if mode == ModeEnforce {

@@ -62,7 +62,9 @@ const (
 type Sessions struct {
 	// Max is how many live sessions one user may have at once. A login
 	// beyond it ends the user's least recently active sessions (reason
-	// "evicted"). Default: 1.
+	// "evicted"). Verified and unverified (report or off mode) sessions
+	// are counted apart, each up to max, so that an unverified login
+	// never evicts a verified session. Default: 1.
 	Max int `json:"max,omitempty"`
 
 	// Idle ends a session after this long without a request (reason
@@ -406,6 +408,10 @@ type startSessionResponse struct {
 	ExpiresAt *string `json:"expires_at"`
 	// Evicted are the user's sessions ended to make room.
 	Evicted []string `json:"evicted"`
+	// Verified tells whether the login's credential verified. An
+	// unverified (report or off mode) login linked no install, stored
+	// no attributes and got no contact token.
+	Verified bool `json:"verified"`
 }
 
 // sessionTokenIssuer, when set by contact-token issuance, returns the
@@ -463,20 +469,24 @@ func (a *API) startSession(w http.ResponseWriter, r *http.Request) {
 		// anonymous user (data continuity) instead of a new user that
 		// the install's one would be merged into. Only once everything
 		// the login presents verifies.
-		if ok, mode, why := t.verifyExternalID(&creds); !ok && mode == ModeEnforce {
+		// An unverified one (report, off) links nothing: see below.
+		ok, mode, why := t.verifyExternalID(&creds)
+		if !ok && mode == ModeEnforce {
 			writeError(w, t.badSignature(why))
 			return
 		}
-		if _, _, err := t.verifyAttributes(&creds); err != nil {
-			a.fail(w, err)
-			return
+		if ok {
+			if _, _, err := t.verifyAttributes(&creds, creds.externalID); err != nil {
+				a.fail(w, err)
+				return
+			}
+			res, err := t.link(ctx, installID, creds.externalID)
+			if err != nil {
+				a.fail(w, linkError(err))
+				return
+			}
+			linked = res.UserID
 		}
-		res, err := t.link(ctx, installID, creds.externalID)
-		if err != nil {
-			a.fail(w, linkError(err))
-			return
-		}
-		linked = res.UserID
 	}
 	id, err := t.identify(ctx, &creds)
 	if err != nil {
@@ -489,6 +499,20 @@ func (a *API) startSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id.installID = ""
+	if !id.verified {
+		// Report and off modes observe, they never bind: an unverified
+		// login holds an unverified session of the user it names, and
+		// that is all. It links no install (nor adopts its anonymous
+		// user), writes no attributes (nor email or phone: identify
+		// accepts those only beside a verified external id), gets no
+		// contact token and evicts no verified session.
+		if installID != "" || update != nil {
+			t.logger.Info("report mode: unverified login binds nothing",
+				zap.Bool("install_ignored", installID != ""), zap.Bool("attributes_ignored", update != nil))
+		}
+		installID, update = "", nil
+		id.verifiedEmail, id.verifiedPhone = "", ""
+	}
 	if installID != "" {
 		if linked == "" && id.externalID != "" {
 			res, err := t.link(ctx, installID, id.externalID)
@@ -561,7 +585,7 @@ func (t *Tenant) startSession(ctx context.Context, id identity, attrs *store.Att
 	for _, sid := range evicted {
 		t.dropSession(sid)
 	}
-	res := &startSessionResponse{UserID: id.userID, SessionID: ns.ID, Evicted: evicted}
+	res := &startSessionResponse{UserID: id.userID, SessionID: ns.ID, Evicted: evicted, Verified: id.verified}
 	var expires time.Time
 	if lt := t.sess.policy.Lifetime; lt > 0 {
 		expires = started.Add(lt).UTC().Truncate(time.Millisecond)

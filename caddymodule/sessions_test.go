@@ -627,9 +627,9 @@ func TestSessionStoredVerifiedAttributes(t *testing.T) {
 	api, h := newSessionsAPI(t, app), newTestHandler(t, app, nil)
 	r := loginRequest("vera", "")
 	r.Header.Set(hdrUserEmail, "vera@example.com")
-	r.Header.Set(hdrUserEmailSig, sign(testSecret, "vera@example.com"))
+	r.Header.Set(hdrUserEmailSig, boundSig(testSecret, "email", "vera", "vera@example.com"))
 	r.Header.Set(hdrUserPhone, "+3200000000")
-	r.Header.Set(hdrUserPhoneSig, sign(testSecret, "+3200000000"))
+	r.Header.Set(hdrUserPhoneSig, boundSig(testSecret, "phone", "vera", "+3200000000"))
 	w, _, _ := serve(api, r)
 	var res startSessionResponse
 	if err := json.Unmarshal(w.Body.Bytes(), &res); err != nil || w.Code != 201 {
@@ -641,7 +641,7 @@ func TestSessionStoredVerifiedAttributes(t *testing.T) {
 	}
 	r = sessionRequest(res.SessionID)
 	r.Header.Set(hdrUserEmail, "vera@new.example.com")
-	r.Header.Set(hdrUserEmailSig, sign(testSecret, "vera@new.example.com"))
+	r.Header.Set(hdrUserEmailSig, boundSig(testSecret, "email", "vera", "vera@new.example.com"))
 	if _, next, _ := serve(h, r); next.header.Get(hdrVerifiedEmail) != "vera@new.example.com" {
 		t.Fatalf("signed email on the request: %v", next.header)
 	}

@@ -58,6 +58,13 @@ type Tenant struct {
 	// URL. Default: none (SSO tokens are refused).
 	SSO *SSO `json:"sso,omitempty"`
 
+	// SignedAttributes is the format of X-User-Email-Signature and
+	// X-User-Phone-Signature: "bound" (default), HMAC(secret, field "\n"
+	// external id "\n" value), or "plain", HMAC(secret, value), which a
+	// captured pair lets anyone replay beside their own verified id.
+	// Either way they count only beside a verified external id.
+	SignedAttributes string `json:"signed_attributes,omitempty"`
+
 	// APIKeys are the tenant's server-to-server keys with their scopes.
 	APIKeys []APIKey `json:"api_keys,omitempty"`
 
@@ -126,6 +133,9 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 	t.logger = app.logger.With(zap.String("tenant", name))
 	if t.Anonymous == "" {
 		t.Anonymous = AnonymousAllow
+	}
+	if t.SignedAttributes == "" {
+		t.SignedAttributes = SignedAttributesBound
 	}
 	if t.CacheSize <= 0 {
 		t.CacheSize = 100_000
@@ -207,6 +217,11 @@ func (t *Tenant) validate() error {
 	case AnonymousAllow, AnonymousDeny:
 	default:
 		return fmt.Errorf("tenant %q: anonymous must be allow or deny, not %q", t.name, t.Anonymous)
+	}
+	switch t.SignedAttributes {
+	case SignedAttributesBound, SignedAttributesPlain:
+	default:
+		return fmt.Errorf("tenant %q: signed_attributes must be bound or plain, not %q", t.name, t.SignedAttributes)
 	}
 	if t.ContactToken != nil {
 		if err := t.ContactToken.validate(t.name); err != nil {

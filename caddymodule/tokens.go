@@ -441,8 +441,17 @@ func (c *ContactToken) identityOf(ctx context.Context, vt *verifiedToken) (*iden
 			return nil, err
 		}
 		id.installID = e.installID
+		// A token says no more than its session knows.
+		id.verified = e.verified
 	}
 	return id, nil
+}
+
+// errSessionUnverified refuses a contact token for a session an
+// unverified (report or off mode) login started.
+func errSessionUnverified() *apiError {
+	return newError(http.StatusForbidden, "session_unverified",
+		"this session's login was not verified (report or off mode): it gets no contact token; log in with a signed credential")
 }
 
 // checkTokenSession refuses a token bound to a session (sid) that has
@@ -759,7 +768,9 @@ func init() {
 	apiRoutes["POST /contact-token"] = (*API).refreshContactToken
 	// POST /sessions hands out a contact token with each new session.
 	sessionTokenIssuer = func(t *Tenant, ctx context.Context, id identity, sessionID string, sessionEnd time.Time) (string, error) {
-		if !t.issues() {
+		if !t.issues() || !id.verified {
+			// No token says more than its session knows: an unverified
+			// session gets none.
 			return "", nil
 		}
 		tok, _, err := t.issueForSession(ctx, id.userID, sessionID, id.externalID, sessionEnd)
@@ -872,6 +883,10 @@ func (a *API) refreshContactToken(w http.ResponseWriter, r *http.Request) {
 	}
 	if userID != "" && e.userID != userID {
 		writeError(w, tokenError("the token's session belongs to another user"))
+		return
+	}
+	if !e.verified {
+		writeError(w, errSessionUnverified())
 		return
 	}
 	var end time.Time

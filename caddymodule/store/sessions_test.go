@@ -124,6 +124,48 @@ func TestSessionScripts(t *testing.T) {
 	t.Run("OrderedLogins", func(t *testing.T) { testAdmitOrderedLogins(t, backends) })
 	t.Run("Concurrent", func(t *testing.T) { testAdmitConcurrent(t, backends) })
 	t.Run("Attributes", func(t *testing.T) { testAdmitAttributes(t, backends) })
+	t.Run("VerifiedApart", func(t *testing.T) { testAdmitVerifiedApart(t, backends) })
+}
+
+// testAdmitVerifiedApart: verified and unverified sessions are limited
+// apart, so an unverified (report or off mode) login never evicts a
+// verified session, and a verified login never counts unverified ones.
+func testAdmitVerifiedApart(t *testing.T, backends []testBackend) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			k := NewKeys("apart")
+			c := newClock()
+			p := SessionPolicy{Max: 1, Idle: time.Hour, Channel: "idl:invalidate"}
+			user := newUser(7)
+			login := func(verified bool) (string, []string) {
+				t.Helper()
+				sid := NewID(KindSession, 7)
+				ev, err := b.s.AdmitSession(context.Background(), k, p, NewSession{ID: sid, UserID: user, Verified: verified}, c.add(time.Second))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return sid, ev
+			}
+			v1, _ := login(true)
+			u1, ev := login(false)
+			if len(ev) != 0 {
+				t.Fatalf("an unverified login evicted %v", ev)
+			}
+			u2, ev := login(false)
+			if len(ev) != 1 || ev[0] != u1 {
+				t.Fatalf("second unverified login evicted %v, want [%s]", ev, u1)
+			}
+			v2, ev := login(true)
+			if len(ev) != 1 || ev[0] != v1 {
+				t.Fatalf("second verified login evicted %v, want [%s]", ev, v1)
+			}
+			want := []string{u2, v2}
+			sort.Strings(want)
+			if got := liveIDs(t, b.s, k, user); fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("live %v, want %v", got, want)
+			}
+		})
+	}
 }
 
 func testAdmitOrderedLogins(t *testing.T, backends []testBackend) {

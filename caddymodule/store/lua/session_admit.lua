@@ -56,7 +56,7 @@ local keep = {}
 local members = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
 for i = 1, #members, 2 do
   local m, last = members[i], tonumber(members[i + 1])
-  local h = redis.call('HMGET', sess_key(m), 'state', 'started', 'install', 'seq')
+  local h = redis.call('HMGET', sess_key(m), 'state', 'started', 'install', 'seq', 'verified')
   if not h[1] then
     -- The hash outlived its hold time: the session ended unnoticed.
     local why = 'idle'
@@ -72,13 +72,16 @@ for i = 1, #members, 2 do
     elseif install ~= '' and h[3] == install then
       redis.call('ZREM', KEYS[2], m)
       victims[#victims + 1] = m
-    else
+    elseif (h[5] == '1') == (ARGV[11] == '1') then
+      -- Verified and unverified sessions are limited apart: an unverified
+      -- (report or off mode) login never evicts a verified session.
       keep[#keep + 1] = {m, last, tonumber(h[4]) or 0}
     end
   end
 end
 
--- 2. The least recently active go (of two last active in the same
+-- 2. Of the sessions as verified as the new one (the two kinds are
+-- limited apart), the least recently active go (of two last active in the same
 -- millisecond, the one admitted first: seq counts the user's admissions),
 -- so that with the new one the user has max live sessions.
 if #keep >= max then
