@@ -78,10 +78,9 @@ func startBindEnv(t *testing.T, tenantExtra string) *bindEnv {
 }
 
 http://127.0.0.1:%d {
-	handle_path /idlink/* {
-		idlink_api acme
+	idlink acme {
+		api /idlink
 	}
-	idlink acme
 	reverse_proxy %s
 }
 `, r.URL(), testIssuer, testAudience, hex.EncodeToString(digest[:]), tenantExtra, port, up.Addr()))

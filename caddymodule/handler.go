@@ -235,6 +235,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		r = r.WithContext(context.WithValue(r.Context(), presentedKey{}, &presented{creds: creds, bad: bad}))
 	}
 	h.strip.strip(r.Header)
+	// Connection must not name an identity or credential header, or
+	// reverse_proxy would drop it as hop-by-hop.
+	h.tenant.strip.stripConnectionTokens(r.Header)
 	if creds.bearer != "" && h.tenant.ContactToken != nil && !h.ForwardCredentials {
 		// The bearer token is this tenant's contact token: a credential.
 		delete(r.Header, hdrAuthorization)

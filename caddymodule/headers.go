@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"net/http"
+	"net/textproto"
 	"strings"
 	"unicode/utf8"
 )
@@ -20,6 +21,7 @@ const (
 	hdrSSOToken          = "X-Sso-Token"
 	hdrSessionID         = "X-Session-Id"
 	hdrAuthorization     = "Authorization"
+	hdrConnection        = "Connection"
 	hdrAccessControlReqM = "Access-Control-Request-Method"
 )
 
@@ -116,6 +118,38 @@ func (s headerSet) strip(h http.Header) {
 		if s.has(k) {
 			delete(h, k)
 		}
+	}
+}
+
+// stripConnectionTokens removes from Connection every token that names a
+// header of the set, so that a client cannot make reverse_proxy drop the
+// headers idlink sets as hop-by-hop. The other tokens are left to Caddy.
+func (s headerSet) stripConnectionTokens(h http.Header) {
+	values := h[hdrConnection]
+	if len(values) == 0 {
+		return
+	}
+	kept := values[:0:0]
+	for _, v := range values {
+		var out []string
+		changed := false
+		for _, tok := range strings.Split(v, ",") {
+			if t := textproto.TrimString(tok); t != "" && s.has(t) {
+				changed = true
+				continue
+			}
+			out = append(out, tok)
+		}
+		if !changed {
+			kept = append(kept, v)
+		} else if joined := strings.TrimSpace(strings.Join(out, ",")); joined != "" {
+			kept = append(kept, joined)
+		}
+	}
+	if len(kept) == 0 {
+		delete(h, hdrConnection)
+	} else {
+		h[hdrConnection] = kept
 	}
 }
 
