@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"io"
 	"net/http"
 	"strings"
 	"unicode/utf8"
@@ -117,6 +118,66 @@ func (s headerSet) strip(h http.Header) {
 			delete(h, k)
 		}
 	}
+}
+
+// stripTokens removes from every value of the comma-separated list header
+// name (Connection, Trailer) the tokens that name a header of the set, in
+// any spelling, and deletes the header when no token is left.
+func (s headerSet) stripTokens(h http.Header, name string) {
+	vs, ok := h[name]
+	if !ok {
+		return
+	}
+	kept := vs[:0:0]
+	for _, v := range vs {
+		var out []string
+		for tok := range strings.SplitSeq(v, ",") {
+			if tok = strings.TrimSpace(tok); tok != "" && !s.has(tok) {
+				out = append(out, tok)
+			}
+		}
+		if len(out) > 0 {
+			kept = append(kept, strings.Join(out, ", "))
+		}
+	}
+	if len(kept) == 0 {
+		delete(h, name)
+	} else {
+		h[name] = kept
+	}
+}
+
+// stripTrailers deletes the set's names from r's trailers: from the
+// declaration now (the Trailer header, which net/http moves into the keys
+// of r.Trailer), and from the values net/http adds to that same map when
+// the body is read to its end, before the reader of the body (the proxy)
+// gets the end. A request without declared trailers has a nil r.Trailer,
+// and net/http then gives what trailers it reads to no handler.
+func (s headerSet) stripTrailers(r *http.Request) {
+	s.stripTokens(r.Header, "Trailer")
+	if r.Trailer == nil {
+		return
+	}
+	s.strip(r.Trailer)
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &trailerStripBody{ReadCloser: r.Body, trailer: r.Trailer, set: s}
+	}
+}
+
+// trailerStripBody strips its set from trailer whenever a Read of the body
+// ends it (io.EOF or an error): net/http fills in the trailers just then.
+type trailerStripBody struct {
+	io.ReadCloser
+	trailer http.Header
+	set     headerSet
+}
+
+func (b *trailerStripBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil {
+		b.set.strip(b.trailer)
+	}
+	return n, err
 }
 
 // Limits on client values that can reach an upstream header.
