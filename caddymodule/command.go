@@ -76,7 +76,9 @@ func keygenCommand() *cobra.Command {
 		Long: `Makes a private key for idlink to sign contact tokens with, writes it as
 PKCS#8 PEM (mode 0600, never over an existing file unless --force), and
 prints its public JWK (what GET /jwks.json will publish) on standard output.
-Then add to the tenant:  contact_token { sign_key <kid> <key.pem> }`,
+Then add the line it prints to the tenant's contact_token block:
+sign_key <kid> <key.pem> <alg>, with the algorithm of the JWK (an RSA key
+would otherwise sign RS256, whatever --alg was).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkKID(kid); err != nil {
@@ -119,7 +121,10 @@ Then add to the tenant:  contact_token { sign_key <kid> <key.pem> }`,
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), string(body))
-			fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s; in the tenant's contact_token block:\n\tsign_key %s %s\n", out, kid, out)
+			// The line names the algorithm: the key type alone does not
+			// (RSA signs RS256 unless told PS256).
+			fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s; in the tenant's contact_token block:\n\tsign_key %s %s %s\n",
+				out, kid, caddyfileToken(out), alg)
 			return nil
 		},
 	}
@@ -129,6 +134,19 @@ Then add to the tenant:  contact_token { sign_key <kid> <key.pem> }`,
 	cmd.Flags().IntVar(&bits, "bits", 3072, "RSA modulus size (RS256/PS256 only)")
 	cmd.Flags().BoolVar(&force, "force", false, "overwrite --out if it exists")
 	return cmd
+}
+
+// caddyfileToken writes s as one Caddyfile token: as it is when it can be,
+// else in backquotes (or, holding a backquote, double quotes with escapes).
+// Braces stay as they are: they would be placeholders either way.
+func caddyfileToken(s string) string {
+	if s != "" && !strings.ContainsAny(s, " \t\r\n\"'`#") {
+		return s
+	}
+	if !strings.Contains(s, "`") {
+		return "`" + s + "`"
+	}
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
 }
 
 // generateKey makes a private key for alg.

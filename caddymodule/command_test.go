@@ -6,6 +6,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +17,8 @@ import (
 	"github.com/MicahParks/jwkset"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/spf13/cobra"
+
+	"github.com/idlink/idlink/testenv"
 )
 
 // runIdlink runs `caddy idlink <args>` in process.
@@ -178,5 +183,108 @@ func TestAPIKeyCommand(t *testing.T) {
 	out2, _, _ := runIdlink(t, "", "api-key", "--scope", "user.read")
 	if strings.Contains(out2, key) {
 		t.Fatal("keys repeat")
+	}
+}
+
+// TestKeygenSignKeyLine: the sign_key line keygen prints, pasted into a
+// Caddyfile, makes idlink sign with the key and the algorithm of the JWK it
+// printed, and publish that JWK, for every algorithm (PS256 shares its key
+// type with RS256, the default for an RSA key).
+func TestKeygenSignKeyLine(t *testing.T) {
+	redisLine := ""
+	if u := testRedisURL(t); u != "" {
+		redisLine = "redis " + u
+	}
+	t.Setenv("IDLINK_KEYGEN_SECRET", testSecret)
+	for _, alg := range []string{"PS256", "RS256", "ES256", "ES384", "EdDSA"} {
+		t.Run(alg, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "sign.pem")
+			kid := "kg-" + strings.ToLower(alg)
+			stdout, stderr, err := runIdlink(t, "", "keygen", "--kid", kid, "--alg", alg, "--out", out, "--bits", "2048")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var printed jwkset.JWKMarshal
+			if err := json.Unmarshal([]byte(stdout), &printed); err != nil {
+				t.Fatal(err)
+			}
+			line := ""
+			for _, l := range strings.Split(stderr, "\n") {
+				if l = strings.TrimSpace(l); strings.HasPrefix(l, "sign_key ") {
+					line = l
+				}
+			}
+			if line == "" {
+				t.Fatalf("no sign_key line in %q", stderr)
+			}
+			port := testenv.FreePort(t)
+			testenv.StartCaddy(t, fmt.Sprintf(`{
+	idlink {
+		%s
+		tenant acme {
+			platform ios {
+				secret {env.IDLINK_KEYGEN_SECRET}
+			}
+			default_platform ios
+			contact_token {
+				%s
+			}
+		}
+	}
+}
+
+http://127.0.0.1:%d {
+	handle_path /idlink/* {
+		idlink_api acme
+	}
+	respond 404
+}
+`, redisLine, line, port))
+			base := fmt.Sprintf("http://127.0.0.1:%d", port)
+
+			req, _ := http.NewRequest("POST", base+"/idlink/sessions", nil)
+			req.Header.Set("X-External-Id", "alice")
+			req.Header.Set("X-External-Id-Signature", sign(testSecret, "alice"))
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			var login startSessionResponse
+			if err := json.Unmarshal(body, &login); resp.StatusCode != 201 || err != nil || login.ContactToken == "" {
+				t.Fatalf("POST /sessions: %d %s", resp.StatusCode, body)
+			}
+			tok, _, err := jwt.NewParser().ParseUnverified(login.ContactToken, jwt.MapClaims{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tok.Header["alg"] != alg || tok.Header["kid"] != kid {
+				t.Fatalf("%s: the token's header is %v, keygen printed alg %s", line, tok.Header, printed.ALG)
+			}
+
+			resp, err = http.Get(base + "/idlink/jwks.json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			var set jwkset.JWKSMarshal
+			if err := json.Unmarshal(body, &set); err != nil || len(set.Keys) != 1 {
+				t.Fatalf("jwks.json: %d %s", resp.StatusCode, body)
+			}
+			pub := set.Keys[0]
+			if pub.KID != printed.KID || pub.ALG != printed.ALG || pub.KTY != printed.KTY || pub.N != printed.N || pub.X != printed.X || pub.CRV != printed.CRV {
+				t.Fatalf("/jwks.json publishes %+v, keygen printed %+v", pub, printed)
+			}
+			j, err := jwkset.NewJWKFromMarshal(pub, jwkset.JWKMarshalOptions{}, jwkset.JWKValidateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := jwt.Parse(login.ContactToken, func(*jwt.Token) (any, error) { return j.Key(), nil },
+				jwt.WithValidMethods([]string{alg}), jwt.WithoutClaimsValidation()); err != nil {
+				t.Fatalf("the published key does not verify the token as %s: %v", alg, err)
+			}
+		})
 	}
 }

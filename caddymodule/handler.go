@@ -34,7 +34,10 @@ const (
 //
 // Before anything else it deletes every identity header the client sent,
 // in every spelling (case, duplicates, and the underscore forms CGI, PHP
-// and WSGI fold into the same name), on every path. Then it sets
+// and WSGI fold into the same name), on every path; likewise it deletes
+// identity and credential names from the request's trailers (declared and
+// sent) and from Connection (so that a client cannot have reverse_proxy
+// drop idlink's headers as hop-by-hop). Then it sets
 // X-Platform-User-Id, X-Identity-Source, X-Identity-Verified,
 // X-External-Id, X-Install-Id, X-Verified-Email, X-Verified-Phone and the
 // contact token's claim_header headers from what it verified. X-Install-Id
@@ -99,6 +102,12 @@ type Handler struct {
 	app    *App
 	logger *zap.Logger
 	strip  headerSet
+	// hop are the names a client may not nominate in Connection (so that
+	// reverse_proxy would drop them as hop-by-hop) nor send as trailers:
+	// every identity, claim and credential header, whatever
+	// forward_credentials says (idlink never reads a trailer, so a
+	// credential there was never verified), and, in trailers, Authorization.
+	hop, trailers headerSet
 }
 
 // CaddyModule returns the Caddy module information.
@@ -133,6 +142,9 @@ func (h *Handler) provisionWith(app *App) (err error) {
 	} else {
 		h.strip = h.tenant.strip
 	}
+	claims := h.tenant.ContactToken.stripHeaders()
+	h.hop = newHeaderSet(identityHeaders, credentialHeaders, claims)
+	h.trailers = newHeaderSet(identityHeaders, credentialHeaders, claims, []string{hdrAuthorization})
 	if h.API != "" {
 		if err := validAPIPrefix(h.API); err != nil {
 			return fmt.Errorf("api %s: %v", h.API, err)
@@ -235,9 +247,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		r = r.WithContext(context.WithValue(r.Context(), presentedKey{}, &presented{creds: creds, bad: bad}))
 	}
 	h.strip.strip(r.Header)
-	// Connection must not name an identity or credential header, or
-	// reverse_proxy would drop it as hop-by-hop.
-	h.tenant.strip.stripConnectionTokens(r.Header)
+	h.hop.stripTokens(r.Header, "Connection")
+	h.trailers.stripTrailers(r)
 	if creds.bearer != "" && h.tenant.ContactToken != nil && !h.ForwardCredentials {
 		// The bearer token is this tenant's contact token: a credential.
 		delete(r.Header, hdrAuthorization)

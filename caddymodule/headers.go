@@ -1,8 +1,8 @@
 package caddymodule
 
 import (
+	"io"
 	"net/http"
-	"net/textproto"
 	"strings"
 	"unicode/utf8"
 )
@@ -21,7 +21,6 @@ const (
 	hdrSSOToken          = "X-Sso-Token"
 	hdrSessionID         = "X-Session-Id"
 	hdrAuthorization     = "Authorization"
-	hdrConnection        = "Connection"
 	hdrAccessControlReqM = "Access-Control-Request-Method"
 )
 
@@ -121,36 +120,64 @@ func (s headerSet) strip(h http.Header) {
 	}
 }
 
-// stripConnectionTokens removes from Connection every token that names a
-// header of the set, so that a client cannot make reverse_proxy drop the
-// headers idlink sets as hop-by-hop. The other tokens are left to Caddy.
-func (s headerSet) stripConnectionTokens(h http.Header) {
-	values := h[hdrConnection]
-	if len(values) == 0 {
+// stripTokens removes from every value of the comma-separated list header
+// name (Connection, Trailer) the tokens that name a header of the set, in
+// any spelling, and deletes the header when no token is left.
+func (s headerSet) stripTokens(h http.Header, name string) {
+	vs, ok := h[name]
+	if !ok {
 		return
 	}
-	kept := values[:0:0]
-	for _, v := range values {
+	kept := vs[:0:0]
+	for _, v := range vs {
 		var out []string
-		changed := false
-		for _, tok := range strings.Split(v, ",") {
-			if t := textproto.TrimString(tok); t != "" && s.has(t) {
-				changed = true
-				continue
+		for tok := range strings.SplitSeq(v, ",") {
+			if tok = strings.TrimSpace(tok); tok != "" && !s.has(tok) {
+				out = append(out, tok)
 			}
-			out = append(out, tok)
 		}
-		if !changed {
-			kept = append(kept, v)
-		} else if joined := strings.TrimSpace(strings.Join(out, ",")); joined != "" {
-			kept = append(kept, joined)
+		if len(out) > 0 {
+			kept = append(kept, strings.Join(out, ", "))
 		}
 	}
 	if len(kept) == 0 {
-		delete(h, hdrConnection)
+		delete(h, name)
 	} else {
-		h[hdrConnection] = kept
+		h[name] = kept
 	}
+}
+
+// stripTrailers deletes the set's names from r's trailers: from the
+// declaration now (the Trailer header, which net/http moves into the keys
+// of r.Trailer), and from the values net/http adds to that same map when
+// the body is read to its end, before the reader of the body (the proxy)
+// gets the end. A request without declared trailers has a nil r.Trailer,
+// and net/http then gives what trailers it reads to no handler.
+func (s headerSet) stripTrailers(r *http.Request) {
+	s.stripTokens(r.Header, "Trailer")
+	if r.Trailer == nil {
+		return
+	}
+	s.strip(r.Trailer)
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &trailerStripBody{ReadCloser: r.Body, trailer: r.Trailer, set: s}
+	}
+}
+
+// trailerStripBody strips its set from trailer whenever a Read of the body
+// ends it (io.EOF or an error): net/http fills in the trailers just then.
+type trailerStripBody struct {
+	io.ReadCloser
+	trailer http.Header
+	set     headerSet
+}
+
+func (b *trailerStripBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil {
+		b.set.strip(b.trailer)
+	}
+	return n, err
 }
 
 // Limits on client values that can reach an upstream header.

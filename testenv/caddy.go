@@ -2,9 +2,11 @@ package testenv
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -94,10 +96,18 @@ func StartCaddy(t testing.TB, caddyfile string) *Caddy {
 // fails t if the new config does not adapt or load; Caddy then keeps
 // running the previous config.
 //
-// A reload replaces Caddy's servers, so keep-alive connections to the old
-// ones are reset; Reload closes the idle connections of
-// http.DefaultTransport so that the test's next request opens a new one
-// instead of failing on a reused dead one.
+// A reload replaces Caddy's servers. Caddy binds the new servers' sockets
+// with SO_REUSEPORT next to the old ones, and caddy.Load returns once the
+// old servers have begun shutting down, not once their sockets are closed:
+// until then the kernel hands new connections to either socket, and one
+// queued on an old socket is answered by the old config or reset when that
+// socket closes ("connection reset by peer", or EOF, on the first request).
+// A client of a reloading Caddy should expect exactly that (and retry an
+// idempotent request on a new connection); Reload instead returns only when
+// every old socket on the new config's addresses is closed, so the next
+// connection reaches the new config. It also closes the idle connections
+// of http.DefaultTransport, whose keep-alive connections to the old
+// servers are closed by their shutdown.
 func (c *Caddy) Reload(t testing.TB, caddyfile string) {
 	t.Helper()
 	c.load(t, caddyfile)
@@ -116,8 +126,16 @@ func (c *Caddy) load(t testing.TB, text string) {
 		t.Fatalf("testenv: caddy.Load: %v\nconfig: %s", err, cfgJSON)
 	}
 	for _, addr := range listen {
+		err := waitFor(caddyListenTimeout, 5*time.Millisecond, nil, func() (bool, string) {
+			return oneListener(addr)
+		})
+		if err != nil {
+			t.Fatalf("testenv: the previous config's socket on %s does not close: %v", addr.dial, err)
+		}
+	}
+	for _, addr := range listen {
 		err := waitFor(caddyListenTimeout, 20*time.Millisecond, nil, func() (bool, string) {
-			conn, err := net.DialTimeout("tcp", addr, time.Second)
+			conn, err := net.DialTimeout("tcp", addr.dial, time.Second)
 			if err != nil {
 				return false, err.Error()
 			}
@@ -125,16 +143,15 @@ func (c *Caddy) load(t testing.TB, text string) {
 			return true, ""
 		})
 		if err != nil {
-			t.Fatalf("testenv: in-process Caddy does not accept connections on %s: %v", addr, err)
+			t.Fatalf("testenv: in-process Caddy does not accept connections on %s: %v", addr.dial, err)
 		}
 	}
 }
 
 // adaptCaddyfile turns a Caddyfile into Caddy JSON with the admin endpoint
 // off (unless configured), persistence off and storage in dataDir (unless
-// configured). It also returns the TCP addresses to dial to see that the
-// HTTP servers listen.
-func adaptCaddyfile(text, dataDir string) ([]byte, []string, error) {
+// configured). It also returns the TCP listeners of the HTTP servers.
+func adaptCaddyfile(text, dataDir string) ([]byte, []listenAddr, error) {
 	adapter := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}
 	raw, _, err := adapter.Adapt([]byte(text), map[string]any{"filename": "Caddyfile"})
 	if err != nil {
@@ -166,14 +183,21 @@ func adaptCaddyfile(text, dataDir string) ([]byte, []string, error) {
 	return out, listen, err
 }
 
-// httpListenAddrs returns a dialable 127.0.0.1 (or the given host) address
-// for every TCP listener of the HTTP app's servers.
-func httpListenAddrs(cfg map[string]any) ([]string, error) {
+// listenAddr is one TCP listener of the HTTP app.
+type listenAddr struct {
+	network  string // as Caddy keys its listeners, e.g. "tcp"
+	hostPort string // as Caddy keys its listeners, e.g. ":8123"
+	port     uint
+	dial     string // a dialable address, e.g. "127.0.0.1:8123"
+}
+
+// httpListenAddrs returns every TCP listener of the HTTP app's servers.
+func httpListenAddrs(cfg map[string]any) ([]listenAddr, error) {
 	apps, _ := cfg["apps"].(map[string]any)
 	httpApp, _ := apps["http"].(map[string]any)
 	servers, _ := httpApp["servers"].(map[string]any)
 	seen := map[string]bool{}
-	var addrs []string
+	var addrs []listenAddr
 	for name, s := range servers {
 		srv, _ := s.(map[string]any)
 		list, _ := srv["listen"].([]any)
@@ -186,16 +210,66 @@ func httpListenAddrs(cfg map[string]any) ([]string, error) {
 			if na.IsUnixNetwork() || na.IsFdNetwork() || strings.HasPrefix(na.Network, "udp") {
 				continue
 			}
-			host := na.Host
-			if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
-				host = "127.0.0.1"
-			}
-			addr := net.JoinHostPort(host, strconv.FormatUint(uint64(na.StartPort), 10))
-			if !seen[addr] {
-				seen[addr] = true
-				addrs = append(addrs, addr)
+			for _, one := range na.Expand() {
+				host := one.Host
+				if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+					host = "127.0.0.1"
+				}
+				a := listenAddr{
+					network:  one.Network,
+					hostPort: one.JoinHostPort(0),
+					port:     one.StartPort,
+					dial:     net.JoinHostPort(host, strconv.FormatUint(uint64(one.StartPort), 10)),
+				}
+				if !seen[a.network+"/"+a.hostPort] {
+					seen[a.network+"/"+a.hostPort] = true
+					addrs = append(addrs, a)
+				}
 			}
 		}
 	}
 	return addrs, nil
+}
+
+// oneListener reports whether a is bound by the running config alone: no
+// socket of a previous config is still open on it. Caddy counts the configs
+// using a listener (its count drops just before the old socket's close);
+// on Linux, /proc/net/tcp{,6} shows the sockets themselves.
+func oneListener(a listenAddr) (bool, string) {
+	if n := caddy.ListenerUsage(a.network, a.hostPort); n > 1 {
+		return false, fmt.Sprintf("%d configs use the listener", n)
+	}
+	n, err := listeningSockets(a.port)
+	if err != nil {
+		return true, "" // no /proc: Caddy's count is all there is
+	}
+	if n > 1 {
+		return false, fmt.Sprintf("%d sockets listen on port %d", n, a.port)
+	}
+	return true, ""
+}
+
+// listeningSockets counts the TCP sockets in state LISTEN on port, from
+// /proc/net/tcp and /proc/net/tcp6 (Linux).
+func listeningSockets(port uint) (int, error) {
+	want := fmt.Sprintf(":%04X", port)
+	n, found := 0, false
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		found = true
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			fields := strings.Fields(line)
+			// sl local_address rem_address st ...; 0A is LISTEN
+			if len(fields) > 3 && fields[3] == "0A" && strings.HasSuffix(fields[1], want) {
+				n++
+			}
+		}
+	}
+	if !found {
+		return 0, errors.New("no /proc/net/tcp")
+	}
+	return n, nil
 }

@@ -86,7 +86,11 @@ func TestAdaptCaddyfile(t *testing.T) {
 	if st, _ := m["storage"].(map[string]any); st["module"] != "file_system" || st["root"] != "/data" {
 		t.Fatalf("storage = %v", m["storage"])
 	}
-	got := strings.Join(listen, " ")
+	var dials []string
+	for _, l := range listen {
+		dials = append(dials, l.dial)
+	}
+	got := strings.Join(dials, " ")
 	if !strings.Contains(got, "127.0.0.1:8123") || !strings.Contains(got, "127.0.0.1:8124") {
 		t.Fatalf("listen addresses = %v", listen)
 	}
@@ -160,5 +164,24 @@ func TestCaddyProcess(t *testing.T) {
 	}
 	if !strings.Contains(procs[1].Logs(), "serving initial configuration") {
 		t.Errorf("Logs() of a running Caddy:\n%s", procs[1].Logs())
+	}
+}
+
+// TestCaddyReloadFirstRequest reloads the same listener again and again and
+// checks that the first request after each Reload is answered by the new
+// config: Reload returns only when no old socket can still take (and then
+// reset) a new connection.
+func TestCaddyReloadFirstRequest(t *testing.T) {
+	port := FreePort(t)
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	site := func(i int) string {
+		return fmt.Sprintf("{\n\tauto_https off\n}\n\n:%d {\n\trespond \"config %d\" 200\n}\n", port, i)
+	}
+	c := StartCaddy(t, site(0))
+	for i := 1; i <= 40; i++ {
+		c.Reload(t, site(i))
+		if code, body := get(t, base+"/"); code != 200 || body != fmt.Sprintf("config %d", i) {
+			t.Fatalf("reload %d: GET / = %d %q", i, code, body)
+		}
 	}
 }

@@ -21,6 +21,11 @@ type Recorded struct {
 	Header http.Header
 	// Body is the whole request body.
 	Body []byte
+	// Trailer is a clone of the request's trailers, read after the whole
+	// body: the names the request declared in its Trailer header (which
+	// net/http removes from Header) with the values its chunked body's
+	// trailer section sent; nil when it declared none.
+	Trailer http.Header
 	// Query is the request's raw query, without '?'.
 	Query string
 	// Host is the Host the request was sent with.
@@ -51,12 +56,13 @@ func StartUpstream(t testing.TB) *Upstream {
 func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
 	rec := Recorded{
-		Method: r.Method,
-		Path:   r.URL.Path,
-		Header: r.Header.Clone(),
-		Body:   body,
-		Query:  r.URL.RawQuery,
-		Host:   r.Host,
+		Method:  r.Method,
+		Path:    r.URL.Path,
+		Header:  r.Header.Clone(),
+		Body:    body,
+		Trailer: r.Trailer.Clone(),
+		Query:   r.URL.RawQuery,
+		Host:    r.Host,
 	}
 	u.mu.Lock()
 	u.requests = append(u.requests, rec)
@@ -86,6 +92,7 @@ func (u *Upstream) Requests() []Recorded {
 
 func (r Recorded) clone() Recorded {
 	r.Header = r.Header.Clone()
+	r.Trailer = r.Trailer.Clone()
 	r.Body = append([]byte(nil), r.Body...)
 	return r
 }

@@ -1,8 +1,10 @@
 package testenv
 
 import (
+	"bufio"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -66,5 +68,45 @@ func TestUpstream(t *testing.T) {
 	}
 	if _, ok := u.Last(); ok {
 		t.Fatal("Last() after Reset() reports a request")
+	}
+}
+
+// TestUpstreamRecordsTrailers: a chunked request's trailers are recorded
+// (declared names with the values sent after the body), and copied.
+func TestUpstreamRecordsTrailers(t *testing.T) {
+	t.Parallel()
+	u := StartUpstream(t)
+	conn, err := net.Dial("tcp", u.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	raw := "POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum, X-Other\r\nConnection: close\r\n\r\n" +
+		"4\r\nbody\r\n0\r\nX-Checksum: abc\r\nX-Other: 1\r\n\r\n"
+	if _, err := io.WriteString(conn, raw); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	last, ok := u.Last()
+	if !ok || string(last.Body) != "body" || last.Trailer.Get("X-Checksum") != "abc" || last.Trailer.Get("X-Other") != "1" {
+		t.Fatalf("recorded %+v, %v", last, ok)
+	}
+	if _, declared := last.Header["Trailer"]; declared {
+		t.Fatalf("Header keeps the Trailer declaration: %v", last.Header)
+	}
+	last.Trailer.Set("X-Checksum", "changed")
+	if got, _ := u.Last(); got.Trailer.Get("X-Checksum") != "abc" {
+		t.Fatal("Last() shares its trailer map")
+	}
+	// No trailer: nil.
+	if _, err := http.Get(u.URL() + "/plain"); err != nil {
+		t.Fatal(err)
+	}
+	if last, _ := u.Last(); last.Trailer != nil {
+		t.Fatalf("a request without trailers recorded %v", last.Trailer)
 	}
 }
