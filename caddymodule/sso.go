@@ -244,7 +244,8 @@ func (s *SSO) judge(info *tokenInfo) *ssoResult {
 		return s.refuse("the SSO token was issued in the future")
 	}
 	r := &ssoResult{externalID: info.Sub, exp: int64(*info.Exp)}
-	verifiedEmail := info.EmailVerified == nil || bool(*info.EmailVerified)
+	// An email counts as verified only when the answer says so.
+	verifiedEmail := info.EmailVerified != nil && bool(*info.EmailVerified)
 	if verifiedEmail && validHeaderValue(info.Email, maxEmailLen) && strings.Contains(info.Email, "@") {
 		r.email = info.Email
 	}

@@ -100,7 +100,7 @@ func TestSSOOutcomes(t *testing.T) {
 		code   string
 		check  func(t *testing.T, seen http.Header)
 	}{
-		{"valid", jsonAnswer(200, map[string]any{"sub": "sso-alice", "aud": "sdk", "exp": exp, "iat": iat, "email": "alice@example.com", "name": "Alice"}), 200, "",
+		{"valid", jsonAnswer(200, map[string]any{"sub": "sso-alice", "aud": "sdk", "exp": exp, "iat": iat, "email": "alice@example.com", "email_verified": true, "name": "Alice"}), 200, "",
 			func(t *testing.T, seen http.Header) {
 				if seen.Get(hdrIdentitySource) != SourceSSO || seen.Get(hdrIdentityVerified) != "true" ||
 					seen.Get(hdrExternalID) != "sso-alice" || seen.Get(hdrVerifiedEmail) != "alice@example.com" ||
@@ -265,7 +265,7 @@ func TestSSOServerDown(t *testing.T) {
 func TestSSOWithHMAC(t *testing.T) {
 	_, h, srv := newSSOEnv(t, nil)
 	exp := time.Now().Add(time.Hour).Unix()
-	srv.answer("alice-token", jsonAnswer(200, map[string]any{"sub": "alice", "aud": "sdk", "exp": exp, "email": "a@example.com"}))
+	srv.answer("alice-token", jsonAnswer(200, map[string]any{"sub": "alice", "aud": "sdk", "exp": exp, "email": "a@example.com", "email_verified": true}))
 	sig := func(v string) string { return sign("secret-0123456789abcdef", v) }
 	w := h.do(t, hdr(hdrSSOToken, "alice-token", hdrPlatform, "ios", hdrExternalID, "alice", hdrExternalIDSig, sig("alice")))
 	if w.Code != 200 || h.seen.Get(hdrIdentitySource) != SourceHMAC || h.seen.Get(hdrVerifiedEmail) != "a@example.com" {

@@ -113,7 +113,7 @@ http://127.0.0.1:%d {
 		t.Fatalf("upstream: %v", got)
 	}
 	// The same external id by HMAC-less SSO: same user.
-	info.answer("sso-alice", jsonAnswer(200, map[string]any{"sub": "alice", "aud": "sdk", "exp": now.Add(time.Hour).Unix(), "email": "alice@example.com"}))
+	info.answer("sso-alice", jsonAnswer(200, map[string]any{"sub": "alice", "aud": "sdk", "exp": now.Add(time.Hour).Unix(), "email": "alice@example.com", "email_verified": true}))
 	if status, _, body, got := do("/app", "X-Sso-Token", "sso-alice"); status != 200 || got.Get("X-Platform-User-Id") != alice ||
 		got.Get("X-Identity-Source") != "sso" || got.Get("X-Verified-Email") != "alice@example.com" || got.Get("X-Sso-Token") != "" {
 		t.Fatalf("sso: %d %s %v", status, body, got)
