@@ -845,7 +845,12 @@ func TestWebhookStoreOutage(t *testing.T) {
 	time.Sleep(1200 * time.Millisecond)
 	r.Resume()
 	// The unacknowledged events are taken again once their lease ends.
-	waitUntil(t, "every event delivered", clock, time.Second, func() bool { return rcv.allDelivered(ids) })
+	// The clock advances slowly enough that a lease (claim_after, 6 s)
+	// outlasts a delivery in real time too, as it does in production
+	// (claim_after is at least twice the webhook timeout): a step of 1 s
+	// every 5 ms let a lease end while its 20 ms delivery was still in
+	// flight on a loaded machine, and another worker took the event.
+	waitUntil(t, "every event delivered", clock, 20*time.Millisecond, func() bool { return rcv.allDelivered(ids) })
 	rcv.check()
 	waitUntil(t, "nothing pending", clock, time.Second, func() bool {
 		p, d, dl := outboxState(t, a)
