@@ -65,12 +65,12 @@ type ContactToken struct {
 	// PS256/384/512, EdDSA; never "none" nor an HMAC algorithm.
 	Algorithms []string `json:"algorithms,omitempty"`
 
-	// Issuer is the "iss" a token of another issuer must carry. Default:
-	// not checked.
+	// Issuer is the "iss" a token of another issuer must carry. Required
+	// with jwks_url or key.
 	Issuer string `json:"issuer,omitempty"`
 
-	// Audience lists accepted "aud" values (one must be present). Default:
-	// not checked. Tokens idlink issues carry them too.
+	// Audience lists accepted "aud" values (one must be present). Required
+	// with jwks_url or key. Tokens idlink issues carry them too.
 	Audience []string `json:"audience,omitempty"`
 
 	// Leeway is the clock skew allowed on exp, nbf and iat. Default: 30s.
@@ -330,6 +330,17 @@ func (c *ContactToken) provision(t *Tenant) error {
 func (c *ContactToken) validate(tenant string) error {
 	if c.JWKSURL == "" && len(c.Keys) == 0 && len(c.SignKeys) == 0 {
 		return fmt.Errorf("tenant %q contact_token: configure jwks_url, key or sign_key", tenant)
+	}
+	// A key source may sign for other relying parties too (a shared JWKS
+	// signs for every customer): tokens of other issuers are accepted only
+	// for a named issuer and audience (RFC 8725, sections 3.8 and 3.9).
+	if c.JWKSURL != "" || len(c.Keys) > 0 {
+		if c.Issuer == "" {
+			return fmt.Errorf("tenant %q contact_token: jwks_url or key needs issuer (the iss its tokens must carry)", tenant)
+		}
+		if len(c.Audience) == 0 {
+			return fmt.Errorf("tenant %q contact_token: jwks_url or key needs audience (the aud its tokens must carry)", tenant)
+		}
 	}
 	return nil
 }

@@ -237,9 +237,11 @@ func TestLoginWithContactToken(t *testing.T) {
 	a := newTestApp(t, testRedisURL(t), func(app *App) {
 		withIssuance(t, nil)(app)
 		app.Tenants["acme"].ContactToken.Keys = []TokenKey{{KID: "ext", File: ext.writePEM(t, false)}}
+		app.Tenants["acme"].ContactToken.Issuer = testIssuer
+		app.Tenants["acme"].ContactToken.Audience = []string{testAudience}
 	})
 	api := newSessionsAPI(t, a)
-	r := bearerRequest("POST", "/sessions", ext.sign(t, jwt.MapClaims{"sub": "carol", "exp": time.Now().Add(time.Minute).Unix()}, nil))
+	r := bearerRequest("POST", "/sessions", ext.sign(t, jwt.MapClaims{"iss": testIssuer, "aud": testAudience, "sub": "carol", "exp": time.Now().Add(time.Minute).Unix()}, nil))
 	w, _, _ := serve(api, r)
 	var res startSessionResponse
 	if w.Code != http.StatusCreated || json.Unmarshal(w.Body.Bytes(), &res) != nil || res.ContactToken == "" {

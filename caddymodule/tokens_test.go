@@ -273,6 +273,7 @@ func TestJWKSDown(t *testing.T) {
 	srv := startJWKSServer(t, es.jwk(t, true))
 	a := startTestApp(t, nil, map[string]*Tenant{"acme": {
 		ContactToken: &ContactToken{
+			Issuer: testIssuer, Audience: []string{testAudience},
 			JWKSURL:        srv.URL,
 			JWKSRefresh:    caddy.Duration(20 * time.Millisecond),
 			JWKSRefetchMin: caddy.Duration(time.Millisecond),
@@ -281,7 +282,7 @@ func TestJWKSDown(t *testing.T) {
 	h := newTokenHandler(a, "acme", false)
 	src := a.Tenants["acme"].ContactToken.source
 	now := time.Now()
-	claims := jwt.MapClaims{"sub": "alice", "iat": now.Unix(), "exp": now.Add(time.Minute).Unix()}
+	claims := jwt.MapClaims{"iss": testIssuer, "aud": testAudience, "sub": "alice", "iat": now.Unix(), "exp": now.Add(time.Minute).Unix()}
 	if w := h.do(t, hdr(hdrContactToken, es.sign(t, claims, nil))); w.Code != 200 {
 		t.Fatalf("up: %d %s", w.Code, w.Body)
 	}
@@ -322,11 +323,11 @@ func TestJWKSUnreachableFromStart(t *testing.T) {
 	url := dead.URL
 	dead.Close()
 	a := startTestApp(t, nil, map[string]*Tenant{"acme": {
-		ContactToken: &ContactToken{JWKSURL: url + "/jwks.json", JWKSTimeout: caddy.Duration(time.Second)},
+		ContactToken: &ContactToken{Issuer: testIssuer, Audience: []string{testAudience}, JWKSURL: url + "/jwks.json", JWKSTimeout: caddy.Duration(time.Second)},
 	}})
 	h := newTokenHandler(a, "acme", false)
 	now := time.Now()
-	tok := newTestKey(t, "k", "ES256").sign(t, jwt.MapClaims{"sub": "a", "exp": now.Add(time.Minute).Unix()}, nil)
+	tok := newTestKey(t, "k", "ES256").sign(t, jwt.MapClaims{"iss": testIssuer, "aud": testAudience, "sub": "a", "exp": now.Add(time.Minute).Unix()}, nil)
 	w := h.do(t, hdr(hdrContactToken, tok))
 	if code, _ := errorBody(t, w); w.Code != 503 || code != codeKeySourceDown {
 		t.Fatalf("%d %s", w.Code, code)
@@ -339,6 +340,7 @@ func TestStaticKeys(t *testing.T) {
 	ps := newTestKey(t, "ps", "PS256")
 	a := startTestApp(t, nil, map[string]*Tenant{"acme": {
 		ContactToken: &ContactToken{
+			Issuer: testIssuer, Audience: []string{testAudience},
 			Keys: []TokenKey{
 				{KID: "ec", File: ec.writePEM(t, false)},
 				{KID: "ps", File: ps.writePEM(t, true), Alg: "PS256"}, // a private key file: its public half is used
@@ -348,7 +350,7 @@ func TestStaticKeys(t *testing.T) {
 	}})
 	h := newTokenHandler(a, "acme", false)
 	now := time.Now()
-	claims := jwt.MapClaims{"sub": "alice", "iat": now.Unix(), "exp": now.Add(time.Minute).Unix()}
+	claims := jwt.MapClaims{"iss": testIssuer, "aud": testAudience, "sub": "alice", "iat": now.Unix(), "exp": now.Add(time.Minute).Unix()}
 	for _, c := range []struct {
 		name  string
 		token string
@@ -415,11 +417,11 @@ func TestContactTokenCache(t *testing.T) {
 	ec := newTestKey(t, "ec", "ES256")
 	a := startTestApp(t, clock.Now, map[string]*Tenant{"acme": {
 		CacheSize:    4,
-		ContactToken: &ContactToken{Keys: []TokenKey{{KID: "ec", File: ec.writePEM(t, false)}}, Leeway: caddy.Duration(time.Second)},
+		ContactToken: &ContactToken{Issuer: testIssuer, Audience: []string{testAudience}, Keys: []TokenKey{{KID: "ec", File: ec.writePEM(t, false)}}, Leeway: caddy.Duration(time.Second)},
 	}})
 	c := a.Tenants["acme"].ContactToken
 	now := clock.Now()
-	tok := ec.sign(t, jwt.MapClaims{"sub": "alice", "iat": now.Unix(), "exp": now.Add(time.Minute).Unix()}, nil)
+	tok := ec.sign(t, jwt.MapClaims{"iss": testIssuer, "aud": testAudience, "sub": "alice", "iat": now.Unix(), "exp": now.Add(time.Minute).Unix()}, nil)
 	ctx := context.Background()
 	if _, err := c.verify(ctx, tok); err != nil {
 		t.Fatal(err)
@@ -460,7 +462,7 @@ func TestContactTokenCache(t *testing.T) {
 	// Bounded.
 	now = clock.Now()
 	for i := 0; i < 20; i++ {
-		tk := ec.sign(t, jwt.MapClaims{"sub": "u" + itoa(i), "exp": now.Add(time.Minute).Unix()}, nil)
+		tk := ec.sign(t, jwt.MapClaims{"iss": testIssuer, "aud": testAudience, "sub": "u" + itoa(i), "exp": now.Add(time.Minute).Unix()}, nil)
 		if _, err := c.verify(ctx, tk); err != nil {
 			t.Fatal(err)
 		}
@@ -534,11 +536,11 @@ func TestContactTokenAndHMACMustAgree(t *testing.T) {
 	es := newTestKey(t, "es", "ES256")
 	a := startTestApp(t, nil, map[string]*Tenant{"acme": {
 		Platforms:    map[string]*Platform{"ios": {Secrets: []string{"secret-0123456789abcdef"}}},
-		ContactToken: &ContactToken{Keys: []TokenKey{{KID: "es", File: es.writePEM(t, false)}}},
+		ContactToken: &ContactToken{Issuer: testIssuer, Audience: []string{testAudience}, Keys: []TokenKey{{KID: "es", File: es.writePEM(t, false)}}},
 	}})
 	h := newTokenHandler(a, "acme", false)
 	now := time.Now()
-	tok := es.sign(t, jwt.MapClaims{"sub": "alice", "exp": now.Add(time.Minute).Unix()}, nil)
+	tok := es.sign(t, jwt.MapClaims{"iss": testIssuer, "aud": testAudience, "sub": "alice", "exp": now.Add(time.Minute).Unix()}, nil)
 	same := hdr(hdrContactToken, tok, hdrPlatform, "ios", hdrExternalID, "alice", hdrExternalIDSig, sign("secret-0123456789abcdef", "alice"))
 	if w := h.do(t, same); w.Code != 200 || h.seen.Get(hdrIdentitySource) != SourceContactToken {
 		t.Fatalf("agreeing: %d %v", w.Code, h.seen)
@@ -578,7 +580,7 @@ func TestCompactJWS(t *testing.T) {
 func FuzzContactToken(f *testing.F) {
 	ec := newTestKey(f, "ec", "ES256")
 	now := time.Now()
-	valid := ec.sign(f, jwt.MapClaims{"sub": "alice", "exp": now.Add(time.Hour).Unix()}, nil)
+	valid := ec.sign(f, jwt.MapClaims{"iss": testIssuer, "aud": testAudience, "sub": "alice", "exp": now.Add(time.Hour).Unix()}, nil)
 	f.Add(valid)
 	f.Add(valid + "x")
 	f.Add("a.b.c")
@@ -587,7 +589,7 @@ func FuzzContactToken(f *testing.F) {
 	f.Add(unsigned(`{"alg":"ES256","kid":"ec","crit":["b64"]}`, `{}`, []byte("x")))
 	f.Add(unsigned(`{"alg":"ES256","kid":{"x":1}}`, `{}`, []byte("x")))
 	a := startTestApp(f, nil, map[string]*Tenant{"acme": {
-		ContactToken: &ContactToken{Keys: []TokenKey{{KID: "ec", File: ec.writePEM(f, false)}}},
+		ContactToken: &ContactToken{Issuer: testIssuer, Audience: []string{testAudience}, Keys: []TokenKey{{KID: "ec", File: ec.writePEM(f, false)}}},
 	}})
 	c := a.Tenants["acme"].ContactToken
 	f.Fuzz(func(t *testing.T, tok string) {
@@ -764,11 +766,11 @@ func BenchmarkContactTokenVerifyFresh(b *testing.B) {
 		b.Run(alg, func(b *testing.B) {
 			k := newTestKey(b, "k", alg)
 			a := startTestApp(b, nil, map[string]*Tenant{"acme": {
-				ContactToken: &ContactToken{Keys: []TokenKey{{KID: "k", File: k.writePEM(b, false)}}},
+				ContactToken: &ContactToken{Issuer: testIssuer, Audience: []string{testAudience}, Keys: []TokenKey{{KID: "k", File: k.writePEM(b, false)}}},
 			}})
 			c := a.Tenants["acme"].ContactToken
 			now := time.Now()
-			tok := k.sign(b, jwt.MapClaims{"sub": "alice", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}, nil)
+			tok := k.sign(b, jwt.MapClaims{"iss": testIssuer, "aud": testAudience, "sub": "alice", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}, nil)
 			ctx := context.Background()
 			b.ReportAllocs()
 			b.ResetTimer()
@@ -818,13 +820,15 @@ func BenchmarkContactTokenCacheHitExternal(b *testing.B) {
 	ec := newTestKey(b, "ec", "ES256")
 	a := startTestApp(b, nil, map[string]*Tenant{"acme": {
 		ContactToken: &ContactToken{
+			Issuer:       testIssuer,
+			Audience:     []string{testAudience},
 			Keys:         []TokenKey{{KID: "ec", File: ec.writePEM(b, false)}},
 			ClaimHeaders: []ClaimHeader{{Claim: "contact_id", Header: "X-Contact-Id"}},
 		},
 	}})
 	tn := a.Tenants["acme"]
 	now := time.Now()
-	creds := &credentials{bearer: ec.sign(b, jwt.MapClaims{"sub": "alice", "contact_id": "c-1", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}, nil)}
+	creds := &credentials{bearer: ec.sign(b, jwt.MapClaims{"iss": testIssuer, "aud": testAudience, "sub": "alice", "contact_id": "c-1", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}, nil)}
 	ctx := context.Background()
 	if _, err := tn.checkContactToken(ctx, creds); err != nil {
 		b.Fatal(err)
