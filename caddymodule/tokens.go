@@ -553,9 +553,9 @@ func compactJWS(s string) bool {
 
 // joseHeader is the part of a token's header read before choosing a key.
 type joseHeader struct {
-	Alg  string          `json:"alg"`
-	KID  *string         `json:"kid"`
-	Crit json.RawMessage `json:"crit"`
+	Alg  string
+	KID  *string
+	Crit json.RawMessage
 }
 
 // peekHeader decodes a token's header (the token passed compactJWS).
@@ -566,9 +566,21 @@ func peekHeader(raw string) (joseHeader, *apiError) {
 	if err != nil {
 		return h, tokenError("the token header is not base64url")
 	}
-	if err := json.Unmarshal(b, &h); err != nil {
+	// Read exactly as golang-jwt reads it: a map, whose keys match case
+	// by case. (Decoding into the struct would match "ALG" or "Kid" too,
+	// and a header with both "alg" and "ALG" would name one algorithm here
+	// and another to the verifier.)
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
 		return h, tokenError("the token header is not a JSON object")
 	}
+	if v, ok := m["alg"]; ok && json.Unmarshal(v, &h.Alg) != nil {
+		return h, tokenError("the token header is not a JSON object")
+	}
+	if v, ok := m["kid"]; ok && json.Unmarshal(v, &h.KID) != nil {
+		return h, tokenError("the token header is not a JSON object")
+	}
+	h.Crit = m["crit"]
 	return h, nil
 }
 
@@ -605,7 +617,15 @@ func (c *ContactToken) verifyFresh(ctx context.Context, raw string, now time.Tim
 		parser = c.own
 	}
 	claims := jwt.MapClaims{}
-	if _, err := parser.ParseWithClaims(raw, claims, func(*jwt.Token) (any, error) { return key.pub, nil }); err != nil {
+	keyOf := func(tok *jwt.Token) (any, error) {
+		// The header as golang-jwt read it must name the key's own
+		// algorithm too (peekHeader reads it the same way).
+		if tok.Method == nil || tok.Method.Alg() != key.alg {
+			return nil, errors.New("the token's algorithm is not the one of its key")
+		}
+		return key.pub, nil
+	}
+	if _, err := parser.ParseWithClaims(raw, claims, keyOf); err != nil {
 		return nil, tokenError(jwtReason(err, claims))
 	}
 	exp, _ := claims.GetExpirationTime() // present: the parser requires it

@@ -1,12 +1,17 @@
 package caddymodule
 
 import (
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/golang-jwt/jwt/v5"
 )
 
 // Attack tests of contact-token verification (issue 10, item 5).
@@ -58,5 +63,54 @@ func TestAttackExternalTokensNeedIssuerAndAudience(t *testing.T) {
 				t.Fatalf("Caddy started a contact_token that lacks %s (err %v)", c.missing, err)
 			}
 		})
+	}
+}
+
+// TestAttackJOSEHeaderReadLikeGolangJWT: the kid/alg peek reads the header
+// exactly as golang-jwt does (keys match case by case), so a header with
+// both "alg" and "ALG" cannot name the key's algorithm to idlink's key
+// check and another one to the verifier (issue 10, item 8). Here an RSA
+// key published for RS256 must not verify a PS256 signature.
+func TestAttackJOSEHeaderReadLikeGolangJWT(t *testing.T) {
+	rs := newTestKey(t, "rs-1", "RS256")
+	a := startTestApp(t, nil, map[string]*Tenant{"acme": {
+		ContactToken: &ContactToken{
+			Issuer:     testIssuer,
+			Audience:   []string{testAudience},
+			Keys:       []TokenKey{{KID: "rs-1", File: rs.writePEM(t, false), Alg: "RS256"}},
+			Algorithms: []string{"RS256", "PS256"},
+		},
+	}})
+	h := newTokenHandler(a, "acme", false)
+	claims, _ := json.Marshal(goodClaims("mallory", time.Now()))
+	forge := func(header string, method jwt.SigningMethod) string {
+		enc := base64.RawURLEncoding
+		input := enc.EncodeToString([]byte(header)) + "." + enc.EncodeToString(claims)
+		sig, err := method.Sign(input, rs.priv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return input + "." + enc.EncodeToString(sig)
+	}
+	for _, header := range []string{
+		`{"alg":"PS256","ALG":"RS256","kid":"rs-1"}`,
+		`{"alg":"PS256","Alg":"RS256","kid":"rs-1"}`,
+		`{"alg":"PS256","kid":"rs-1","KID":"other"}`,
+	} {
+		if w := h.do(t, hdr(hdrContactToken, forge(header, jwt.SigningMethodPS256))); w.Code != http.StatusUnauthorized || h.seen != nil {
+			t.Fatalf("header %s, signed PS256 with an RS256 key: %d %s (upstream reached: %v)", header, w.Code, w.Body, h.seen != nil)
+		}
+	}
+	// The same key with its own algorithm passes, whatever other-case keys
+	// the header carries.
+	if w := h.do(t, hdr(hdrContactToken, forge(`{"alg":"RS256","ALG":"PS256","kid":"rs-1"}`, jwt.SigningMethodRS256))); w.Code != http.StatusOK {
+		t.Fatalf("RS256 with its own key: %d %s", w.Code, w.Body)
+	}
+	// The peek itself agrees with golang-jwt's parse.
+	raw := forge(`{"alg":"PS256","ALG":"RS256","kid":"rs-1"}`, jwt.SigningMethodPS256)
+	got, aerr := peekHeader(raw)
+	tok, _, err := jwt.NewParser().ParseUnverified(raw, jwt.MapClaims{})
+	if aerr != nil || err != nil || got.Alg != tok.Header["alg"] || got.KID == nil || *got.KID != tok.Header["kid"] {
+		t.Fatalf("peek %+v (%v), golang-jwt %v (%v)", got, aerr, tok.Header, err)
 	}
 }
