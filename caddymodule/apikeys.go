@@ -25,6 +25,9 @@ var knownScopes = map[string]bool{ScopeUserLink: true, ScopeUserRead: true, Scop
 // maxAPIKeyLen bounds a presented key before it is hashed.
 const maxAPIKeyLen = 512
 
+// hdrAPIKey is the header that may carry a server API key.
+const hdrAPIKey = "X-Api-Key"
+
 // APIKey is a server-to-server key of a tenant, stored as the SHA-256 of
 // the key so that the config never holds the key itself.
 type APIKey struct {
@@ -82,7 +85,7 @@ func redactDigest(d string) string {
 
 // presentedAPIKey reads the key from Authorization: Bearer or X-Api-Key.
 func presentedAPIKey(r *http.Request) string {
-	if v := r.Header.Get("X-Api-Key"); v != "" {
+	if v := r.Header.Get(hdrAPIKey); v != "" {
 		return v
 	}
 	auth := r.Header.Get("Authorization")
