@@ -97,6 +97,9 @@ func ExternalShard(externalID string) int {
 //	                                           activity (unix ms)
 //	idl:{T:SS}:user:<user id>:attrs    hash    external attributes: JSON-encoded
 //	                                           key -> compact JSON value
+//	idl:{T:SS}:user:<user id>:claims   hash    claims the customer backend set
+//	                                           (PUT /users/{id}/claims), stored
+//	                                           like the attributes
 //	idl:{T:SS}:sess:<session id>       hash    user, started, last (unix ms),
 //	                                           install, verified (0/1), seq (the
 //	                                           user's sess_seq at admission),
@@ -186,6 +189,12 @@ func (k *Keys) UserSessions(shard int, userID string) string {
 // UserAttributes is the hash of a user's external attributes.
 func (k *Keys) UserAttributes(shard int, userID string) string {
 	return k.tags[shard] + "user:" + userID + ":attrs"
+}
+
+// UserClaims is the hash of a user's claims, written only by the customer
+// backend.
+func (k *Keys) UserClaims(shard int, userID string) string {
+	return k.tags[shard] + "user:" + userID + ":claims"
 }
 
 // Session is the hash of a session; the id must have passed ParseID.

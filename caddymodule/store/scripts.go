@@ -13,9 +13,14 @@ func script(name string) *redis.Script {
 	return newScript(name, luaSource(name))
 }
 
-// scriptWith is a script with a library of shared functions prepended.
-func scriptWith(lib, name string) *redis.Script {
-	return newScript(name, luaSource(lib)+luaSource(name))
+// scriptWith is a script with libraries of shared functions prepended, in
+// the order given.
+func scriptWith(name string, libs ...string) *redis.Script {
+	src := ""
+	for _, lib := range libs {
+		src += luaSource(lib)
+	}
+	return newScript(name, src+luaSource(name))
 }
 
 func luaSource(name string) string {
@@ -57,8 +62,9 @@ var (
 	replayDeadlettersScript = script("events_replay")
 	maintainOutboxScript    = script("events_maintain")
 
-	sessionAdmitScript = scriptWith("sessions_lib", "session_admit")
-	sessionTouchScript = scriptWith("sessions_lib", "session_touch")
-	sessionEndScript   = scriptWith("sessions_lib", "session_end")
-	userSessionsScript = scriptWith("sessions_lib", "user_sessions")
+	sessionAdmitScript = scriptWith("session_admit", "sessions_lib", "jsonobj_lib")
+	sessionTouchScript = scriptWith("session_touch", "sessions_lib")
+	sessionEndScript   = scriptWith("session_end", "sessions_lib")
+	userSessionsScript = scriptWith("user_sessions", "sessions_lib")
+	userClaimsScript   = scriptWith("user_claims", "jsonobj_lib")
 )

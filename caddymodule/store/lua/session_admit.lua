@@ -10,37 +10,14 @@
 -- or '', ARGV[16] verified phone or '', ARGV[17..] attribute pairs: the
 -- key JSON-encoded (quotes included), then the value as compact JSON
 -- ('null' removes the key).
--- The attributes hash maps each JSON-encoded key to its compact JSON value,
--- so the object's compact JSON is '{' .. k1 .. ':' .. v1 .. ',' .. ... '}'
--- and its size is known without decoding anything.
+-- The attributes hash is a JSON object stored as jsonobj_lib.lua says.
 -- Returns {'ok', {ended ids, evicted by this session}} or, when the
 -- attributes would exceed the limit, {'too_large', size} with nothing done.
 local sid, user, max, install = ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10]
 
 local attrs_mode = ARGV[13]
 if attrs_mode ~= '' then
-  local lens = {}
-  if attrs_mode == 'merge' then
-    local cur = redis.call('HGETALL', KEYS[5])
-    for i = 1, #cur, 2 do
-      lens[cur[i]] = #cur[i + 1]
-    end
-  end
-  for i = 17, #ARGV, 2 do
-    if ARGV[i + 1] == 'null' then
-      lens[ARGV[i]] = nil
-    else
-      lens[ARGV[i]] = #ARGV[i + 1]
-    end
-  end
-  local size, n = 2, 0
-  for k, l in pairs(lens) do
-    size = size + #k + 1 + l
-    n = n + 1
-  end
-  if n > 1 then
-    size = size + n - 1
-  end
+  local size = obj_size_after(KEYS[5], attrs_mode, 17)
   if size > tonumber(ARGV[14]) then
     return {'too_large', int(size)}
   end
@@ -102,17 +79,8 @@ redis.call('HSET', KEYS[3], 'user', user, 'started', ARGV[1], 'last', ARGV[1],
 hold(KEYS[3], hold_until(NOW, NOW))
 redis.call('ZADD', KEYS[2], ARGV[1], sid)
 hold_at_least(KEYS[2], hold_until(NOW, NOW))
-if attrs_mode == 'replace' then
-  redis.call('DEL', KEYS[5])
-end
 if attrs_mode ~= '' then
-  for i = 17, #ARGV, 2 do
-    if ARGV[i + 1] == 'null' then
-      redis.call('HDEL', KEYS[5], ARGV[i])
-    else
-      redis.call('HSET', KEYS[5], ARGV[i], ARGV[i + 1])
-    end
-  end
+  obj_apply(KEYS[5], attrs_mode, 17)
 end
 if ARGV[15] ~= '' then
   redis.call('HSET', KEYS[4], 'email', ARGV[15])
