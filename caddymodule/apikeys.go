@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"sort"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -16,11 +17,22 @@ import (
 const (
 	ScopeUserLink    = "user.link"
 	ScopeUserRead    = "user.read"
+	ScopeUserWrite   = "user.write"
 	ScopeEventsAdmin = "events.admin"
 )
 
 // knownScopes are the scopes an api_key may name.
-var knownScopes = map[string]bool{ScopeUserLink: true, ScopeUserRead: true, ScopeEventsAdmin: true}
+var knownScopes = map[string]bool{ScopeUserLink: true, ScopeUserRead: true, ScopeUserWrite: true, ScopeEventsAdmin: true}
+
+// scopeList names the known scopes, sorted, for messages.
+func scopeList() string {
+	names := make([]string, 0, len(knownScopes))
+	for s := range knownScopes {
+		names = append(names, s)
+	}
+	sort.Strings(names)
+	return strings.Join(names, ", ")
+}
 
 // maxAPIKeyLen bounds a presented key before it is hashed.
 const maxAPIKeyLen = 512

@@ -36,6 +36,13 @@ type bindEnv struct {
 
 func startBindEnv(t *testing.T, tenantExtra string) *bindEnv {
 	t.Helper()
+	return startBindEnvWith(t, tenantExtra, "")
+}
+
+// startBindEnvWith is startBindEnv with lines added to the tenant's
+// contact_token block too.
+func startBindEnvWith(t *testing.T, tenantExtra, tokenExtra string) *bindEnv {
+	t.Helper()
 	r := testenv.StartRedis(t)
 	if r == nil {
 		t.Skip("no redis-server")
@@ -67,6 +74,7 @@ func startBindEnv(t *testing.T, tenantExtra string) *bindEnv {
 				issuer %s
 				audience %s
 				sign_key own-1 {env.IDLINK_BIND_SIGN_KEY}
+				%s
 			}
 			sessions {
 				max 1
@@ -83,7 +91,7 @@ http://127.0.0.1:%d {
 	}
 	reverse_proxy %s
 }
-`, r.URL(), testIssuer, testAudience, hex.EncodeToString(digest[:]), tenantExtra, port, up.Addr()))
+`, r.URL(), testIssuer, testAudience, tokenExtra, hex.EncodeToString(digest[:]), tenantExtra, port, up.Addr()))
 	return &bindEnv{t: t, base: fmt.Sprintf("http://127.0.0.1:%d", port), up: up, own: own}
 }
 

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"net/http"
 	"strconv"
 	"strings"
 
@@ -53,6 +54,11 @@ func init() {
 //				max_lifetime <duration>
 //				user_claim <claim>
 //				claim_header <claim> <header>    # repeatable
+//				claims_url <url> {               # the backend's claims of issued tokens
+//					header <name> <value>        # repeatable: e.g. its credential
+//					timeout <duration>
+//					cache_ttl <duration>
+//				}
 //				sign_key <kid> <pem-file> [<alg>] # repeatable: the first signs
 //				sign_issuer <iss>
 //				ttl <duration>
@@ -385,12 +391,60 @@ func (c *ContactToken) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("claim_header: %s is reserved and cannot be set from a claim", args[1])
 			}
 			c.ClaimHeaders = append(c.ClaimHeaders, ClaimHeader{Claim: args[0], Header: args[1]})
+		case "claims_url":
+			if c.ClaimsURL != nil {
+				return d.Err("claims_url already specified")
+			}
+			c.ClaimsURL = new(ClaimsResolver)
+			if err := c.ClaimsURL.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
 		default:
 			return d.Errf("unrecognized contact_token subdirective '%s'", name)
 		}
 	}
 	if c.JWKSURL == "" && len(c.Keys) == 0 && len(c.SignKeys) == 0 {
 		return d.Err("contact_token needs jwks_url, key or sign_key")
+	}
+	return nil
+}
+
+func (r *ClaimsResolver) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	if err := oneArg(d, &r.URL); err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		switch name {
+		case "header":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.Err("header needs a name and a value: header <name> <value>")
+			}
+			if !validHeaderName(args[0]) {
+				return d.Errf("header: '%s' is not a valid header name", args[0])
+			}
+			if r.Headers == nil {
+				r.Headers = map[string]string{}
+			}
+			canon := http.CanonicalHeaderKey(args[0])
+			if _, dup := r.Headers[canon]; dup {
+				return d.Errf("header %s already specified", canon)
+			}
+			r.Headers[canon] = args[1]
+		case "timeout", "cache_ttl":
+			if seen[name] {
+				return d.Errf("%s already specified", name)
+			}
+			seen[name] = true
+			dst := map[string]*caddy.Duration{"timeout": &r.Timeout, "cache_ttl": &r.CacheTTL}[name]
+			if err := durationArg(d, dst); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unrecognized claims_url subdirective '%s'", name)
+		}
 	}
 	return nil
 }

@@ -268,15 +268,15 @@ func apiKeyCommand() *cobra.Command {
 		Short: "Make a server API key and print its SHA-256 for the Caddyfile",
 		Long: `Makes a random server API key (256 bits) and prints it once, with the
 api_key line for the tenant: the Caddyfile holds only the key's SHA-256.
-Scopes: user.link, user.read (repeat --scope or separate with commas).`,
+Scopes: ` + scopeList() + ` (repeat --scope or separate with commas).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if len(scopes) == 0 {
-				return errors.New("at least one --scope is required (user.link, user.read)")
+				return errors.New("at least one --scope is required (" + scopeList() + ")")
 			}
 			for _, s := range scopes {
 				if !knownScopes[s] {
-					return fmt.Errorf("unknown scope %q (user.link, user.read)", s)
+					return fmt.Errorf("unknown scope %q (%s)", s, scopeList())
 				}
 			}
 			var raw [32]byte

@@ -170,12 +170,15 @@ type userResponse struct {
 	Installs         []string `json:"installs"`
 	Created          string   `json:"created"` // RFC 3339, UTC
 	userSessionsView          // live sessions and attributes (sessions.go)
+	// Claims are those the customer backend wrote (PUT
+	// /users/{user_id}/claims; {} if none).
+	Claims json.RawMessage `json:"claims"`
 }
 
 // getUser is GET /users/{user_id}, for an API key with scope user.read:
 // the user's external id (null while anonymous), the installs that point
-// to it, when it was created, its live sessions and its external
-// attributes. 404 user_not_found for a malformed or
+// to it, when it was created, its live sessions, its external attributes
+// and its claims. 404 user_not_found for a malformed or
 // unknown id, which includes every other tenant's users.
 func (a *API) getUser(w http.ResponseWriter, r *http.Request) {
 	t := a.tenant
@@ -197,7 +200,13 @@ func (a *API) getUser(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	resp := userResponse{UserID: u.ID, Installs: u.Installs, Created: u.Created.UTC().Format(time.RFC3339), userSessionsView: sessions}
+	claims, err := t.app.store.UserClaims(r.Context(), t.keys, u.ID)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	resp := userResponse{UserID: u.ID, Installs: u.Installs, Created: u.Created.UTC().Format(time.RFC3339),
+		userSessionsView: sessions, Claims: json.RawMessage(claims)}
 	if u.ExternalID != "" {
 		resp.ExternalID = &u.ExternalID
 	}

@@ -52,7 +52,7 @@ func (a *App) registerMetrics(reg *prometheus.Registry) error {
 	}
 	for _, c := range []prometheus.Collector{
 		eventMetrics.deliveries, eventMetrics.retries, eventMetrics.deadLetters, eventMetrics.trimmed,
-		jwksFetches, ssoLookups,
+		jwksFetches, ssoLookups, claimsLookups,
 		appGauges{a},
 	} {
 		if err := reg.Register(c); err != nil {

@@ -1,18 +1,15 @@
 package caddymodule
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/maphash"
 	"net/http"
-	"sort"
 	"strconv"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -414,10 +411,12 @@ type startSessionResponse struct {
 	Verified bool `json:"verified"`
 }
 
-// sessionTokenIssuer, when set by contact-token issuance, returns the
-// contact token POST /sessions hands out for a new session ("" when the
-// tenant does not issue tokens).
-var sessionTokenIssuer func(t *Tenant, ctx context.Context, id identity, sessionID string, expires time.Time) (string, error)
+// sessionToken, set by contact-token issuance, prepares the contact token
+// POST /sessions hands out with a new session: before the session is
+// admitted it gathers what the token needs (so that a login whose token
+// cannot be had changes nothing), and returns the signer to call once the
+// session exists, or nil when the session gets no token.
+var sessionToken func(t *Tenant, ctx context.Context, id identity) (sign func(sessionID string, expires time.Time) (string, error), err error)
 
 // startSession is POST /sessions (the SDK's session.start, identify and
 // ssoLogin): it verifies the login's credentials exactly as the idlink
@@ -444,7 +443,7 @@ func (a *API) startSession(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	update, aerr := parseAttributeUpdate(req.ExternalAttributes, req.MergeExternalAttributes)
+	update, aerr := parseObjectUpdate("external_attributes", req.ExternalAttributes, req.MergeExternalAttributes, maxAttributesBytes)
 	if aerr != nil {
 		writeError(w, aerr)
 		return
@@ -563,6 +562,12 @@ func (t *Tenant) startSession(ctx context.Context, id identity, attrs *store.Att
 	if err != nil {
 		return nil, fmt.Errorf("%w: user id %q: %v", store.ErrUnavailable, id.userID, err)
 	}
+	var sign func(string, time.Time) (string, error)
+	if sessionToken != nil {
+		if sign, err = sessionToken(t, ctx, id); err != nil {
+			return nil, err
+		}
+	}
 	ns := store.NewSession{
 		ID: store.NewID(store.KindSession, shard), UserID: id.userID, InstallID: id.installID,
 		Verified: id.verified, Email: id.verifiedEmail, Phone: id.verifiedPhone, Attributes: attrs,
@@ -592,8 +597,8 @@ func (t *Tenant) startSession(ctx context.Context, id identity, attrs *store.Att
 		s := expires.Format(time.RFC3339Nano)
 		res.ExpiresAt = &s
 	}
-	if sessionTokenIssuer != nil {
-		if res.ContactToken, err = sessionTokenIssuer(t, ctx, id, ns.ID, expires); err != nil {
+	if sign != nil {
+		if res.ContactToken, err = sign(ns.ID, expires); err != nil {
 			return nil, err
 		}
 	}
@@ -684,46 +689,3 @@ func (t *Tenant) userSessions(ctx context.Context, userID string) (userSessionsV
 }
 
 // --- External attributes --------------------------------------------------
-
-// parseAttributeUpdate checks external_attributes and turns it into the
-// store's form: absent or null changes nothing; anything else must be a
-// JSON object in valid UTF-8. With merge (the default) the keys it sets
-// replace the stored ones and the others are kept; without, it replaces
-// the whole object. Either way a key set to null is removed. The limit
-// applies to the result as compact JSON, keys and values as sent (no HTML
-// escaping: the size is what JSON.stringify counts), and is checked in the
-// admission script, atomically with the merge.
-func parseAttributeUpdate(raw json.RawMessage, merge *bool) (*store.AttributeUpdate, *apiError) {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 || string(raw) == "null" {
-		return nil, nil
-	}
-	bad := errInvalidRequest("external_attributes must be a JSON object")
-	if raw[0] != '{' || !utf8.Valid(raw) {
-		return nil, bad
-	}
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &m); err != nil {
-		return nil, bad
-	}
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	u := &store.AttributeUpdate{Replace: merge != nil && !*merge, Limit: maxAttributesBytes, Fields: make([][2]string, 0, len(m))}
-	var enc bytes.Buffer
-	e := json.NewEncoder(&enc)
-	e.SetEscapeHTML(false)
-	for _, k := range keys {
-		enc.Reset()
-		_ = e.Encode(k)
-		key := string(bytes.TrimSuffix(enc.Bytes(), []byte("\n")))
-		var v bytes.Buffer
-		if err := json.Compact(&v, m[k]); err != nil {
-			return nil, bad
-		}
-		u.Fields = append(u.Fields, [2]string{key, v.String()})
-	}
-	return u, nil
-}

@@ -793,7 +793,7 @@ func TestUserSessionsView(t *testing.T) {
 	}
 }
 
-func TestParseAttributeUpdate(t *testing.T) {
+func TestParseObjectUpdate(t *testing.T) {
 	f, tr := false, true
 	for _, tc := range []struct {
 		name, in string
@@ -807,10 +807,9 @@ func TestParseAttributeUpdate(t *testing.T) {
 		{"number text kept", `{"n":1.000000000000000000001e400,"m":12345678901234567890}`, nil, false, `"m"=12345678901234567890 "n"=1.000000000000000000001e400`},
 		{"no HTML escaping", `{"<k>":"a&b"}`, nil, false, `"<k>"="a&b"`},
 		{"escapes as sent", `{"a\u0022":"\n"}`, nil, false, `"a\""="\n"`},
-		{"last duplicate wins", `{"a":1,"a":2}`, nil, false, `"a"=2`},
 		{"empty", `{}`, nil, false, ``},
 	} {
-		u, aerr := parseAttributeUpdate(json.RawMessage(tc.in), tc.merge)
+		u, aerr := parseObjectUpdate("external_attributes", json.RawMessage(tc.in), tc.merge, maxAttributesBytes)
 		if aerr != nil || u == nil {
 			t.Fatalf("%s: %v", tc.name, aerr)
 		}
@@ -822,28 +821,30 @@ func TestParseAttributeUpdate(t *testing.T) {
 			t.Fatalf("%s: %q replace=%v limit=%d", tc.name, got, u.Replace, u.Limit)
 		}
 	}
-	for _, bad := range []string{`[]`, `"x"`, `1`, `true`, `{"a":`, "{\"a\":\"\xff\"}", `{"a":1} {}`} {
-		if _, aerr := parseAttributeUpdate(json.RawMessage(bad), nil); aerr == nil {
+	for _, bad := range []string{`[]`, `"x"`, `1`, `true`, `{"a":`, "{\"a\":\"\xff\"}", `{"a":1} {}`, `{"a":1} x`,
+		// One key, one value: a proxy or log in front reads the same object.
+		`{"a":1,"a":2}`} {
+		if _, aerr := parseObjectUpdate("external_attributes", json.RawMessage(bad), nil, maxAttributesBytes); aerr == nil {
 			t.Errorf("accepted %q", bad)
 		}
 	}
 	for _, none := range []string{``, `null`, ` null `} {
-		if u, aerr := parseAttributeUpdate(json.RawMessage(none), nil); u != nil || aerr != nil {
+		if u, aerr := parseObjectUpdate("external_attributes", json.RawMessage(none), nil, maxAttributesBytes); u != nil || aerr != nil {
 			t.Errorf("%q: %v %v", none, u, aerr)
 		}
 	}
 }
 
-// FuzzParseAttributeUpdate: whatever a client sends as
+// FuzzParseObjectUpdate: whatever a client sends as
 // external_attributes is refused, or becomes fields whose keys are JSON
 // strings and whose values are compact JSON, which assemble into a valid
 // object.
-func FuzzParseAttributeUpdate(f *testing.F) {
+func FuzzParseObjectUpdate(f *testing.F) {
 	for _, s := range []string{`{"a":1}`, `{"a":null}`, `{"<":"\u2028"}`, `[1]`, `{"a":{"b":[{}]}}`, "{\"a\":\"\xff\"}", `{"a":1,"a":2}`, `{"\ud800":1}`} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in string) {
-		u, aerr := parseAttributeUpdate(json.RawMessage(in), nil)
+		u, aerr := parseObjectUpdate("external_attributes", json.RawMessage(in), nil, maxAttributesBytes)
 		if aerr != nil || u == nil {
 			return
 		}

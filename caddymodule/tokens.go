@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -91,6 +92,12 @@ type ContactToken struct {
 	// in every spelling, like every identity header.
 	ClaimHeaders []ClaimHeader `json:"claim_headers,omitempty"`
 
+	// ClaimsURL is the customer backend's claims endpoint
+	// (claims_url), asked for the mapped claims of every token idlink
+	// issues. Optional: without it, issued tokens carry the claims the
+	// backend wrote (PUT /users/{user_id}/claims).
+	ClaimsURL *ClaimsResolver `json:"claims_url,omitempty"`
+
 	// SignKeys make idlink an issuer: the first signs new tokens, the
 	// others are still published and accepted (rotation overlap). The
 	// algorithm follows the key type (RSA: RS256 unless given).
@@ -127,6 +134,7 @@ type ContactToken struct {
 	verified   *ttlCache[[sha256.Size]byte, *verifiedToken]
 	unknownKID *ttlCache[string, struct{}]
 	headers    []ClaimHeader // with canonical header names
+	mapped     []string      // claims of headers that issued tokens may carry
 }
 
 // TokenKey is a key by kid, read from a PEM file.
@@ -296,6 +304,17 @@ func (c *ContactToken) provision(t *Tenant) error {
 		seen[foldHeader(canon)] = true
 		c.headers = append(c.headers, ClaimHeader{Claim: m.Claim, Header: canon})
 	}
+	c.mapped = c.mapped[:0]
+	for _, m := range c.headers {
+		if !registeredClaims[m.Claim] && !slices.Contains(c.mapped, m.Claim) {
+			c.mapped = append(c.mapped, m.Claim)
+		}
+	}
+	if c.ClaimsURL != nil {
+		if err := c.ClaimsURL.provision(t); err != nil {
+			return fmt.Errorf("contact_token %v", err)
+		}
+	}
 
 	common := []jwt.ParserOption{
 		jwt.WithLeeway(c.leeway),
@@ -340,6 +359,16 @@ func (c *ContactToken) validate(tenant string) error {
 		}
 		if len(c.Audience) == 0 {
 			return fmt.Errorf("tenant %q contact_token: jwks_url or key needs audience (the aud its tokens must carry)", tenant)
+		}
+	}
+	if r := c.ClaimsURL; r != nil {
+		switch {
+		case r.URL == "":
+			return fmt.Errorf("tenant %q contact_token: claims_url needs a URL", tenant)
+		case len(c.SignKeys) == 0:
+			return fmt.Errorf("tenant %q contact_token: claims_url needs sign_key (it fills the tokens idlink issues)", tenant)
+		case len(c.ClaimHeaders) == 0:
+			return fmt.Errorf("tenant %q contact_token: claims_url needs a claim_header (only mapped claims reach a token)", tenant)
 		}
 	}
 	return nil
@@ -798,14 +827,20 @@ func claimString(v any) (string, bool) {
 func init() {
 	apiRoutes["POST /contact-token"] = (*API).refreshContactToken
 	// POST /sessions hands out a contact token with each new session.
-	sessionTokenIssuer = func(t *Tenant, ctx context.Context, id identity, sessionID string, sessionEnd time.Time) (string, error) {
+	sessionToken = func(t *Tenant, ctx context.Context, id identity) (func(sessionID string, sessionEnd time.Time) (string, error), error) {
 		if !t.issues() || !id.verified {
 			// No token says more than its session knows: an unverified
 			// session gets none.
-			return "", nil
+			return nil, nil
 		}
-		tok, _, err := t.issueForSession(ctx, id.userID, sessionID, id.externalID, sessionEnd)
-		return tok, err
+		claims, err := t.tokenClaims(ctx, id.userID, id.externalID)
+		if err != nil {
+			return nil, err
+		}
+		return func(sessionID string, sessionEnd time.Time) (string, error) {
+			tok, _, err := t.issueToken(id.userID, sessionID, id.externalID, claims, sessionEnd)
+			return tok, err
+		}, nil
 	}
 }
 
@@ -816,48 +851,15 @@ var registeredClaims = map[string]bool{
 	"nbf": true, "jti": true, "external_id": true,
 }
 
-// issueForSession issues a token for a live session: the extra
-// identifiers are the user's attributes named by claim_header claims,
-// read now (so no token is issued without them), and the token never
-// outlives the session's absolute lifetime (sessionEnd; zero: none).
+// issueForSession issues a token for a live session: its extra claims
+// are the user's claims, read now (tokenClaims), and it never outlives the
+// session's absolute lifetime (sessionEnd; zero: none).
 func (t *Tenant) issueForSession(ctx context.Context, userID, sessionID, externalID string, sessionEnd time.Time) (string, time.Time, error) {
-	extra, err := t.tokenExtras(ctx, userID)
+	claims, err := t.tokenClaims(ctx, userID, externalID)
 	if err != nil {
 		return "", time.Time{}, err
 	}
-	return t.issueToken(userID, sessionID, externalID, extra, sessionEnd)
-}
-
-// tokenExtras reads the user's attributes that claim_header claims name.
-func (t *Tenant) tokenExtras(ctx context.Context, userID string) (map[string]string, error) {
-	var names []string
-	for _, m := range t.ContactToken.headers {
-		if !registeredClaims[m.Claim] {
-			names = append(names, m.Claim)
-		}
-	}
-	if len(names) == 0 {
-		return nil, nil
-	}
-	raw, err := t.app.store.UserAttributes(ctx, t.keys, userID)
-	if err != nil {
-		return nil, err
-	}
-	var attrs map[string]any
-	if err := json.Unmarshal([]byte(raw), &attrs); err != nil {
-		return nil, fmt.Errorf("%w: user %s: stored attributes are not a JSON object", store.ErrUnavailable, userID)
-	}
-	extra := map[string]string{}
-	for _, n := range names {
-		if v, ok := attrs[n]; ok && v != nil {
-			if s, ok := claimString(v); ok && validHeaderValue(s, maxClaimHeaderValue) {
-				extra[n] = s
-			} else {
-				t.debug("attribute not usable as a token claim", zap.String("claim", n))
-			}
-		}
-	}
-	return extra, nil
+	return t.issueToken(userID, sessionID, externalID, claims, sessionEnd)
 }
 
 // refreshContactToken is POST /contact-token: a fresh token for a live

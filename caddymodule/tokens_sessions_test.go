@@ -13,6 +13,18 @@ import (
 	"github.com/idlink/idlink/caddymodule/store"
 )
 
+// claimsUpdate is a store update setting string claims.
+func claimsUpdate(t *testing.T, kv ...string) store.AttributeUpdate {
+	t.Helper()
+	u := store.AttributeUpdate{Limit: maxClaimsBytes}
+	for i := 0; i+1 < len(kv); i += 2 {
+		k, _ := json.Marshal(kv[i])
+		v, _ := json.Marshal(kv[i+1])
+		u.Fields = append(u.Fields, [2]string{string(k), string(v)})
+	}
+	return u
+}
+
 // withIssuance makes tenant acme an issuer of contact tokens (ES256, so
 // that two tokens signed in one second still differ).
 func withIssuance(tb testing.TB, s *Sessions) func(a *App) {
@@ -58,8 +70,9 @@ func TestContactTokenSessionRoundTrip(t *testing.T) {
 	apiA, apiB := newSessionsAPI(t, a), newSessionsAPI(t, b)
 	hA, hB := newTestHandler(t, a, nil), newTestHandler(t, b, nil)
 
-	// Login with attributes that become the token's extra identifiers.
-	w, _, _ := serve(apiA, loginRequest("alice", `{"external_attributes":{"contact_id":"c-9","predict_external_id":"p-9","plan":"gold"}}`))
+	// Login with attributes: the client wrote them, so none becomes a
+	// claim of the token.
+	w, _, _ := serve(apiA, loginRequest("alice", `{"external_attributes":{"contact_id":"c-attacker","predict_external_id":"p-9","plan":"gold"}}`))
 	if w.Code != http.StatusCreated {
 		t.Fatalf("login: %d %s", w.Code, w.Body)
 	}
@@ -68,6 +81,25 @@ func TestContactTokenSessionRoundTrip(t *testing.T) {
 		t.Fatalf("no contact_token: %s", w.Body)
 	}
 	claims := jwt.MapClaims{}
+	if _, _, err := jwt.NewParser().ParseUnverified(res.ContactToken, claims); err != nil {
+		t.Fatal(err)
+	}
+	if claims["contact_id"] != nil || claims["predict_external_id"] != nil || claims["plan"] != nil {
+		t.Fatalf("external attributes became claims: %v", claims)
+	}
+	// The backend's claims: the session's next token carries them.
+	if _, _, err := a.store.SetUserClaims(t.Context(), a.Tenants["acme"].keys, res.UserID, claimsUpdate(t, "contact_id", "c-9", "predict_external_id", "p-9"), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	bySid := httptest.NewRequest("POST", "/contact-token", nil)
+	bySid.Header.Set(hdrSessionID, res.SessionID)
+	w, _, _ = serve(apiA, bySid)
+	var first refreshAnswer
+	if w.Code != 200 || json.Unmarshal(w.Body.Bytes(), &first) != nil {
+		t.Fatalf("refresh after the claims were set: %d %s", w.Code, w.Body)
+	}
+	res.ContactToken = first.ContactToken
+	claims = jwt.MapClaims{}
 	if _, _, err := jwt.NewParser().ParseUnverified(res.ContactToken, claims); err != nil {
 		t.Fatal(err)
 	}

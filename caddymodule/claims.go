@@ -1,0 +1,424 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"sort"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/idlink/idlink/caddymodule/store"
+)
+
+// Claims are what the customer backend vouches for about a user (e.g. a
+// contact id, a predict id): the only source of the extra claims of the
+// tokens idlink issues, and so of their claim headers. Two ways in, both
+// server to server: the backend writes them (PUT /users/{user_id}/claims,
+// API key scope user.write), and the tenant's optional resolver
+// (claims_url) answers them synchronously when a token is issued or
+// refreshed. External attributes, which the client writes, never become
+// claims.
+
+func init() {
+	apiRoutes["PUT /users/{user_id}/claims"] = (*API).putClaims
+}
+
+// Claims limits, defaults and error codes.
+const (
+	maxClaimsBytes         = 8 << 10 // a user's claims as compact JSON
+	maxClaimsAnswerBytes   = 64 << 10
+	defaultClaimsTimeout   = 2 * time.Second
+	defaultClaimsCacheTTL  = time.Minute
+	retryAfterClaims       = 5 // seconds
+	codeClaimsTooLarge     = "claims_too_large"
+	codeClaimsUnavailable  = "claims_unavailable"
+	claimsResolverLogEvery = 1 // seconds between two warnings of an unavailable resolver
+)
+
+// Claims resolver calls by tenant and outcome, exported as
+// idlink_claims_lookups_total.
+var claimsLookups = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Namespace: "idlink",
+	Name:      "claims_lookups_total",
+	Help:      "Calls to claims_url resolvers by tenant and result (found, none, unavailable).",
+}, []string{"tenant", "result"})
+
+func errClaimsUnavailable() *apiError {
+	return &apiError{
+		Status:     http.StatusServiceUnavailable,
+		Code:       codeClaimsUnavailable,
+		Message:    "the user's claims cannot be had right now, so no token is issued; retry shortly",
+		RetryAfter: retryAfterClaims,
+	}
+}
+
+// --- PUT /users/{user_id}/claims ---------------------------------------------
+
+// putClaimsRequest is the body of PUT /users/{user_id}/claims.
+type putClaimsRequest struct {
+	// Claims is a JSON object of scalar values (string, number, boolean;
+	// null removes the claim).
+	Claims json.RawMessage `json:"claims"`
+	// Merge false replaces the stored claims instead of merging into
+	// them. Default: true.
+	Merge *bool `json:"merge"`
+}
+
+// putClaims is PUT /users/{user_id}/claims, for an API key with scope
+// user.write: it merges (or, with "merge": false, replaces) the user's
+// claims and answers 200 {"user_id", "claims"} with the claims as they
+// now are. A change appends user.claims_updated. Tokens issued from then
+// on carry the claims their tenant maps (claim_header); tokens already
+// issued keep theirs until they expire.
+//
+// Errors, besides those of the API key: 400 invalid_request (body, a
+// non-scalar value, a claim idlink sets itself), 404 user_not_found, 413
+// claims_too_large (nothing stored), 503 store_unavailable.
+func (a *API) putClaims(w http.ResponseWriter, r *http.Request) {
+	t := a.tenant
+	if e := t.requireScope(r, ScopeUserWrite); e != nil {
+		writeError(w, e)
+		return
+	}
+	var req putClaimsRequest
+	if e := readJSON(w, r, &req); e != nil {
+		writeError(w, e)
+		return
+	}
+	if len(bytes.TrimSpace(req.Claims)) == 0 || string(bytes.TrimSpace(req.Claims)) == "null" {
+		writeError(w, errInvalidRequest(`the body must be {"claims": {...}, "merge": true|false}`))
+		return
+	}
+	update, e := parseObjectUpdate("claims", req.Claims, req.Merge, maxClaimsBytes)
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	for _, f := range update.Fields {
+		var name string
+		_ = json.Unmarshal([]byte(f[0]), &name)
+		if registeredClaims[name] {
+			writeError(w, errInvalidRequest(fmt.Sprintf("claim %q is set by idlink itself", name)))
+			return
+		}
+		if f[1] == "null" {
+			continue
+		}
+		var v any
+		_ = json.Unmarshal([]byte(f[1]), &v)
+		if s, ok := claimString(v); !ok || !validHeaderValue(s, maxClaimHeaderValue) {
+			writeError(w, errInvalidRequest(fmt.Sprintf(
+				"claim %q must be a string, number or boolean of at most %d bytes without control characters", name, maxClaimHeaderValue)))
+			return
+		}
+	}
+	userID := r.PathValue("user_id")
+	claims, changed, err := t.app.store.SetUserClaims(r.Context(), t.keys, userID, *update, t.now())
+	var tooLarge *store.ClaimsTooLargeError
+	switch {
+	case errors.Is(err, store.ErrUserNotFound):
+		writeError(w, newError(http.StatusNotFound, codeUserNotFound, "no such user"))
+	case errors.As(err, &tooLarge):
+		writeError(w, newError(http.StatusRequestEntityTooLarge, codeClaimsTooLarge,
+			fmt.Sprintf("the claims would be %d bytes of JSON after merging; the limit is %d", tooLarge.Size, tooLarge.Limit)))
+	case err != nil:
+		a.fail(w, err)
+	default:
+		t.debug("claims set", zap.String("user_id", userID), zap.Bool("changed", changed))
+		writeJSON(w, http.StatusOK, struct {
+			UserID string          `json:"user_id"`
+			Claims json.RawMessage `json:"claims"`
+		}{userID, json.RawMessage(claims)})
+	}
+}
+
+// parseObjectUpdate checks a JSON object sent to be merged into (or, with
+// merge false, to replace) a stored object, and turns it into the store's
+// form: absent or null changes nothing; anything else must be a JSON
+// object in valid UTF-8 with each key once. Either way a key set to null
+// is removed. The limit applies to the result as compact JSON, keys and
+// values as sent (no HTML escaping: the size is what JSON.stringify
+// counts), and is checked in the store's script, atomically with the
+// merge. field names the object in errors.
+func parseObjectUpdate(field string, raw json.RawMessage, merge *bool, limit int) (*store.AttributeUpdate, *apiError) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	bad := errInvalidRequest(field + " must be a JSON object")
+	if raw[0] != '{' || !utf8.Valid(raw) {
+		return nil, bad
+	}
+	m := map[string]json.RawMessage{}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, bad
+	}
+	for dec.More() {
+		tok, err := dec.Token()
+		key, ok := tok.(string)
+		if err != nil || !ok {
+			return nil, bad
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, bad
+		}
+		if _, dup := m[key]; dup {
+			return nil, errInvalidRequest(fmt.Sprintf("%s: key %q appears more than once", field, key))
+		}
+		m[key] = v
+	}
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
+		return nil, bad
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, bad // something after the object
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	u := &store.AttributeUpdate{Replace: merge != nil && !*merge, Limit: limit, Fields: make([][2]string, 0, len(m))}
+	var enc bytes.Buffer
+	e := json.NewEncoder(&enc)
+	e.SetEscapeHTML(false)
+	for _, k := range keys {
+		enc.Reset()
+		_ = e.Encode(k)
+		key := string(bytes.TrimSuffix(enc.Bytes(), []byte("\n")))
+		var v bytes.Buffer
+		if err := json.Compact(&v, m[k]); err != nil {
+			return nil, bad
+		}
+		u.Fields = append(u.Fields, [2]string{key, v.String()})
+	}
+	return u, nil
+}
+
+// --- Claims of issued tokens -------------------------------------------------
+
+// tokenClaims returns the claims a token issued for the user carries: for
+// every claim a claim_header maps, the value the customer backend vouches
+// for, from the claims it wrote (PUT /users/{user_id}/claims) and, with a
+// claims_url, the resolver's answer, which wins. Both are read now, so no
+// token is issued without the claims its tenant maps and the backend
+// knows; a resolver that cannot answer is 503 claims_unavailable and no
+// token at all. A mapped claim the backend has none of is absent.
+func (t *Tenant) tokenClaims(ctx context.Context, userID, externalID string) (map[string]string, error) {
+	c := t.ContactToken
+	if len(c.mapped) == 0 {
+		return nil, nil
+	}
+	raw, err := t.app.store.UserClaims(ctx, t.keys, userID)
+	if err != nil {
+		return nil, err
+	}
+	var stored map[string]any
+	if err := json.Unmarshal([]byte(raw), &stored); err != nil {
+		return nil, fmt.Errorf("%w: user %s: stored claims are not a JSON object", store.ErrUnavailable, userID)
+	}
+	out := map[string]string{}
+	for _, n := range c.mapped {
+		if s, ok := claimString(stored[n]); ok {
+			out[n] = s
+		}
+	}
+	if c.ClaimsURL != nil {
+		answer, aerr := c.ClaimsURL.claims(ctx, userID, externalID)
+		if aerr != nil {
+			return nil, aerr
+		}
+		for n, s := range answer {
+			out[n] = s
+		}
+	}
+	return out, nil
+}
+
+// --- claims_url --------------------------------------------------------------
+
+// ClaimsResolver is the customer backend's claims endpoint (claims_url),
+// which idlink calls synchronously when it issues or refreshes a token: a
+// POST of {"tenant", "user_id", "external_id"} (external_id null for an
+// anonymous user) with the configured headers, answered 200
+// {"claims": {...}} or 404 for a user the backend knows nothing of (no
+// claims). Answers are cached per user for cache_ttl, in a cache bounded
+// by the tenant's cache_size; concurrent lookups of one user share one
+// call. No answer within the timeout, a network error, any other status,
+// an answer that is not that JSON or a mapped claim that is not a scalar
+// usable as a header value: 503 claims_unavailable with Retry-After, and
+// no token is issued.
+type ClaimsResolver struct {
+	// URL is the endpoint. Required. Placeholders are replaced.
+	URL string `json:"url"`
+
+	// Headers are sent with every call, e.g. its own credential
+	// (Authorization: Bearer {env.CLAIMS_TOKEN}). Placeholders are
+	// replaced.
+	Headers map[string]string `json:"headers,omitempty"`
+
+	// Timeout bounds one call. Default: 2s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// CacheTTL is how long an answer is used before asking again.
+	// Default: 1m.
+	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
+
+	tenant  *Tenant
+	url     string
+	headers http.Header
+	client  *http.Client
+	cache   *ttlCache[string, map[string]string]
+	flight  singleflight.Group
+	lastLog atomic.Int64
+}
+
+func (c *ClaimsResolver) provision(t *Tenant) error {
+	c.tenant = t
+	repl := caddy.NewReplacer()
+	u, err := repl.ReplaceOrErr(c.URL, true, true)
+	if err != nil {
+		return fmt.Errorf("claims_url: %v", err)
+	}
+	pu, err := url.Parse(u)
+	if err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
+		return fmt.Errorf("claims_url %q: an absolute http(s) URL is required", c.URL)
+	}
+	if pu.Scheme == "http" && !isLoopbackHost(pu.Hostname()) {
+		t.logger.Warn("claims_url is plain http: its credential and answers can be read and changed in transit; use https")
+	}
+	c.headers = http.Header{}
+	for name, v := range c.Headers {
+		if !validHeaderName(name) {
+			return fmt.Errorf("claims_url header %q: not a valid header name", name)
+		}
+		val, err := repl.ReplaceOrErr(v, true, true)
+		if err != nil {
+			return fmt.Errorf("claims_url header %s: %v", name, err)
+		}
+		if !validHeaderValue(val, 8192) {
+			return fmt.Errorf("claims_url header %s: the value is empty or holds control characters", name)
+		}
+		c.headers.Set(name, val)
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = caddy.Duration(defaultClaimsTimeout)
+	}
+	if c.CacheTTL <= 0 {
+		c.CacheTTL = caddy.Duration(defaultClaimsCacheTTL)
+	}
+	c.url = u
+	c.client = &http.Client{
+		Timeout:       time.Duration(c.Timeout),
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	c.cache = newTTLCache[string, map[string]string](t.CacheSize, time.Duration(c.CacheTTL), t.now)
+	return nil
+}
+
+// claims returns the mapped claims the resolver answers for a user:
+// cached, or from one call shared by every concurrent lookup of the user.
+func (c *ClaimsResolver) claims(ctx context.Context, userID, externalID string) (map[string]string, *apiError) {
+	if m, ok := c.cache.Get(userID); ok {
+		return m, nil
+	}
+	ch := c.flight.DoChan(userID, func() (any, error) {
+		m, err := c.lookup(ctx, userID, externalID)
+		if err != nil {
+			claimsLookups.WithLabelValues(c.tenant.name, "unavailable").Inc()
+			now := c.tenant.now().Unix()
+			if last := c.lastLog.Load(); now >= last+claimsResolverLogEvery && c.lastLog.CompareAndSwap(last, now) {
+				c.tenant.logger.Warn("claims_url unavailable: no token is issued until it answers", zap.Error(err))
+			}
+			return nil, err
+		}
+		c.cache.Add(userID, m)
+		return m, nil
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, errClaimsUnavailable()
+		}
+		return res.Val.(map[string]string), nil
+	case <-ctx.Done():
+		return nil, errClaimsUnavailable()
+	}
+}
+
+// lookup calls the resolver once.
+func (c *ClaimsResolver) lookup(ctx context.Context, userID, externalID string) (map[string]string, error) {
+	// Shared by every waiter: it must not die with the first caller's
+	// request, only with its own deadline.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(c.Timeout))
+	defer cancel()
+	body := struct {
+		Tenant     string  `json:"tenant"`
+		UserID     string  `json:"user_id"`
+		ExternalID *string `json:"external_id"`
+	}{Tenant: c.tenant.name, UserID: userID}
+	if externalID != "" {
+		body.ExternalID = &externalID
+	}
+	b, _ := json.Marshal(body)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	for name, v := range c.headers {
+		req.Header[name] = v
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxClaimsAnswerBytes+1))
+	switch {
+	case resp.StatusCode == http.StatusNotFound:
+		claimsLookups.WithLabelValues(c.tenant.name, "none").Inc()
+		return map[string]string{}, nil
+	case resp.StatusCode != http.StatusOK:
+		return nil, fmt.Errorf("claims_url answered %d", resp.StatusCode)
+	case err != nil:
+		return nil, err
+	case len(raw) > maxClaimsAnswerBytes:
+		return nil, errors.New("claims_url answer larger than 64 KiB")
+	}
+	var answer struct {
+		Claims map[string]any `json:"claims"`
+	}
+	if err := json.Unmarshal(raw, &answer); err != nil || answer.Claims == nil {
+		return nil, errors.New(`claims_url answer is not {"claims": {...}}`)
+	}
+	out := map[string]string{}
+	for _, n := range c.tenant.ContactToken.mapped {
+		v, ok := answer.Claims[n]
+		if !ok || v == nil {
+			continue
+		}
+		s, ok := claimString(v)
+		if !ok || !validHeaderValue(s, maxClaimHeaderValue) {
+			return nil, fmt.Errorf("claims_url answer: claim %q is not a string, number or boolean usable as a header value", n)
+		}
+		out[n] = s
+	}
+	claimsLookups.WithLabelValues(c.tenant.name, "found").Inc()
+	return out, nil
+}
