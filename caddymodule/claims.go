@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -294,12 +293,8 @@ func (c *ClaimsResolver) provision(t *Tenant) error {
 	if err != nil {
 		return fmt.Errorf("claims_url: %v", err)
 	}
-	pu, err := url.Parse(u)
-	if err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
-		return fmt.Errorf("claims_url %q: an absolute http(s) URL is required", c.URL)
-	}
-	if pu.Scheme == "http" && !isLoopbackHost(pu.Hostname()) {
-		t.logger.Warn("claims_url is plain http: its credential and answers can be read and changed in transit; use https")
+	if _, err := outboundURL("claims_url", u, "its credential and answers can be read and changed in transit", t.logger); err != nil {
+		return err
 	}
 	c.headers = http.Header{}
 	for name, v := range c.Headers {
@@ -322,10 +317,7 @@ func (c *ClaimsResolver) provision(t *Tenant) error {
 		c.CacheTTL = caddy.Duration(defaultClaimsCacheTTL)
 	}
 	c.url = u
-	c.client = &http.Client{
-		Timeout:       time.Duration(c.Timeout),
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
+	c.client = outboundClient(time.Duration(c.Timeout))
 	c.cache = newTTLCache[string, map[string]string](t.CacheSize, time.Duration(c.CacheTTL), t.now)
 	return nil
 }

@@ -166,9 +166,9 @@ func (t *Tenant) provisionEvents() error {
 	if err != nil {
 		return fmt.Errorf("webhook url: %v", err)
 	}
-	pu, err := url.Parse(u)
-	if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" || pu.Fragment != "" {
-		return fmt.Errorf("webhook url must be an absolute http:// or https:// URL without fragment")
+	pu, err := outboundURL("webhook url", u, "", t.logger)
+	if err != nil {
+		return err
 	}
 	w.url, o.origin = u, pu.Scheme+"://"+pu.Host
 	w.secrets = w.secrets[:0]

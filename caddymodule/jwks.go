@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -180,28 +179,14 @@ type jwksSource struct {
 }
 
 func newJWKSSource(rawURL, tenant string, timeout, refresh, refetchMin time.Duration, logger *zap.Logger, now func() time.Time) (*jwksSource, error) {
-	u, err := url.Parse(rawURL)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return nil, fmt.Errorf("jwks_url %q: an absolute http(s) URL is required", rawURL)
-	}
-	if u.Scheme == "http" && !isLoopbackHost(u.Hostname()) {
-		logger.Warn("jwks_url is plain http: keys fetched over it can be replaced in transit; use https",
-			zap.String("jwks_url", rawURL))
+	if _, err := outboundURL("jwks_url", rawURL, "keys fetched over it can be replaced in transit", logger); err != nil {
+		return nil, err
 	}
 	return &jwksSource{
 		url: rawURL, tenant: tenant, timeout: timeout, refresh: refresh, refetchMin: refetchMin,
-		client: &http.Client{
-			Timeout: timeout,
-			// A JWKS URL is operator configuration: never follow a
-			// redirect to somewhere else.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
+		client: outboundClient(timeout),
 		logger: logger, now: now, ready: make(chan struct{}),
 	}, nil
-}
-
-func isLoopbackHost(h string) bool {
-	return h == "localhost" || h == "127.0.0.1" || h == "::1"
 }
 
 // start fetches the set in the background and keeps refreshing it until

@@ -92,12 +92,8 @@ func (s *SSO) provision(t *Tenant) error {
 	if err != nil {
 		return fmt.Errorf("sso token_info_url: %v", err)
 	}
-	pu, err := url.Parse(u)
-	if err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
-		return fmt.Errorf("sso token_info_url %q: an absolute http(s) URL is required", s.TokenInfoURL)
-	}
-	if pu.Scheme == "http" && !isLoopbackHost(pu.Hostname()) {
-		t.logger.Warn("sso token_info_url is plain http: tokens sent over it can be read in transit; use https")
+	if _, err := outboundURL("sso token_info_url", u, "tokens sent over it can be read in transit", t.logger); err != nil {
+		return err
 	}
 	if len(s.Audience) == 0 {
 		return errors.New("sso: audience is required (the aud the token-info answer must carry)")
@@ -112,10 +108,7 @@ func (s *SSO) provision(t *Tenant) error {
 		s.TokenParam = defaultSSOTokenParam
 	}
 	s.url, s.leeway = u, time.Duration(s.Leeway)
-	s.client = &http.Client{
-		Timeout:       time.Duration(s.Timeout),
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
+	s.client = outboundClient(time.Duration(s.Timeout))
 	s.cache = newTTLCache[[sha256.Size]byte, *ssoResult](t.CacheSize, time.Duration(t.CacheTTL), t.now)
 	return nil
 }

@@ -64,15 +64,5 @@ func (s *Store) SetUserClaims(ctx context.Context, k *Keys, userID string, u Att
 // UserClaims returns a user's claims as compact JSON ("{}" if none), keys
 // in sorted order.
 func (s *Store) UserClaims(ctx context.Context, k *Keys, userID string) (string, error) {
-	shard, err := ParseID(KindUser, userID)
-	if err != nil {
-		return "", fmt.Errorf("user claims: %w", err)
-	}
-	ctx, cancel := s.deadline(ctx)
-	defer cancel()
-	m, err := s.rdb.HGetAll(ctx, k.UserClaims(shard, userID)).Result()
-	if err != nil {
-		return "", wrap(err)
-	}
-	return attributesJSON(m), nil
+	return s.userObject(ctx, "user claims", userID, k.UserClaims)
 }

@@ -284,13 +284,19 @@ func (s *Store) EndSession(ctx context.Context, k *Keys, p SessionPolicy, sessio
 // UserAttributes returns a user's external attributes as compact JSON
 // ("{}" if none), keys in sorted order.
 func (s *Store) UserAttributes(ctx context.Context, k *Keys, userID string) (string, error) {
+	return s.userObject(ctx, "user attributes", userID, k.UserAttributes)
+}
+
+// userObject reads a JSON object a user hash of the kind keyOf names
+// stores (attributes, claims) as compact JSON, "{}" if none.
+func (s *Store) userObject(ctx context.Context, what, userID string, keyOf func(shard int, userID string) string) (string, error) {
 	shard, err := ParseID(KindUser, userID)
 	if err != nil {
-		return "", fmt.Errorf("user attributes: %w", err)
+		return "", fmt.Errorf("%s: %w", what, err)
 	}
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	m, err := s.rdb.HGetAll(ctx, k.UserAttributes(shard, userID)).Result()
+	m, err := s.rdb.HGetAll(ctx, keyOf(shard, userID)).Result()
 	if err != nil {
 		return "", wrap(err)
 	}
