@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"sort"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -36,14 +35,13 @@ func init() {
 
 // Claims limits, defaults and error codes.
 const (
-	maxClaimsBytes         = 8 << 10 // a user's claims as compact JSON
-	maxClaimsAnswerBytes   = 64 << 10
-	defaultClaimsTimeout   = 2 * time.Second
-	defaultClaimsCacheTTL  = time.Minute
-	retryAfterClaims       = 5 // seconds
-	codeClaimsTooLarge     = "claims_too_large"
-	codeClaimsUnavailable  = "claims_unavailable"
-	claimsResolverLogEvery = 1 // seconds between two warnings of an unavailable resolver
+	maxClaimsBytes        = 8 << 10 // a user's claims as compact JSON
+	maxClaimsAnswerBytes  = 64 << 10
+	defaultClaimsTimeout  = 2 * time.Second
+	defaultClaimsCacheTTL = time.Minute
+	retryAfterClaims      = 5 // seconds
+	codeClaimsTooLarge    = "claims_too_large"
+	codeClaimsUnavailable = "claims_unavailable"
 )
 
 // Claims resolver calls by tenant and outcome, exported as
@@ -283,7 +281,7 @@ type ClaimsResolver struct {
 	client  *http.Client
 	cache   *ttlCache[string, map[string]string]
 	flight  singleflight.Group
-	lastLog atomic.Int64
+	logs    logLimiter // unavailable resolver
 }
 
 func (c *ClaimsResolver) provision(t *Tenant) error {
@@ -332,8 +330,7 @@ func (c *ClaimsResolver) claims(ctx context.Context, userID, externalID string) 
 		m, err := c.lookup(ctx, userID, externalID)
 		if err != nil {
 			claimsLookups.WithLabelValues(c.tenant.name, "unavailable").Inc()
-			now := c.tenant.now().Unix()
-			if last := c.lastLog.Load(); now >= last+claimsResolverLogEvery && c.lastLog.CompareAndSwap(last, now) {
+			if c.logs.allow(c.tenant.now(), time.Second) {
 				c.tenant.logger.Warn("claims_url unavailable: no token is issued until it answers", zap.Error(err))
 			}
 			return nil, err

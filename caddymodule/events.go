@@ -140,7 +140,7 @@ type outbox struct {
 
 	inflight  atomic.Int32
 	failures  atomic.Int32 // consecutive failed attempts
-	lastWarn  atomic.Int64 // unix s of the last delivery warning
+	warns     logLimiter   // delivery warnings
 	attempted atomic.Int64 // attempts made by this instance
 	wake      chan struct{}
 
@@ -487,9 +487,7 @@ func (o *outbox) call(ctx context.Context, fn func(ctx context.Context) error) e
 
 // warnNow rate-limits delivery warnings to one a minute per tenant.
 func (o *outbox) warnNow() bool {
-	now := o.t.now().Unix()
-	last := o.lastWarn.Load()
-	return now >= last+60 && o.lastWarn.CompareAndSwap(last, now)
+	return o.warns.allow(o.t.now(), time.Minute)
 }
 
 func (t *Tenant) debugDelivery(msg string, e *store.OutboxEntry, lastErr string) {

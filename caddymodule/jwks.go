@@ -171,11 +171,11 @@ type jwksSource struct {
 	storage jwkset.Storage
 	flight  singleflight.Group
 
-	seq              atomic.Int64 // numbers fetch outcomes in order
-	okSeq, failSeq   atomic.Int64 // the number of the last successful / failed fetch
-	okN, failN       atomic.Uint64
-	startOnce        sync.Once
-	lastFailureLogAt atomic.Int64
+	seq            atomic.Int64 // numbers fetch outcomes in order
+	okSeq, failSeq atomic.Int64 // the number of the last successful / failed fetch
+	okN, failN     atomic.Uint64
+	startOnce      sync.Once
+	failureLogs    logLimiter
 }
 
 func newJWKSSource(rawURL, tenant string, timeout, refresh, refetchMin time.Duration, logger *zap.Logger, now func() time.Time) (*jwksSource, error) {
@@ -261,8 +261,7 @@ func (s *jwksSource) fetchFailed(ctx context.Context, err error) {
 	jwksFetches.WithLabelValues(s.tenant, "failure").Inc()
 	// Fetches happen at most once per refresh or refetch interval; still,
 	// log at most one warning a second.
-	now := s.now().Unix()
-	if last := s.lastFailureLogAt.Load(); now > last && s.lastFailureLogAt.CompareAndSwap(last, now) {
+	if s.failureLogs.allow(s.now(), time.Second) {
 		s.logger.Warn("JWKS fetch failed; keeping the last good keys",
 			zap.String("jwks_url", s.url), zap.Error(err))
 	}

@@ -12,7 +12,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -69,13 +68,13 @@ type SSO struct {
 	// Leeway is the clock skew allowed on exp and iat. Default: 30s.
 	Leeway caddy.Duration `json:"leeway,omitempty"`
 
-	tenant  *Tenant
-	url     string
-	client  *http.Client
-	leeway  time.Duration
-	cache   *ttlCache[[sha256.Size]byte, *ssoResult]
-	flight  singleflight.Group
-	lastLog atomic.Int64
+	tenant *Tenant
+	url    string
+	client *http.Client
+	leeway time.Duration
+	cache  *ttlCache[[sha256.Size]byte, *ssoResult]
+	flight singleflight.Group
+	logs   logLimiter // unavailable token-info URL
 }
 
 // ssoResult is the cached outcome of one SSO token: a user, or a refusal.
@@ -255,8 +254,7 @@ func (s *SSO) refuse(why string) *ssoResult {
 func (s *SSO) unavailable(err error) *ssoResult {
 	ssoLookups.WithLabelValues(s.tenant.name, "unavailable").Inc()
 	// The error names the URL, never the token (it travels in the body).
-	now := s.tenant.now().Unix()
-	if last := s.lastLog.Load(); now > last && s.lastLog.CompareAndSwap(last, now) {
+	if s.logs.allow(s.tenant.now(), time.Second) {
 		s.tenant.logger.Warn("SSO token-info URL unavailable", zap.Error(err))
 	}
 	return &ssoResult{refused: errSSOUnavailable()}

@@ -92,22 +92,22 @@ type Tenant struct {
 	// to the dead letters after the webhook's max_age).
 	EventsRetention caddy.Duration `json:"events_retention,omitempty"`
 
-	name          string
-	app           *App
-	keys          *store.Keys
-	strictest     string // the strictest mode among platforms: used for unknown platforms
-	users         *ttlCache[string, string]
-	flight        singleflight.Group
-	strip         headerSet // identity, claim and credential headers
-	identityStrip headerSet // identity and claim headers (forward_credentials)
-	now           func() time.Time
-	logger        *zap.Logger
-	lastErrorLog  atomic.Int64
-	inval         invalidators
-	installs      installCache
-	linkOpts      atomic.Pointer[store.LinkOptions] // tests shorten the lock and hook into steps
-	sess          sessionRuntime
-	outbox        *outbox
+	name           string
+	app            *App
+	keys           *store.Keys
+	strictest      string // the strictest mode among platforms: used for unknown platforms
+	users          *ttlCache[string, string]
+	flight         singleflight.Group
+	strip          headerSet // identity, claim and credential headers
+	identityStrip  headerSet // identity and claim headers (forward_credentials)
+	now            func() time.Time
+	logger         *zap.Logger
+	storeErrorLogs logLimiter
+	inval          invalidators
+	installs       installCache
+	linkOpts       atomic.Pointer[store.LinkOptions] // tests shorten the lock and hook into steps
+	sess           sessionRuntime
+	outbox         *outbox
 }
 
 // Platform is one client platform's trusted-identity settings.
@@ -280,9 +280,7 @@ func (t *Tenant) resolveExternal(ctx context.Context, externalID string) (string
 // logStoreError logs a store failure at error level, at most once a second
 // per tenant, so an outage does not flood the log.
 func (t *Tenant) logStoreError(err error) {
-	now := t.now().Unix()
-	last := t.lastErrorLog.Load()
-	if now > last && t.lastErrorLog.CompareAndSwap(last, now) {
+	if t.storeErrorLogs.allow(t.now(), time.Second) {
 		t.logger.Error("identity store unavailable", zap.Error(err))
 	}
 }
