@@ -96,7 +96,7 @@ func BenchmarkLink(b *testing.B) {
 }
 
 func newInstallB(b *testing.B, s *Store, k *Keys) (string, string) {
-	i, u, err := s.CreateInstall(context.Background(), k, testNow)
+	i, u, err := s.CreateInstall(context.Background(), k, testNow, testExpiry)
 	if err != nil {
 		b.Fatal(err)
 	}
