@@ -4,6 +4,8 @@ import (
 	"context"
 	"strconv"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Expiry of what no link and no verified credential ever touched
@@ -102,31 +104,50 @@ func leftOf(ms int64) time.Duration {
 //
 // The tenant entry is another slot: it is changed first, by itself, so
 // that a crash in between leaves at worst a permanent entry beside an
-// install that still expires (a retry finishes the job).
+// install that still expires (a retry finishes the job). On one node
+// without durability both go in one pipeline, which Redis runs in order;
+// on a Cluster (two nodes) or with durability (WAIT follows the script on
+// its connection), one after the other.
 func (s *Store) setInstallExpiry(ctx context.Context, k *Keys, installID, userID string, ttl time.Duration, adopt bool) (time.Duration, error) {
 	shard, err := ParseID(KindInstall, installID)
 	if err != nil {
 		return 0, ErrInstallNotFound
 	}
-	ctx, cancel := s.deadline(ctx)
-	defer cancel()
-	tenant := InstallTenant(installID)
+	tenant := []any{"pexpire", InstallTenant(installID), ttlArg(ttl), "xx"}
 	switch {
 	case ttl <= 0:
-		err = s.rdb.Persist(ctx, tenant).Err()
+		tenant = []any{"persist", InstallTenant(installID)}
 	case adopt:
-		err = s.rdb.PExpire(ctx, tenant, ttl).Err()
-	default:
-		err = s.rdb.Do(ctx, "pexpire", tenant, ttlArg(ttl), "xx").Err()
-	}
-	if err != nil {
-		return 0, wrap(err)
+		tenant = tenant[:3]
 	}
 	keys := []string{k.Install(shard, installID)}
 	if su, err := ParseID(KindUser, userID); err == nil && su == shard {
 		keys = append(keys, k.User(shard, userID), k.UserInstalls(shard, userID))
 	}
-	ms, err := s.runWrite(ctx, installExpiryScript, keys, userID, ttlArg(ttl), boolArg(adopt)).Int64()
+	args := []any{userID, ttlArg(ttl), boolArg(adopt)}
+	ctx, cancel := s.deadline(ctx)
+	defer cancel()
+	var script *redis.Cmd
+	if _, oneNode := s.rdb.(*redis.Client); oneNode && s.durability.Replicas <= 0 {
+		var first *redis.Cmd
+		_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			first = p.Do(ctx, tenant...)
+			script = installExpiryScript.EvalSha(ctx, p, keys, args...)
+			return nil
+		})
+		if err := first.Err(); err != nil {
+			return 0, wrap(err)
+		}
+		if redis.HasErrorPrefix(script.Err(), "NOSCRIPT") {
+			script = installExpiryScript.Run(ctx, s.rdb, keys, args...)
+		}
+	} else {
+		if err := s.rdb.Do(ctx, tenant...).Err(); err != nil {
+			return 0, wrap(err)
+		}
+		script = s.runWrite(ctx, installExpiryScript, keys, args...)
+	}
+	ms, err := script.Int64()
 	if err != nil {
 		return 0, wrap(err)
 	}
