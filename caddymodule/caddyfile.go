@@ -297,6 +297,23 @@ func (t *Tenant) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			t.Webhook = w
+		case "install_ttl":
+			if t.InstallTTL != 0 {
+				return d.Err("install_ttl already specified")
+			}
+			var v string
+			if err := oneArg(d, &v); err != nil {
+				return err
+			}
+			if v == "off" {
+				t.InstallTTL = -1
+				break
+			}
+			x, err := caddy.ParseDuration(v)
+			if err != nil || x < minInstallTTL {
+				return d.Errf("install_ttl must be a duration of at least %v, or off, not '%s'", minInstallTTL, v)
+			}
+			t.InstallTTL = caddy.Duration(x)
 		case "events_retention":
 			if t.EventsRetention != 0 {
 				return d.Err("events_retention already specified")

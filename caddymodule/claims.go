@@ -42,6 +42,7 @@ const (
 	retryAfterClaims      = 5 // seconds
 	codeClaimsTooLarge    = "claims_too_large"
 	codeClaimsUnavailable = "claims_unavailable"
+	codeUserExpires       = "user_expires"
 )
 
 // Claims resolver calls by tenant and outcome, exported as
@@ -81,7 +82,9 @@ type putClaimsRequest struct {
 // issued keep theirs until they expire.
 //
 // Errors, besides those of the API key: 400 invalid_request (body, a
-// non-scalar value, a claim idlink sets itself), 404 user_not_found, 413
+// non-scalar value, a claim idlink sets itself), 404 user_not_found, 409
+// user_expires (an install's anonymous user, or one made for an
+// unverified id, that no link or verified credential has named yet), 413
 // claims_too_large (nothing stored), 503 store_unavailable.
 func (a *API) putClaims(w http.ResponseWriter, r *http.Request) {
 	t := a.tenant
@@ -127,6 +130,9 @@ func (a *API) putClaims(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, store.ErrUserNotFound):
 		writeError(w, newError(http.StatusNotFound, codeUserNotFound, "no such user"))
+	case errors.Is(err, store.ErrUserExpires):
+		writeError(w, newError(http.StatusConflict, codeUserExpires,
+			"this user expires (no link or verified login has named it yet): claims are kept for permanent users only"))
 	case errors.As(err, &tooLarge):
 		writeError(w, newError(http.StatusRequestEntityTooLarge, codeClaimsTooLarge,
 			fmt.Sprintf("the claims would be %d bytes of JSON after merging; the limit is %d", tooLarge.Size, tooLarge.Limit)))

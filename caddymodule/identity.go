@@ -214,7 +214,11 @@ func (t *Tenant) checkHMAC(ctx context.Context, c *credentials) (*identity, erro
 	if !verified && mode == ModeReport {
 		t.logger.Info("report mode: unverified external id passed", zap.String("reason", why))
 	}
-	userID, err := t.resolveExternal(ctx, c.externalID)
+	resolve := t.resolveExternal
+	if !verified {
+		resolve = t.resolveUnverified // its user expires until a verified credential names it
+	}
+	userID, err := resolve(ctx, c.externalID)
 	if err != nil {
 		return nil, err
 	}

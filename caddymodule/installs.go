@@ -32,18 +32,22 @@ const invalidateInstall = "install"
 // install to another user, so entries are dropped on every instance when
 // the link script publishes, and all of them when the subscription
 // restarts. gen counts drops: a lookup that started before a drop does not
-// store what it read, which may predate the move.
+// store what it read, which may predate the move. An install that expires
+// is kept only until it is due for renewal (expiry.go), so that a request
+// after that renews it.
 type installCache struct {
 	users  *ttlCache[string, string]
 	flight singleflight.Group
 	gen    atomic.Uint64
-	fetch  func(ctx context.Context, installID string) (string, error) // the store; tests wrap it
+	// fetch is the store's lookup: the user and how long the install has
+	// left (0: it never expires), renewed if due. Tests wrap it.
+	fetch func(ctx context.Context, installID string) (string, time.Duration, error)
 }
 
 func (t *Tenant) provisionInstalls() {
 	t.installs.users = newTTLCache[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
-	t.installs.fetch = func(ctx context.Context, installID string) (string, error) {
-		return t.app.store.InstallUser(ctx, t.keys, installID)
+	t.installs.fetch = func(ctx context.Context, installID string) (string, time.Duration, error) {
+		return t.app.store.InstallUser(ctx, t.keys, installID, t.expiry.policy)
 	}
 	t.onInvalidate(invalidateInstall, t.dropInstall, func() {
 		t.installs.gen.Add(1)
@@ -59,7 +63,8 @@ func (t *Tenant) dropInstall(installID string) {
 
 // installUser returns the user an install points to: from the cache when
 // warm, else from Redis in one round trip (concurrent cold lookups of one
-// install share it). store.ErrInstallNotFound for malformed or unknown ids.
+// install share it), and a second one when the install is due for renewal.
+// store.ErrInstallNotFound for malformed or unknown ids.
 func (t *Tenant) installUser(ctx context.Context, installID string) (string, error) {
 	if _, err := store.ParseID(store.KindInstall, installID); err != nil {
 		return "", store.ErrInstallNotFound
@@ -69,12 +74,12 @@ func (t *Tenant) installUser(ctx context.Context, installID string) (string, err
 	}
 	v, err, _ := t.installs.flight.Do(installID, func() (any, error) {
 		gen := t.installs.gen.Load()
-		u, err := t.installs.fetch(context.WithoutCancel(ctx), installID)
+		u, left, err := t.installs.fetch(context.WithoutCancel(ctx), installID)
 		if err != nil {
 			return "", err
 		}
 		if t.installs.gen.Load() == gen {
-			t.installs.users.Add(installID, u)
+			t.installs.users.AddFor(installID, u, t.expiry.cacheFor(left))
 		}
 		return u, nil
 	})
@@ -103,11 +108,12 @@ func (t *Tenant) checkInstall(ctx context.Context, c *credentials) (*identity, e
 }
 
 // createInstall is POST /installs: the SDK's first call on a device. It
-// issues an install id with a new anonymous user and answers 201
+// issues an install id with a new anonymous user, both expiring after the
+// tenant's install_ttl unless used or linked, and answers 201
 // {install_id, user_id}. The body, if any, is ignored.
 func (a *API) createInstall(w http.ResponseWriter, r *http.Request) {
 	t := a.tenant
-	installID, userID, err := t.app.store.CreateInstall(context.WithoutCancel(r.Context()), t.keys, t.now())
+	installID, userID, err := t.app.store.CreateInstall(context.WithoutCancel(r.Context()), t.keys, t.now(), t.expiry.policy)
 	if err != nil {
 		a.fail(w, err)
 		return

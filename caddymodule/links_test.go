@@ -354,10 +354,11 @@ func TestLinkE2E(t *testing.T) {
 		if _, err := time.Parse(time.RFC3339, m["created"].(string)); err != nil {
 			t.Fatalf("created %v: %v", m["created"], err)
 		}
-		// The merged anonymous user: no external id, no install.
+		// The merged anonymous user is deleted by the merge (the
+		// user.merged event and the link's answer named it).
 		code, m, _ = e.do("GET", "/idlink/users/"+a2, nil, "X-Api-Key", linkKeyBoth)
-		if v, has := m["external_id"]; code != 200 || !has || v != nil || fmt.Sprint(m["installs"]) != "[]" {
-			t.Fatalf("GET merged user: %d %v", code, m)
+		if code != 404 || errCode(m) != "user_not_found" {
+			t.Fatalf("GET merged user: %d %v, want 404 user_not_found", code, m)
 		}
 		_, ou := e.install("/other")
 		for _, id := range []string{"nope", "u_00" + strings.Repeat("A", 24), i1, ou, "u_00%7B..%7D" + strings.Repeat("A", 20)} {
@@ -598,7 +599,7 @@ func TestInstallCacheInvalidation(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = app.Cleanup() })
 	ten := app.Tenants["acme"]
-	i, a, err := app.store.CreateInstall(context.Background(), ten.keys, time.Now())
+	i, a, err := app.store.CreateInstall(context.Background(), ten.keys, time.Now(), ten.expiry.policy)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -621,11 +622,11 @@ func TestInstallCacheInvalidation(t *testing.T) {
 	// read, but does not cache it (it may predate the move).
 	fetch := ten.installs.fetch
 	reading, moved := make(chan struct{}), make(chan struct{})
-	ten.installs.fetch = func(ctx context.Context, id string) (string, error) {
-		u, err := fetch(ctx, id)
+	ten.installs.fetch = func(ctx context.Context, id string) (string, time.Duration, error) {
+		u, left, err := fetch(ctx, id)
 		close(reading)
 		<-moved
-		return u, err
+		return u, left, err
 	}
 	done := make(chan string)
 	go func() {

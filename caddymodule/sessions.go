@@ -319,10 +319,13 @@ func (t *Tenant) lookupSession(ctx context.Context, sid string) (*sessionEntry, 
 			e.seen.Store(st.Last.UnixMilli())
 			e.wrote.Store(now.UnixMilli())
 		}
+		// A user that expires (made for an unverified id) is renewed by
+		// its session's requests too; the entry lasts until it is due.
+		keep := t.renewSessionUser(ctx, st)
 		// Cache only if no end of this session was announced meanwhile:
 		// the answer may predate it.
 		if stripe.Load() == gen {
-			t.sess.cache.Add(sid, e)
+			t.sess.cache.AddFor(sid, e, keep)
 		}
 		return e, nil
 	})

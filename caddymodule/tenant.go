@@ -86,6 +86,15 @@ type Tenant struct {
 	// the outbox for EventsRetention).
 	Webhook *Webhook `json:"webhook,omitempty"`
 
+	// InstallTTL is how long an install made by POST /installs and its
+	// anonymous user, and a user made for an external id that did not
+	// verify (report or off mode), live without being used; a use renews
+	// them (once a tenth of it has passed since the last renewal), and a
+	// link or a verified credential naming the user makes them permanent.
+	// Default: 30 days. A negative value (Caddyfile: `install_ttl off`):
+	// they never expire.
+	InstallTTL caddy.Duration `json:"install_ttl,omitempty"`
+
 	// EventsRetention trims outbox events older than that, delivered or
 	// not. Default: 7 days for a tenant without a webhook; none for one
 	// with a webhook (only delivered events are trimmed; failing ones move
@@ -105,6 +114,7 @@ type Tenant struct {
 	storeErrorLogs logLimiter
 	inval          invalidators
 	installs       installCache
+	expiry         expiryRuntime
 	linkOpts       atomic.Pointer[store.LinkOptions] // tests shorten the lock and hook into steps
 	sess           sessionRuntime
 	outbox         *outbox
@@ -145,6 +155,7 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 	}
 	t.users = newTTLCache[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
 	t.provisionSessions()
+	t.provisionExpiry()
 	if t.ContactToken != nil {
 		if err := t.ContactToken.provision(t); err != nil {
 			return err
@@ -231,6 +242,9 @@ func (t *Tenant) validate() error {
 	if err := t.validateSessions(); err != nil {
 		return err
 	}
+	if err := t.validateExpiry(); err != nil {
+		return err
+	}
 	return t.validateEvents()
 }
 
@@ -250,10 +264,12 @@ func stricter(a, b string) string {
 	return a
 }
 
-// resolveExternal returns the platform user id of an external id: from the
-// in-process cache when warm (no Redis round trip), else from Redis in one
-// round trip, creating the user on first sight. Concurrent cold lookups of
-// one external id in this process share one call.
+// resolveExternal returns the platform user id of a verified external id:
+// from the in-process cache when warm (no Redis round trip), else from
+// Redis in one round trip, creating the user on first sight (one made
+// earlier for the id unverified becomes permanent: a second round trip,
+// once). Concurrent cold lookups of one external id in this process share
+// one call. Unverified ids go through resolveUnverified (expiry.go).
 func (t *Tenant) resolveExternal(ctx context.Context, externalID string) (string, error) {
 	if u, ok := t.users.Get(externalID); ok {
 		return u, nil

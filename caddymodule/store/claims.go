@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -10,6 +11,12 @@ import (
 // EventUserClaimsUpdated is appended when the customer backend changes a
 // user's claims: data {user_id, claims}, the claims as they now are.
 const EventUserClaimsUpdated = "user.claims_updated"
+
+// ErrUserExpires is returned by SetUserClaims for a user that expires (an
+// install's anonymous user, or one made for an unverified id, that no link
+// or verified credential has named yet): claims are kept for permanent
+// users only, so that nothing outlives the user it describes.
+var ErrUserExpires = errors.New("the user expires: claims are kept for permanent users only")
 
 // ClaimsTooLargeError is returned by SetUserClaims when the user's claims
 // would exceed their limit: nothing was done.
@@ -51,6 +58,8 @@ func (s *Store) SetUserClaims(ctx context.Context, k *Keys, userID string, u Att
 	switch {
 	case len(res) == 1 && replyString(res[0]) == "not_found":
 		return "", false, ErrUserNotFound
+	case len(res) == 1 && replyString(res[0]) == "expires":
+		return "", false, ErrUserExpires
 	case len(res) == 2 && replyString(res[0]) == "too_large":
 		size, _ := strconv.Atoi(replyString(res[1]))
 		return "", false, &ClaimsTooLargeError{Size: size, Limit: u.Limit}

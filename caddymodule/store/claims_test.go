@@ -29,7 +29,7 @@ func TestUserClaims(t *testing.T) {
 		ctx := context.Background()
 		k := NewKeys("claims")
 		now := time.UnixMilli(1_800_000_000_000)
-		_, user, err := s.CreateInstall(ctx, k, now)
+		_, user, err := s.CreateInstall(ctx, k, now, Expiry{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -88,6 +88,50 @@ func TestUserClaims(t *testing.T) {
 		}
 		if n, _ := s.rdb.Exists(ctx, k.UserClaims(shard, ghost)).Result(); n != 0 {
 			t.Fatal("claims were written for an unknown user")
+		}
+	})
+}
+
+// TestUserClaimsOnlyForPermanentUsers: a user that expires (an install's
+// anonymous user no link has named) takes no claims, so that nothing
+// outlives the user it describes; a merged-away anonymous user is deleted
+// with its claims.
+func TestUserClaimsOnlyForPermanentUsers(t *testing.T) {
+	forEachDeployment(t, func(t *testing.T, s *Store, d testenv.Deployment) {
+		ctx := context.Background()
+		k := NewKeys("claimsexp")
+		now := time.UnixMilli(1_800_000_000_000)
+		_, anon, err := s.CreateInstall(ctx, k, now, Expiry{TTL: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := s.SetUserClaims(ctx, k, anon, claimPairs(t, false, 100, "contact_id", `"c"`), now); !errors.Is(err, ErrUserExpires) {
+			t.Fatalf("claims of an expiring user: %v, want ErrUserExpires", err)
+		}
+		shard, _ := ParseID(KindUser, anon)
+		if n, _ := s.rdb.Exists(ctx, k.UserClaims(shard, anon)).Result(); n != 0 {
+			t.Fatal("claims were written for an expiring user")
+		}
+
+		// A permanent anonymous user with claims, merged into alice's
+		// user: deleted, claims and all.
+		if _, _, err := s.ResolveExternal(ctx, k, "alice", now); err != nil {
+			t.Fatal(err)
+		}
+		inst, anon2, err := s.CreateInstall(ctx, k, now, Expiry{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := s.SetUserClaims(ctx, k, anon2, claimPairs(t, false, 100, "contact_id", `"c-anon"`), now); err != nil {
+			t.Fatal(err)
+		}
+		res, err := s.Link(ctx, k, LinkRequest{InstallID: inst, ExternalID: "alice", Now: now}, LinkOptions{})
+		if err != nil || res.MergedFrom != anon2 {
+			t.Fatalf("link: %+v, %v", res, err)
+		}
+		s2, _ := ParseID(KindUser, anon2)
+		if n, _ := s.rdb.Exists(ctx, k.User(s2, anon2), k.UserClaims(s2, anon2)).Result(); n != 0 {
+			t.Fatalf("the merged-away user left %d keys (its hash or its claims)", n)
 		}
 	})
 }

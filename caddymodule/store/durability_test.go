@@ -41,7 +41,7 @@ func TestDurableOperations(t *testing.T) {
 		p := SessionPolicy{Max: 1, Idle: time.Hour, Channel: "idl:invalidate"}
 		steps := []step{
 			{"create install", func() (err error) {
-				install, _, err = s.CreateInstall(ctx, k, now)
+				install, _, err = s.CreateInstall(ctx, k, now, Expiry{})
 				return err
 			}},
 			{"link", func() error {

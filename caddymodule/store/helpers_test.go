@@ -141,28 +141,39 @@ type state struct {
 	userExt      map[string]string          // user → ext field
 	userInstalls map[string]map[string]bool // user → installs set
 	extUser      map[string]string          // external id → user
+	// expires holds the keys above that have a TTL: "install:<id>",
+	// "user:<id>", "installs:<user id>", "ext:<external id>".
+	expires map[string]bool
 }
 
 func readState(t *testing.T, s *Store, k *Keys) state {
 	t.Helper()
 	ctx := context.Background()
-	st := state{map[string]string{}, map[string]string{}, map[string]map[string]bool{}, map[string]string{}}
+	st := state{map[string]string{}, map[string]string{}, map[string]map[string]bool{}, map[string]string{}, map[string]bool{}}
 	prefix := "idl:{" + k.Tenant() + ":"
 	for _, key := range scanKeys(t, s, prefix+"*") {
 		rest := key[strings.IndexByte(key, '}')+2:]
+		name := ""
 		switch {
 		case strings.HasPrefix(rest, "inst:") && !strings.HasSuffix(rest, ":lock"):
 			st.installUser[rest[5:]] = s.rdb.HGet(ctx, key, "user").Val()
+			name = "install:" + rest[5:]
 		case strings.HasPrefix(rest, "user:") && strings.HasSuffix(rest, ":installs"):
 			u := strings.TrimSuffix(rest[5:], ":installs")
 			st.userInstalls[u] = map[string]bool{}
 			for _, i := range s.rdb.SMembers(ctx, key).Val() {
 				st.userInstalls[u][i] = true
 			}
-		case strings.HasPrefix(rest, "user:"):
+			name = "installs:" + u
+		case strings.HasPrefix(rest, "user:") && !strings.Contains(rest[5:], ":"):
 			st.userExt[rest[5:]] = s.rdb.HGet(ctx, key, "ext").Val()
+			name = "user:" + rest[5:]
 		case strings.HasPrefix(rest, "ext:"):
 			st.extUser[rest[4:]] = s.rdb.Get(ctx, key).Val()
+			name = "ext:" + rest[4:]
+		}
+		if name != "" && s.rdb.PTTL(ctx, key).Val() > 0 {
+			st.expires[name] = true
 		}
 	}
 	return st
@@ -172,8 +183,24 @@ func readState(t *testing.T, s *Store, k *Keys) state {
 // the steps of an interrupted link: every install's user exists and lists
 // the install; every external id names an existing user; no user is the
 // user of two external ids, and a user's ext field, when set, is the one
-// external id that names it.
+// external id that names it; nothing permanent names what may expire (a
+// permanent install or ext key, a permanent user and its installs set).
 func (st state) check() error {
+	for i, u := range st.installUser {
+		if !st.expires["install:"+i] && st.expires["user:"+u] {
+			return fmt.Errorf("permanent install %s points to user %s, which expires", i, u)
+		}
+	}
+	for e, u := range st.extUser {
+		if !st.expires["ext:"+e] && st.expires["user:"+u] {
+			return fmt.Errorf("permanent external id %q names user %s, which expires", e, u)
+		}
+	}
+	for u := range st.userInstalls {
+		if _, ok := st.userExt[u]; ok && !st.expires["user:"+u] && st.expires["installs:"+u] {
+			return fmt.Errorf("permanent user %s has an installs set that expires", u)
+		}
+	}
 	for i, u := range st.installUser {
 		if _, ok := st.userExt[u]; !ok {
 			return fmt.Errorf("install %s points to missing user %s", i, u)

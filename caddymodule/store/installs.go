@@ -21,7 +21,10 @@ var (
 )
 
 // CreateInstall issues a new install id with a new anonymous user, both in
-// one random shard, and appends user.created to that shard's outbox.
+// one random shard, and appends user.created to that shard's outbox. With
+// a TTL in e, the install, its user, the user's installs set and the
+// install's tenant entry expire after it unless used or linked
+// (expiry.go).
 //
 // Two steps: the global install → tenant entry (SET NX, so an id is never
 // issued twice), then one script in the install's shard that writes the
@@ -29,13 +32,13 @@ var (
 // between them leaves an entry naming an install that does not exist,
 // which a link answers with 404 install_not_found, as for any unknown id:
 // the caller never received the id.
-func (s *Store) CreateInstall(ctx context.Context, k *Keys, now time.Time) (installID, userID string, err error) {
+func (s *Store) CreateInstall(ctx context.Context, k *Keys, now time.Time, e Expiry) (installID, userID string, err error) {
 	shard := rand.IntN(Shards)
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
 	for {
 		installID = NewID(KindInstall, shard)
-		ok, err := s.rdb.SetNX(ctx, InstallTenant(installID), k.Tenant(), 0).Result()
+		ok, err := s.rdb.SetNX(ctx, InstallTenant(installID), k.Tenant(), max(e.TTL, 0)).Result()
 		if err != nil {
 			return "", "", wrap(err)
 		}
@@ -51,7 +54,7 @@ func (s *Store) CreateInstall(ctx context.Context, k *Keys, now time.Time) (inst
 	}{userID, installID})
 	n, err := s.runWrite(ctx, installCreateScript,
 		[]string{k.Install(shard, installID), k.User(shard, userID), k.UserInstalls(shard, userID), k.Events(shard)},
-		installID, userID, strconv.FormatInt(now.UnixMilli(), 10), k.Tenant(), data,
+		installID, userID, strconv.FormatInt(now.UnixMilli(), 10), k.Tenant(), data, ttlArg(e.TTL),
 	).Int()
 	if err != nil {
 		return "", "", wrap(err)
@@ -62,20 +65,49 @@ func (s *Store) CreateInstall(ctx context.Context, k *Keys, now time.Time) (inst
 	return installID, userID, nil
 }
 
-// InstallUser returns the user an install points to, or
-// ErrInstallNotFound (also for a malformed id or another tenant's install).
-func (s *Store) InstallUser(ctx context.Context, k *Keys, installID string) (string, error) {
+// InstallUser returns the user an install points to and how long the
+// install has left (0: it never expires), or ErrInstallNotFound (also for
+// a malformed id or another tenant's install). A lookup is a use: an
+// install due for renewal under e is renewed with its anonymous user (a
+// second round trip), and one no link ever touched that has no TTL (made
+// while expiry was off) takes e's.
+func (s *Store) InstallUser(ctx context.Context, k *Keys, installID string, e Expiry) (string, time.Duration, error) {
 	shard, err := ParseID(KindInstall, installID)
 	if err != nil {
-		return "", ErrInstallNotFound
+		return "", 0, ErrInstallNotFound
 	}
-	ctx, cancel := s.deadline(ctx)
+	rctx, cancel := s.deadline(ctx)
 	defer cancel()
-	u, err := s.rdb.HGet(ctx, k.Install(shard, installID), "user").Result()
-	if errors.Is(err, redis.Nil) {
-		return "", ErrInstallNotFound
+	key := k.Install(shard, installID)
+	var f *redis.SliceCmd
+	var ttl *redis.DurationCmd
+	_, err = s.rdb.Pipelined(rctx, func(p redis.Pipeliner) error {
+		f = p.HMGet(rctx, key, "user", "anon_user", "anon_claim")
+		ttl = p.PTTL(rctx, key)
+		return nil
+	})
+	if err != nil {
+		return "", 0, wrap(err)
 	}
-	return u, wrap(err)
+	v := f.Val()
+	u, _ := v[0].(string)
+	if u == "" {
+		return "", 0, ErrInstallNotFound
+	}
+	ms := int64(ttl.Val() / time.Millisecond)
+	if ttl.Val() < 0 {
+		ms = int64(ttl.Val()) // -1 none, -2 gone
+	}
+	left := leftOf(ms)
+	anon, _ := v[1].(string)
+	untouched := left == 0 && e.TTL > 0 && u == anon && v[2] == nil
+	if e.RenewDue(left) || untouched {
+		left, err = s.setInstallExpiry(ctx, k, installID, u, e.TTL, untouched)
+		if err != nil {
+			return "", 0, err
+		}
+	}
+	return u, left, nil
 }
 
 // installTenant tells why an install is missing from a tenant's keys:

@@ -88,6 +88,8 @@ func ExternalShard(externalID string) int {
 //
 //	idl:{T:SS}:ext:<external id>       string  user id of an external id: SET
 //	                                           only if absent, never reassigned
+//	                                           (expires with a user made for it
+//	                                           unverified: see below)
 //	idl:{T:SS}:user:<user id>          hash    ext (absent or empty: anonymous),
 //	                                           created (unix ms), email and phone
 //	                                           (verified at a login)
@@ -126,7 +128,16 @@ func ExternalShard(externalID string) int {
 //	                                           tells 403 from 404 on a link)
 //
 // T is the tenant and SS the shard in two hex digits; {T:SS} is the hash
-// tag, so every key of one shard is in one Cluster slot. An install and
+// tag, so every key of one shard is in one Cluster slot.
+//
+// Expiry (expiry.go): the keys of an install made by CreateInstall (its
+// hash, its anonymous user's hash and installs set, and its tenant entry)
+// and of a user made by ResolveUnverified (its ext key, its hash, and its
+// sessions set once it has sessions) expire after the tenant's
+// install_ttl, renewed on use, until a link or a verified credential makes
+// them permanent (PERSIST). Every other key above is permanent, except the
+// lock and the session hashes (their own TTLs, below). An anonymous user
+// that a link moves its install away from is deleted by that link. An install and
 // its anonymous user live in one shard (the install's); an external id and
 // the user first created for it live in ExternalShard(external id).
 //

@@ -25,9 +25,15 @@ import (
 //	                anon_user), reserve X for E (anon_claim, set once: X can
 //	                never take another external id); fix the id a new user
 //	                would get (pending_user for pending_ext).
+//	1b persist (sI) only if I expires (made by POST /installs, never
+//	                linked: expiry.go): PERSIST I's tenant entry, then I and
+//	                X (X is then I's own anonymous user, in sI). Nothing
+//	                permanent names an install or a user that may expire.
 //	  (rare)        X's state when I alone does not tell: GET the ext key of
 //	                an older reservation, or HGET X's ext.
-//	2 claim   (sE)  ext:E exists → U. Else SET ext:E (only ever here, only
+//	2 claim   (sE)  ext:E exists → U (if ext:E expires, U was made for E
+//	                unverified, in sE: PERSIST ext:E, U and U's sessions, in
+//	                one script). Else SET ext:E (only ever here, only
 //	                if absent): to X if X is reserved for E ("claim", event
 //	                user.linked), or to a new user N made in sE ("create",
 //	                event user.created).
@@ -36,8 +42,9 @@ import (
 //	4 move    (sI)  only if U != X: CAS I.user X → U, remember the outcome,
 //	                XADD user.merged (X anonymous) or user.linked, PUBLISH the
 //	                invalidation. If X lives in sI (an anonymous X always
-//	                does), SREM X:installs I and release the lock here too;
-//	                else set I.prev = X.
+//	                does), SREM X:installs I and release the lock here too,
+//	                and delete an anonymous X (hash and installs set): it
+//	                was I's own, nothing else names it; else set I.prev = X.
 //	5 drop    (sX)  only if X is elsewhere: SREM X:installs I, then
 //	6 finish  (sI)  record the outcome when U == X (and X.ext = E if X is in
 //	                sI), forget prev, release the lock.
@@ -47,7 +54,9 @@ import (
 // one external id):
 //
 //   - before 2: only the reservation and the pending id were written, both
-//     in I; a retry with E reuses them. A retry with another E' finds X
+//     in I, and maybe I and X made permanent (1b, which a retry redoes if
+//     it was cut short: a permanent tenant entry beside an install that
+//     still expires is harmless); a retry with E reuses them. A retry with another E' finds X
 //     reserved for E: if ext:E names X, X is identified (shared device);
 //     else X can never be claimed, so E' gets a new user and X is merged.
 //   - between 2 and 4: ext:E names U (or X, or N with no install yet); I
@@ -100,8 +109,9 @@ type LinkOptions struct {
 	// install before ErrLinkInProgress. Default 1s.
 	LockWait time.Duration
 	// Hook, if set, runs after each step with its name ("locked",
-	// "claimed", "adopted", "moved", "dropped", "finished"); an error
-	// aborts the link there as a crash or timeout would. For tests.
+	// "persisted", "claimed", "adopted", "moved", "dropped", "finished");
+	// an error aborts the link there as a crash or timeout would. For
+	// tests.
 	Hook func(step string) error
 }
 
@@ -158,6 +168,7 @@ type installState struct {
 	linkExt, linkUser, linkMerged, prev string
 	linkCreated                         bool
 	candidate                           string
+	expires                             bool // the install has a TTL (locked only)
 }
 
 func (l *linker) step(name string) error {
@@ -194,6 +205,16 @@ func (l *linker) once(ctx context.Context) (res LinkResult, again bool, err erro
 	}
 	if err := l.step("locked"); err != nil {
 		return res, false, err
+	}
+	if st.expires {
+		// Step 1b: a link touches the install, which from now on never
+		// expires, nor does its user.
+		if _, err := l.s.setInstallExpiry(ctx, l.k, l.req.InstallID, st.user, 0, false); err != nil {
+			return res, false, err
+		}
+		if err := l.step("persisted"); err != nil {
+			return res, false, err
+		}
 	}
 
 	X, E := st.user, l.req.ExternalID
@@ -333,10 +354,11 @@ func (l *linker) lockOnce(ctx context.Context, candidate string) (installState, 
 		if st.kind == "repair" {
 			st.prev = r[4]
 		}
-	case st.kind == "locked" && len(r) == 10:
+	case st.kind == "locked" && len(r) == 11:
 		st.user, st.anon, st.claim = r[1], r[2], r[3]
 		st.linkExt, st.linkUser, st.linkCreated, st.linkMerged = r[4], r[5], r[6] == "1", r[7]
 		st.prev, st.candidate = r[8], r[9]
+		st.expires = r[10] != "-1" && r[10] != "-2"
 		if sh, err := ParseID(KindUser, st.candidate); err != nil || sh != l.sE {
 			st.candidate = candidate // never make a user outside E's shard
 		}
@@ -392,7 +414,8 @@ func (l *linker) userState(ctx context.Context, st installState) (userX, error) 
 }
 
 // claim runs step 2 and returns the external id's user and whether this
-// call assigned it.
+// call assigned it. A user it finds that expires (made for the id
+// unverified) is made permanent before anything else names it.
 func (l *linker) claim(ctx context.Context, claimable bool, X, candidate string) (string, bool, error) {
 	E := l.req.ExternalID
 	mode, who, typ := "create", candidate, EventUserCreated
@@ -406,22 +429,28 @@ func (l *linker) claim(ctx context.Context, claimable bool, X, candidate string)
 			ExternalID string `json:"external_id"`
 		}{candidate, E})
 	}
-	ctx, cancel := l.s.deadline(ctx)
+	cctx, cancel := l.s.deadline(ctx)
 	defer cancel()
-	r, err := l.s.runWrite(ctx, linkClaimScript,
+	r, err := l.s.runWrite(cctx, linkClaimScript,
 		[]string{l.k.External(E), l.k.User(l.sE, candidate), l.k.Events(l.sE)},
 		mode, who, E, l.nowMS(), l.k.Tenant(), typ, data,
 	).Slice()
 	if err != nil {
 		return "", false, wrap(err)
 	}
-	if len(r) != 2 {
+	if len(r) != 3 {
 		return "", false, fmt.Errorf("%w: unexpected link_claim reply %v", ErrUnavailable, r)
 	}
 	u, _ := r[0].(string)
 	n, _ := r[1].(int64)
+	ttl, _ := r[2].(int64)
 	if _, err := ParseID(KindUser, u); err != nil {
 		return "", false, fmt.Errorf("%w: external id maps to malformed user %q", ErrUnavailable, u)
+	}
+	if ttl > 0 {
+		if _, err := l.s.setUserExpiry(ctx, l.k, E, u, 0); err != nil {
+			return "", false, err
+		}
 	}
 	return u, n == 1, nil
 }
@@ -449,14 +478,14 @@ func (l *linker) move(ctx context.Context, X, U string, created bool, mergedFrom
 		data, _ = json.Marshal(linkedEvent{UserID: U, ExternalID: l.req.ExternalID, InstallID: l.req.InstallID})
 	}
 	inst := l.k.Install(l.sI, l.req.InstallID)
-	xSet, same := inst, "0"
+	xSet, xHash, xClaims, same := inst, inst, inst, "0"
 	if sameShard {
-		xSet, same = l.k.UserInstalls(l.sI, X), "1"
+		xSet, xHash, xClaims, same = l.k.UserInstalls(l.sI, X), l.k.User(l.sI, X), l.k.UserClaims(l.sI, X), "1"
 	}
 	ctx, cancel := l.s.deadline(ctx)
 	defer cancel()
 	n, err := l.s.runWrite(ctx, linkMoveScript,
-		[]string{inst, l.k.InstallLock(l.sI, l.req.InstallID), l.k.Events(l.sI), xSet},
+		[]string{inst, l.k.InstallLock(l.sI, l.req.InstallID), l.k.Events(l.sI), xSet, xHash, xClaims},
 		l.req.InstallID, X, U, l.req.ExternalID, boolArg(created), mergedFrom, l.token, same,
 		l.nowMS(), l.k.Tenant(), typ, data, l.req.Channel, l.req.Message,
 	).Int()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 	"sync/atomic"
@@ -16,9 +17,13 @@ import (
 // BenchmarkLink measures links against a real Redis (the embedded store
 // without redis-server), with 32 goroutines per CPU:
 //
-//	claim   a fresh install links a new external id (3 round trips)
-//	merge   a fresh install links a known external id (4 round trips)
+//	claim   a fresh install links a new external id (4 round trips: the
+//	        install expires, as with the default install_ttl, so the link
+//	        makes it permanent first)
+//	merge   a fresh install links a known external id (5 round trips)
 //	repeat  an install repeats its last link (1 round trip)
+//	claim_ttl_off, merge_ttl_off  the same with installs that never
+//	        expire (install_ttl off: 3 and 4 round trips)
 //
 // Installs are made before the timer starts. links/s is reported.
 // IDLINK_BENCH_AUTOPIPELINE=1 sends the commands through go-redis's
@@ -50,20 +55,24 @@ func BenchmarkLink(b *testing.B) {
 	b.Cleanup(func() { s.Close() })
 	ctx := context.Background()
 	run := 0
-	for _, mode := range []string{"claim", "merge", "repeat"} {
-		b.Run(mode, func(b *testing.B) {
+	for _, name := range []string{"claim", "merge", "repeat", "claim_ttl_off", "merge_ttl_off"} {
+		mode, e := name, testExpiry
+		if m, ok := strings.CutSuffix(name, "_ttl_off"); ok {
+			mode, e = m, Expiry{}
+		}
+		b.Run(name, func(b *testing.B) {
 			run++
 			k := NewKeys(fmt.Sprintf("bench%d", run))
 			installs := make([]string, b.N)
 			for i := range installs {
-				installs[i], _ = newInstallB(b, s, k)
+				installs[i], _ = newInstallB(b, s, k, e)
 			}
 			ext := func(i int64) string { return fmt.Sprintf("user-%d@example.com", i) }
 			switch mode {
 			case "merge":
 				// 1000 known external ids, each linked by one install.
 				for i := range int64(1000) {
-					in, _ := newInstallB(b, s, k)
+					in, _ := newInstallB(b, s, k, e)
 					linkB(b, s, k, in, ext(i))
 				}
 			case "repeat":
@@ -95,8 +104,8 @@ func BenchmarkLink(b *testing.B) {
 	}
 }
 
-func newInstallB(b *testing.B, s *Store, k *Keys) (string, string) {
-	i, u, err := s.CreateInstall(context.Background(), k, testNow)
+func newInstallB(b *testing.B, s *Store, k *Keys, e Expiry) (string, string) {
+	i, u, err := s.CreateInstall(context.Background(), k, testNow, e)
 	if err != nil {
 		b.Fatal(err)
 	}

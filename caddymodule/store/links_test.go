@@ -15,7 +15,7 @@ var testNow = time.UnixMilli(1_700_000_000_000)
 
 func newInstall(t *testing.T, s *Store, k *Keys) (string, string) {
 	t.Helper()
-	i, u, err := s.CreateInstall(context.Background(), k, testNow)
+	i, u, err := s.CreateInstall(context.Background(), k, testNow, testExpiry)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func testCreateInstall(t *testing.T, s *Store, k *Keys) {
 	if su, err := ParseID(KindUser, u); err != nil || su != si {
 		t.Fatalf("user %q not in the install's shard %d (%v)", u, si, err)
 	}
-	if got, err := s.InstallUser(ctx, k, i); err != nil || got != u {
+	if got, _, err := s.InstallUser(ctx, k, i, testExpiry); err != nil || got != u {
 		t.Fatalf("InstallUser = %q, %v", got, err)
 	}
 	if tn := s.rdb.Get(ctx, InstallTenant(i)).Val(); tn != k.Tenant() {
@@ -75,7 +75,7 @@ func testCreateInstall(t *testing.T, s *Store, k *Keys) {
 		t.Fatal(err)
 	}
 	for _, bad := range []string{"", "nope", u, "i_zz" + i[4:]} {
-		if _, err := s.InstallUser(ctx, k, bad); !errors.Is(err, ErrInstallNotFound) {
+		if _, _, err := s.InstallUser(ctx, k, bad, testExpiry); !errors.Is(err, ErrInstallNotFound) {
 			t.Errorf("InstallUser(%q) = %v", bad, err)
 		}
 	}
@@ -146,7 +146,7 @@ func testLinkOutcomes(t *testing.T, s *Store, k, other *Keys) {
 				t.Fatalf("%s: %d new %s events, want %d: %+v", st.name, d, typ, st.want().newEvents[typ], after[len(before):])
 			}
 		}
-		if u, _ := s.InstallUser(ctx, k, st.install); u != r.UserID {
+		if u, _, _ := s.InstallUser(ctx, k, st.install, testExpiry); u != r.UserID {
 			t.Fatalf("%s: install points to %s", st.name, u)
 		}
 		if err := readState(t, s, k).settled(false); err != nil {
@@ -205,7 +205,7 @@ func testLinkOutcomes(t *testing.T, s *Store, k, other *Keys) {
 
 func mustInstallUser(t *testing.T, s *Store, k *Keys, i string) string {
 	t.Helper()
-	u, err := s.InstallUser(context.Background(), k, i)
+	u, _, err := s.InstallUser(context.Background(), k, i, testExpiry)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,9 +235,9 @@ func testGetUser(t *testing.T, s *Store, k *Keys) {
 	if u, _ := s.GetUser(ctx, k, a1); len(u.Installs) != 2 {
 		t.Fatalf("stale members listed: %v", u.Installs)
 	}
-	// The merged anonymous user still exists, anonymous, with no install.
-	if u, err := s.GetUser(ctx, k, a2); err != nil || u.ExternalID != "" || len(u.Installs) != 0 {
-		t.Fatalf("merged user = %+v, %v", u, err)
+	// The merged anonymous user is gone (the user.merged event named it).
+	if u, err := s.GetUser(ctx, k, a2); !errors.Is(err, ErrUserNotFound) {
+		t.Fatalf("merged user = %+v, %v; want ErrUserNotFound", u, err)
 	}
 	for _, bad := range []string{"", "u_x", i1, NewID(KindUser, 1)} {
 		if _, err := s.GetUser(ctx, k, bad); !errors.Is(err, ErrUserNotFound) {
@@ -404,6 +404,15 @@ func testInterrupted(t *testing.T, s *Store, newKeys func() *Keys) {
 			link(t, s, k, i, "first")
 			return i
 		}, false, false, map[string]int{EventUserLinked: 1}},
+		{"known unverified id", func(t *testing.T, k *Keys) string {
+			// target's user was made for it unverified, and expires: the
+			// link makes it permanent before the install joins it.
+			if _, _, _, err := s.ResolveUnverified(context.Background(), k, "target", testNow, testExpiry); err != nil {
+				t.Fatal(err)
+			}
+			i, _ := newInstall(t, s, k)
+			return i
+		}, false, true, map[string]int{EventUserMerged: 1}},
 		{"shared device, user in another shard", func(t *testing.T, k *Keys) string {
 			// i moves to first's user, in another shard than i: a move
 			// away from it must drop i from that user's set in a step
@@ -420,7 +429,7 @@ func testInterrupted(t *testing.T, s *Store, newKeys func() *Keys) {
 			}
 		}, true, false, map[string]int{EventUserCreated: 1, EventUserLinked: 1}},
 	}
-	steps := []string{"locked", "dropped", "claimed", "adopted", "moved", "finished"}
+	steps := []string{"locked", "persisted", "dropped", "claimed", "adopted", "moved", "finished"}
 	for _, sc := range scenarios {
 		for _, step := range steps {
 			for _, retryExt := range []string{"target", "other"} {

@@ -15,12 +15,25 @@ const (
 	EventUserMerged  = "user.merged"
 )
 
-// ResolveExternal returns the user of an external id, creating the user on
-// first sight, in one round trip. Any number of concurrent calls for one
-// external id, from any number of processes, agree on one user: the
-// script runs atomically in the external id's slot, and the first one to
-// run creates the user (and appends user.created to the shard's outbox).
+// ResolveExternal returns the user of a verified external id, creating
+// the user on first sight, in one round trip. Any number of concurrent
+// calls for one external id, from any number of processes, agree on one
+// user: the script runs atomically in the external id's slot, and the
+// first one to run creates the user (and appends user.created to the
+// shard's outbox). A user that ResolveUnverified made for the id, which
+// expires, becomes permanent (a second round trip, once): a verified
+// credential names it.
 func (s *Store) ResolveExternal(ctx context.Context, k *Keys, externalID string, now time.Time) (userID string, created bool, err error) {
+	userID, created, left, err := s.resolve(ctx, k, externalID, now, 0)
+	if err == nil && left > 0 {
+		_, err = s.setUserExpiry(ctx, k, externalID, userID, 0)
+	}
+	return userID, created, err
+}
+
+// resolve runs resolve.lua: a user made here expires after ttl (0:
+// never). It returns how long the user has left (0: never).
+func (s *Store) resolve(ctx context.Context, k *Keys, externalID string, now time.Time, ttl time.Duration) (userID string, created bool, left time.Duration, err error) {
 	shard := ExternalShard(externalID)
 	candidate := NewID(KindUser, shard)
 	data, _ := json.Marshal(struct {
@@ -31,15 +44,16 @@ func (s *Store) ResolveExternal(ctx context.Context, k *Keys, externalID string,
 	defer cancel()
 	res, err := s.runWrite(ctx, resolveScript,
 		[]string{k.External(externalID), k.User(shard, candidate), k.Events(shard)},
-		candidate, externalID, strconv.FormatInt(now.UnixMilli(), 10), k.Tenant(), data,
+		candidate, externalID, strconv.FormatInt(now.UnixMilli(), 10), k.Tenant(), data, ttlArg(ttl),
 	).Slice()
 	if err != nil {
-		return "", false, wrap(err)
+		return "", false, 0, wrap(err)
 	}
-	if len(res) != 2 {
-		return "", false, fmt.Errorf("%w: unexpected script reply %v", ErrUnavailable, res)
+	if len(res) != 3 {
+		return "", false, 0, fmt.Errorf("%w: unexpected script reply %v", ErrUnavailable, res)
 	}
 	userID, _ = res[0].(string)
 	n, _ := res[1].(int64)
-	return userID, n == 1, nil
+	ms, _ := res[2].(int64)
+	return userID, n == 1, leftOf(ms), nil
 }

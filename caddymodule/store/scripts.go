@@ -49,6 +49,8 @@ func newScript(name, src string) *redis.Script {
 var (
 	resolveScript           = script("resolve")
 	installCreateScript     = script("install_create")
+	installExpiryScript     = script("install_expiry")
+	userExpiryScript        = script("user_expiry")
 	userGetScript           = script("user_get")
 	linkLockScript          = script("link_lock")
 	linkClaimScript         = script("link_claim")

@@ -210,6 +210,9 @@ type SessionState struct {
 	ExternalID string // the user's
 	Email      string // the user's verified email
 	Phone      string // the user's verified phone
+	// UserTTL is how long the user has left, for a user that expires
+	// (made for an unverified id: see expiry.go); 0 for one that does not.
+	UserTTL time.Duration
 }
 
 // TouchSession looks up a session and records activity at now on it, in
@@ -237,12 +240,15 @@ func (s *Store) TouchSession(ctx context.Context, k *Keys, p SessionPolicy, sess
 	case st.Status == SessionUnknown:
 	case st.Status == SessionEnded && len(res) == 3:
 		st.Reason, st.UserID = replyString(res[1]), replyString(res[2])
-	case st.Status == SessionLive && len(res) == 9:
+	case st.Status == SessionLive && len(res) == 10:
 		st.UserID = replyString(res[1])
 		st.Started, st.Last = fromMS(replyString(res[2])), fromMS(replyString(res[3]))
 		st.InstallID = replyString(res[4])
 		st.Verified = replyString(res[5]) == "1"
 		st.ExternalID, st.Email, st.Phone = replyString(res[6]), replyString(res[7]), replyString(res[8])
+		if ms, _ := res[9].(int64); ms > 0 {
+			st.UserTTL = time.Duration(ms) * time.Millisecond
+		}
 	default:
 		return SessionState{}, badReply(res)
 	}

@@ -7,10 +7,12 @@
 --   id, becomes its user) or 'create' (a new user), ARGV[2] that user id,
 -- ARGV[3] external id, ARGV[4] now (unix ms), ARGV[5] tenant,
 -- ARGV[6] event type, ARGV[7] event data (JSON)
--- Returns {user id, 1 if this call assigned it else 0}.
+-- Returns {user id, 1 if this call assigned it else 0, TTL of the ext key
+-- (ms; -1 none; one that expires names a user made for an unverified id,
+-- which the caller makes permanent)}.
 local u = redis.call('GET', KEYS[1])
 if u then
-  return {u, 0}
+  return {u, 0, redis.call('PTTL', KEYS[1])}
 end
 redis.call('SET', KEYS[1], ARGV[2])
 if ARGV[1] == 'create' then
@@ -18,4 +20,4 @@ if ARGV[1] == 'create' then
 end
 redis.call('XADD', KEYS[3], '*', 'type', ARGV[6], 'tenant', ARGV[5],
   'occurred_at', ARGV[4], 'data', ARGV[7])
-return {ARGV[2], 1}
+return {ARGV[2], 1, -1}

@@ -11,7 +11,8 @@
 --   {'same', user, link_created, link_merged_from}  (nothing changed, no lock),
 --   {'repair', user, link_created, link_merged_from, prev}  (locked), or
 --   {'locked', user, anon_user, anon_claim, link_ext, link_user, link_created,
---    link_merged_from, prev, candidate user id}
+--    link_merged_from, prev, candidate user id, TTL of the install (ms; -1
+--    none: the caller makes an install that expires permanent)}
 local f = redis.call('HMGET', KEYS[1], 'user', 'anon_user', 'anon_claim', 'link_ext',
   'link_user', 'link_created', 'link_merged_from', 'prev', 'pending_ext', 'pending_user')
 if not f[1] then
@@ -47,4 +48,5 @@ if f[9] ~= ARGV[1] or cand == '' then
   cand = ARGV[4]
   redis.call('HSET', KEYS[1], 'pending_ext', ARGV[1], 'pending_user', cand)
 end
-return {'locked', user, anon, claim, lext, luser, lcreated, lmerged, prev, cand}
+return {'locked', user, anon, claim, lext, luser, lcreated, lmerged, prev, cand,
+  tostring(redis.call('PTTL', KEYS[1]))}

@@ -3,9 +3,13 @@
 -- instance to drop its cached mapping, atomically; forget the pending
 -- candidate user. When the previous user
 -- lives in this shard too, drop the install from its set and release the
--- lock here as well; else remember it as prev for the caller to finish.
+-- lock here as well (and delete it if it was the install's anonymous user,
+-- merged away: nothing else names it; the event carries its id); else
+-- remember it as prev for the caller to finish.
 -- KEYS[1] install hash, KEYS[2] install lock, KEYS[3] outbox,
--- KEYS[4] previous user's installs set if in this shard, else KEYS[1]
+-- KEYS[4] previous user's installs set if in this shard, else KEYS[1],
+-- KEYS[5] previous user's hash if in this shard, else KEYS[1],
+-- KEYS[6] previous user's claims hash if in this shard, else KEYS[1]
 -- ARGV[1] install id, ARGV[2] expected (previous) user, ARGV[3] new user,
 -- ARGV[4] external id, ARGV[5] created 0/1, ARGV[6] merged_from ('' none),
 -- ARGV[7] lock token, ARGV[8] '1' if KEYS[4] is the previous user's set,
@@ -29,6 +33,9 @@ if ARGV[8] == '1' then
   redis.call('SREM', KEYS[4], ARGV[1])
   redis.call('HDEL', KEYS[1], 'prev')
   unlock()
+  if ARGV[6] ~= '' then
+    redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
+  end
 else
   redis.call('HSET', KEYS[1], 'prev', ARGV[2])
 end

@@ -78,7 +78,12 @@ redis.call('HSET', KEYS[3], 'user', user, 'started', ARGV[1], 'last', ARGV[1],
   'install', install, 'verified', ARGV[11], 'state', 'live', 'seq', int(seq))
 hold(KEYS[3], hold_until(NOW, NOW))
 redis.call('ZADD', KEYS[2], ARGV[1], sid)
-hold_at_least(KEYS[2], hold_until(NOW, NOW))
+-- The live set of a user that expires (made for an unverified id) expires
+-- with it: a session of a user that is gone ends at its next request.
+local user_ttl = redis.call('PTTL', KEYS[4])
+if user_ttl > 0 then
+  redis.call('PEXPIRE', KEYS[2], user_ttl)
+end
 if attrs_mode ~= '' then
   obj_apply(KEYS[5], attrs_mode, 17)
 end

@@ -4,7 +4,9 @@
 -- ARGV[1..6] see sessions_lib.lua; ARGV[7] session id.
 -- Returns {'unknown'}, {'ended', reason, user id}, or
 -- {'live', user id, started, last, install, verified, external id, email,
--- phone} (times in unix ms; absent values are '').
+-- phone, TTL of the user (ms; -1 none)} (times in unix ms; absent values
+-- are ''). The user's live set keeps its own TTL: only a user that expires
+-- has one, and the set expires with the user (see user_expiry.lua).
 local sid = ARGV[7]
 local h = redis.call('HMGET', KEYS[2], 'state', 'user', 'started', 'last', 'install', 'verified', 'reason')
 if not h[1] then
@@ -31,8 +33,8 @@ if NOW > last then
   redis.call('HSET', KEYS[2], 'last', ARGV[1])
   redis.call('ZADD', zkey, 'XX', ARGV[1], sid)
 end
-local until_ms = hold_until(started, last)
-hold(KEYS[2], until_ms)
-hold_at_least(zkey, until_ms)
-local u = redis.call('HMGET', user_key(user), 'ext', 'email', 'phone')
-return {'live', user, h[3] or '0', int(last), h[5] or '', h[6] or '0', u[1] or '', u[2] or '', u[3] or ''}
+hold(KEYS[2], hold_until(started, last))
+local ukey = user_key(user)
+local u = redis.call('HMGET', ukey, 'ext', 'email', 'phone')
+return {'live', user, h[3] or '0', int(last), h[5] or '', h[6] or '0', u[1] or '', u[2] or '', u[3] or '',
+  redis.call('PTTL', ukey)}

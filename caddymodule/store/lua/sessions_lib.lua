@@ -43,16 +43,6 @@ local function hold(key, until_ms)
   redis.call('PEXPIRE', key, int(ttl))
 end
 
--- hold_at_least extends a key's TTL to until_ms, never shortening it.
-local function hold_at_least(key, until_ms)
-  local ttl = until_ms - NOW
-  if ttl < 1 then ttl = 1 end
-  local cur = redis.call('PTTL', key)
-  if cur >= 0 and cur < ttl then
-    redis.call('PEXPIRE', key, int(ttl))
-  end
-end
-
 -- why_over is the reason a live session is over at NOW, or nil: whichever
 -- of the idle timeout and the lifetime ran out first.
 local function why_over(started, last)

@@ -6,10 +6,16 @@
 -- ARGV[6..] claim pairs: the key JSON-encoded (quotes included), then the
 -- value as compact JSON ('null' removes the key).
 -- Returns {'ok', claims JSON, 1 if they changed else 0}, {'not_found'} for
--- an unknown user, or {'too_large', size} with nothing done. A change
--- appends user.claims_updated {user_id, claims} to the outbox.
-if redis.call('EXISTS', KEYS[1]) == 0 then
+-- an unknown user, {'expires'} for a user that expires (no link or
+-- verified credential has named it yet: claims are kept for permanent
+-- users only), or {'too_large', size} with nothing done. A change appends
+-- user.claims_updated {user_id, claims} to the outbox.
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -2 then
   return {'not_found'}
+end
+if ttl >= 0 then
+  return {'expires'}
 end
 local size = obj_size_after(KEYS[2], ARGV[1], 6)
 if size > tonumber(ARGV[2]) then
