@@ -23,6 +23,8 @@ import (
 	"github.com/MicahParks/jwkset"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
+
+	"github.com/idlink/idlink/caddymodule/internal/verify"
 )
 
 func init() {
@@ -213,7 +215,7 @@ dropped), never from a flag value, which would land in shell history.`,
 			}
 			// The same computation the handler verifies against.
 			var sum [sha256.Size]byte
-			newHMACKey(secret).sum(msg, &sum)
+			verify.NewHMACKey(secret).Sum(msg, &sum)
 			fmt.Fprintln(cmd.OutOrStdout(), hex.EncodeToString(sum[:]))
 			return nil
 		},

@@ -6,6 +6,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+
+	"github.com/idlink/idlink/caddymodule/internal/verify"
 )
 
 // identity is who a request was verified to be.
@@ -185,7 +187,7 @@ func (t *Tenant) verifyAttributes(c *credentials, externalID string) (email, pho
 		if v == "" || sig == "" {
 			return "", nil
 		}
-		if verifyHMAC(platform.keys, attributeMessage(t.SignedAttributes, what, externalID, v), sig) {
+		if verify.HMAC(platform.keys, attributeMessage(t.SignedAttributes, what, externalID, v), sig) {
 			return v, nil
 		}
 		if mode == ModeEnforce {
@@ -231,7 +233,7 @@ func (t *Tenant) verifyExternalID(c *credentials) (verified bool, mode, why stri
 		why = "unknown platform"
 	case c.externalIDSig == "":
 		why = "the external id has no signature"
-	case !verifyHMAC(platform.keys, c.externalID, c.externalIDSig):
+	case !verify.HMAC(platform.keys, c.externalID, c.externalIDSig):
 		why = "the external id signature does not match"
 	default:
 		verified = true

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/idlink/idlink/caddymodule/internal/verify"
 	"github.com/idlink/idlink/caddymodule/store"
 )
 
@@ -120,7 +121,7 @@ type Platform struct {
 	// Mode is "off", "report" or "enforce" (default).
 	Mode string `json:"mode,omitempty"`
 
-	keys []*hmacKey
+	keys []*verify.HMACKey
 }
 
 func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
@@ -192,7 +193,7 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 				t.logger.Warn("platform secret is shorter than 16 bytes; use a long random secret",
 					zap.String("platform", pname), zap.Int("secret", i+1))
 			}
-			p.keys = append(p.keys, newHMACKey([]byte(secret)))
+			p.keys = append(p.keys, verify.NewHMACKey([]byte(secret)))
 		}
 		t.strictest = stricter(t.strictest, p.Mode)
 	}
