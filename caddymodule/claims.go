@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/idlink/idlink/caddymodule/internal/cache"
 	"github.com/idlink/idlink/caddymodule/store"
 )
 
@@ -279,7 +280,7 @@ type ClaimsResolver struct {
 	url     string
 	headers http.Header
 	client  *http.Client
-	cache   *ttlCache[string, map[string]string]
+	cache   *cache.TTL[string, map[string]string]
 	flight  singleflight.Group
 	logs    logLimiter // unavailable resolver
 }
@@ -316,7 +317,7 @@ func (c *ClaimsResolver) provision(t *Tenant) error {
 	}
 	c.url = u
 	c.client = outboundClient(time.Duration(c.Timeout))
-	c.cache = newTTLCache[string, map[string]string](t.CacheSize, time.Duration(c.CacheTTL), t.now)
+	c.cache = cache.New[string, map[string]string](t.CacheSize, time.Duration(c.CacheTTL), t.now)
 	return nil
 }
 

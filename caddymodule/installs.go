@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/idlink/idlink/caddymodule/internal/cache"
 	"github.com/idlink/idlink/caddymodule/store"
 )
 
@@ -34,14 +35,14 @@ const invalidateInstall = "install"
 // restarts. gen counts drops: a lookup that started before a drop does not
 // store what it read, which may predate the move.
 type installCache struct {
-	users  *ttlCache[string, string]
+	users  *cache.TTL[string, string]
 	flight singleflight.Group
 	gen    atomic.Uint64
 	fetch  func(ctx context.Context, installID string) (string, error) // the store; tests wrap it
 }
 
 func (t *Tenant) provisionInstalls() {
-	t.installs.users = newTTLCache[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
+	t.installs.users = cache.New[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
 	t.installs.fetch = func(ctx context.Context, installID string) (string, error) {
 		return t.app.store.InstallUser(ctx, t.keys, installID)
 	}

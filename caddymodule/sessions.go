@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/idlink/idlink/caddymodule/internal/cache"
 	"github.com/idlink/idlink/caddymodule/store"
 )
 
@@ -85,7 +86,7 @@ type sessionRuntime struct {
 	// cache maps a session id to what this instance knows of it: live
 	// (with its user) or ended (with the reason). Entries are dropped on
 	// every instance when a session ends (pub/sub, kind "session").
-	cache  *ttlCache[string, *sessionEntry]
+	cache  *cache.TTL[string, *sessionEntry]
 	flight singleflight.Group
 	// gen is bumped (per stripe of session ids) whenever an entry is
 	// dropped, so that a lookup that raced with the end of its session
@@ -137,7 +138,7 @@ func (t *Tenant) provisionSessions() {
 	t.sess.policy = p
 	t.sess.touchEvery = max(every.Milliseconds(), 1)
 	t.sess.seed = maphash.MakeSeed()
-	t.sess.cache = newTTLCache[string, *sessionEntry](t.CacheSize, time.Duration(t.CacheTTL), t.now)
+	t.sess.cache = cache.New[string, *sessionEntry](t.CacheSize, time.Duration(t.CacheTTL), t.now)
 	t.onInvalidate("session", t.dropSession, t.flushSessions)
 }
 

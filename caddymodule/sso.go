@@ -19,6 +19,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/idlink/idlink/caddymodule/internal/cache"
 )
 
 // SSO defaults and limits.
@@ -72,7 +74,7 @@ type SSO struct {
 	url    string
 	client *http.Client
 	leeway time.Duration
-	cache  *ttlCache[[sha256.Size]byte, *ssoResult]
+	cache  *cache.TTL[[sha256.Size]byte, *ssoResult]
 	flight singleflight.Group
 	logs   logLimiter // unavailable token-info URL
 }
@@ -108,7 +110,7 @@ func (s *SSO) provision(t *Tenant) error {
 	}
 	s.url, s.leeway = u, time.Duration(s.Leeway)
 	s.client = outboundClient(time.Duration(s.Timeout))
-	s.cache = newTTLCache[[sha256.Size]byte, *ssoResult](t.CacheSize, time.Duration(t.CacheTTL), t.now)
+	s.cache = cache.New[[sha256.Size]byte, *ssoResult](t.CacheSize, time.Duration(t.CacheTTL), t.now)
 	return nil
 }
 

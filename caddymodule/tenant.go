@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/idlink/idlink/caddymodule/internal/cache"
 	"github.com/idlink/idlink/caddymodule/internal/verify"
 	"github.com/idlink/idlink/caddymodule/store"
 )
@@ -97,7 +98,7 @@ type Tenant struct {
 	app            *App
 	keys           *store.Keys
 	strictest      string // the strictest mode among platforms: used for unknown platforms
-	users          *ttlCache[string, string]
+	users          *cache.TTL[string, string]
 	flight         singleflight.Group
 	strip          headerSet // identity, claim and credential headers
 	identityStrip  headerSet // identity and claim headers (forward_credentials)
@@ -144,7 +145,7 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 	if t.CacheTTL <= 0 {
 		t.CacheTTL = caddy.Duration(10 * time.Minute)
 	}
-	t.users = newTTLCache[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
+	t.users = cache.New[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
 	t.provisionSessions()
 	if t.ContactToken != nil {
 		if err := t.ContactToken.provision(t); err != nil {

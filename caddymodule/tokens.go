@@ -23,6 +23,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/zap"
 
+	"github.com/idlink/idlink/caddymodule/internal/cache"
 	"github.com/idlink/idlink/caddymodule/store"
 )
 
@@ -131,8 +132,8 @@ type ContactToken struct {
 	ownAud     []string
 	leeway     time.Duration
 	maxLife    time.Duration
-	verified   *ttlCache[[sha256.Size]byte, *verifiedToken]
-	unknownKID *ttlCache[string, struct{}]
+	verified   *cache.TTL[[sha256.Size]byte, *verifiedToken]
+	unknownKID *cache.TTL[string, struct{}]
 	headers    []ClaimHeader // with canonical header names
 	mapped     []string      // claims of headers that issued tokens may carry
 }
@@ -341,8 +342,8 @@ func (c *ContactToken) provision(t *Tenant) error {
 	c.own = jwt.NewParser(append(common[:len(common):len(common)],
 		jwt.WithValidMethods(ownAlgs), jwt.WithIssuer(c.SignIssuer), jwt.WithAudience(c.ownAud...))...)
 
-	c.verified = newTTLCache[[sha256.Size]byte, *verifiedToken](t.CacheSize, time.Duration(t.CacheTTL), t.now)
-	c.unknownKID = newTTLCache[string, struct{}](4096, time.Duration(c.JWKSRefetchMin), t.now)
+	c.verified = cache.New[[sha256.Size]byte, *verifiedToken](t.CacheSize, time.Duration(t.CacheTTL), t.now)
+	c.unknownKID = cache.New[string, struct{}](4096, time.Duration(c.JWKSRefetchMin), t.now)
 	return nil
 }
 
