@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/idlink/idlink/caddymodule/internal/cache"
+	"github.com/idlink/idlink/caddymodule/internal/verify"
 	"github.com/idlink/idlink/caddymodule/store"
 )
 
@@ -116,7 +117,7 @@ func (a *API) putClaims(w http.ResponseWriter, r *http.Request) {
 		}
 		var v any
 		_ = json.Unmarshal([]byte(f[1]), &v)
-		if s, ok := claimString(v); !ok || !validHeaderValue(s, maxClaimHeaderValue) {
+		if s, ok := claimString(v); !ok || !verify.HeaderValue(s, maxClaimHeaderValue) {
 			writeError(w, errInvalidRequest(fmt.Sprintf(
 				"claim %q must be a string, number or boolean of at most %d bytes without control characters", name, maxClaimHeaderValue)))
 			return
@@ -304,7 +305,7 @@ func (c *ClaimsResolver) provision(t *Tenant) error {
 		if err != nil {
 			return fmt.Errorf("claims_url header %s: %v", name, err)
 		}
-		if !validHeaderValue(val, 8192) {
+		if !verify.HeaderValue(val, 8192) {
 			return fmt.Errorf("claims_url header %s: the value is empty or holds control characters", name)
 		}
 		c.headers.Set(name, val)
@@ -404,7 +405,7 @@ func (c *ClaimsResolver) lookup(ctx context.Context, userID, externalID string) 
 			continue
 		}
 		s, ok := claimString(v)
-		if !ok || !validHeaderValue(s, maxClaimHeaderValue) {
+		if !ok || !verify.HeaderValue(s, maxClaimHeaderValue) {
 			return nil, fmt.Errorf("claims_url answer: claim %q is not a string, number or boolean usable as a header value", n)
 		}
 		out[n] = s

@@ -197,18 +197,18 @@ dropped), never from a flag value, which would land in shell history.`,
 			if err != nil {
 				return err
 			}
-			if !validHeaderValue(args[0], maxExternalIDLen) {
-				return fmt.Errorf("the external id must be 1 to %d bytes of UTF-8 without control characters", maxExternalIDLen)
+			if !verify.HeaderValue(args[0], verify.MaxExternalIDLen) {
+				return fmt.Errorf("the external id must be 1 to %d bytes of UTF-8 without control characters", verify.MaxExternalIDLen)
 			}
 			msg := args[0]
 			for _, f := range []struct {
 				field, value string
 				max          int
-			}{{"email", email, maxEmailLen}, {"phone", phone, maxPhoneLen}} {
+			}{{"email", email, verify.MaxEmailLen}, {"phone", phone, maxPhoneLen}} {
 				if f.value == "" {
 					continue
 				}
-				if !validHeaderValue(f.value, f.max) {
+				if !verify.HeaderValue(f.value, f.max) {
 					return fmt.Errorf("the %s must be 1 to %d bytes of UTF-8 without control characters", f.field, f.max)
 				}
 				msg = attributeMessage(SignedAttributesBound, f.field, args[0], f.value)

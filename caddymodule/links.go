@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/idlink/idlink/caddymodule/internal/verify"
 	"github.com/idlink/idlink/caddymodule/store"
 )
 
@@ -125,7 +126,7 @@ func readLinkBody(w http.ResponseWriter, r *http.Request) (string, *apiError) {
 	if ext == nil {
 		return "", errInvalidRequest("external_id is required")
 	}
-	if !validHeaderValue(*ext, maxExternalIDLen) {
+	if !verify.HeaderValue(*ext, verify.MaxExternalIDLen) {
 		return "", errInvalidRequest("external_id must be 1 to 256 bytes of UTF-8 without control characters")
 	}
 	return *ext, nil

@@ -24,6 +24,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/idlink/idlink/caddymodule/internal/cache"
+	"github.com/idlink/idlink/caddymodule/internal/verify"
 	"github.com/idlink/idlink/caddymodule/store"
 )
 
@@ -390,7 +391,7 @@ func privateSigner(k any) (crypto.Signer, bool) {
 
 // checkKID validates a configured kid.
 func checkKID(kid string) error {
-	if !validHeaderValue(kid, maxKIDLen) {
+	if !verify.HeaderValue(kid, maxKIDLen) {
 		return fmt.Errorf("kid %q: 1 to %d bytes without control characters", kid, maxKIDLen)
 	}
 	return nil
@@ -773,7 +774,7 @@ func (c *ContactToken) readClaims(claims jwt.MapClaims, vt *verifiedToken) *apiE
 			return err
 		}
 		if has {
-			if !validHeaderValue(ext, maxExternalIDLen) {
+			if !verify.HeaderValue(ext, verify.MaxExternalIDLen) {
 				return tokenError("the token's external_id claim is not a valid external id")
 			}
 			vt.externalID = ext
@@ -786,7 +787,7 @@ func (c *ContactToken) readClaims(claims jwt.MapClaims, vt *verifiedToken) *apiE
 		if !has {
 			return tokenError("the token has no " + c.UserClaim + " claim")
 		}
-		if !validHeaderValue(ext, maxExternalIDLen) {
+		if !verify.HeaderValue(ext, verify.MaxExternalIDLen) {
 			return tokenError("the token's " + c.UserClaim + " claim is not a valid external id")
 		}
 		vt.externalID = ext
@@ -797,7 +798,7 @@ func (c *ContactToken) readClaims(claims jwt.MapClaims, vt *verifiedToken) *apiE
 			continue
 		}
 		s, ok := claimString(v)
-		if !ok || !validHeaderValue(s, maxClaimHeaderValue) {
+		if !ok || !verify.HeaderValue(s, maxClaimHeaderValue) {
 			return tokenError("the token's " + m.Claim + " claim cannot be passed on as a header")
 		}
 		vt.headers = append(vt.headers, headerValue{m.Header, s})
