@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/idlink/idlink/caddymodule/internal/cache"
+	"github.com/idlink/idlink/caddymodule/internal/lograte"
 	"github.com/idlink/idlink/caddymodule/internal/verify"
 	"github.com/idlink/idlink/caddymodule/store"
 )
@@ -283,7 +284,7 @@ type ClaimsResolver struct {
 	client  *http.Client
 	cache   *cache.TTL[string, map[string]string]
 	flight  singleflight.Group
-	logs    logLimiter // unavailable resolver
+	logs    lograte.Limiter // unavailable resolver
 }
 
 func (c *ClaimsResolver) provision(t *Tenant) error {
@@ -332,7 +333,7 @@ func (c *ClaimsResolver) claims(ctx context.Context, userID, externalID string) 
 		m, err := c.lookup(ctx, userID, externalID)
 		if err != nil {
 			claimsLookups.WithLabelValues(c.tenant.name, "unavailable").Inc()
-			if c.logs.allow(c.tenant.now(), time.Second) {
+			if c.logs.Allow(c.tenant.now(), time.Second) {
 				c.tenant.logger.Warn("claims_url unavailable: no token is issued until it answers", zap.Error(err))
 			}
 			return nil, err

@@ -23,6 +23,8 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 	"golang.org/x/time/rate"
+
+	"github.com/idlink/idlink/caddymodule/internal/lograte"
 )
 
 func init() {
@@ -175,7 +177,7 @@ type jwksSource struct {
 	okSeq, failSeq atomic.Int64 // the number of the last successful / failed fetch
 	okN, failN     atomic.Uint64
 	startOnce      sync.Once
-	failureLogs    logLimiter
+	failureLogs    lograte.Limiter
 }
 
 func newJWKSSource(rawURL, tenant string, timeout, refresh, refetchMin time.Duration, logger *zap.Logger, now func() time.Time) (*jwksSource, error) {
@@ -261,7 +263,7 @@ func (s *jwksSource) fetchFailed(ctx context.Context, err error) {
 	jwksFetches.WithLabelValues(s.tenant, "failure").Inc()
 	// Fetches happen at most once per refresh or refetch interval; still,
 	// log at most one warning a second.
-	if s.failureLogs.allow(s.now(), time.Second) {
+	if s.failureLogs.Allow(s.now(), time.Second) {
 		s.logger.Warn("JWKS fetch failed; keeping the last good keys",
 			zap.String("jwks_url", s.url), zap.Error(err))
 	}

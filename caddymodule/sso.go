@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/idlink/idlink/caddymodule/internal/lograte"
 	"github.com/idlink/idlink/caddymodule/internal/verify"
 )
 
@@ -62,7 +63,7 @@ type SSO struct {
 
 	tenant *Tenant
 	v      *verify.TokenInfo
-	logs   logLimiter // unavailable token-info URL
+	logs   lograte.Limiter // unavailable token-info URL
 }
 
 func (s *SSO) provision(t *Tenant) error {
@@ -90,7 +91,7 @@ func (s *SSO) provision(t *Tenant) error {
 		CacheSize: t.CacheSize, CacheTTL: time.Duration(t.CacheTTL), Now: t.now,
 		Observe: func(result string) { ssoLookups.WithLabelValues(t.name, result).Inc() },
 		Unavailable: func(err error) {
-			if s.logs.allow(t.now(), time.Second) {
+			if s.logs.Allow(t.now(), time.Second) {
 				t.logger.Warn("SSO token-info URL unavailable", zap.Error(err))
 			}
 		},

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/idlink/idlink/caddymodule/internal/cache"
+	"github.com/idlink/idlink/caddymodule/internal/lograte"
 	"github.com/idlink/idlink/caddymodule/internal/verify"
 	"github.com/idlink/idlink/caddymodule/store"
 )
@@ -104,7 +105,7 @@ type Tenant struct {
 	identityStrip  headerSet // identity and claim headers (forward_credentials)
 	now            func() time.Time
 	logger         *zap.Logger
-	storeErrorLogs logLimiter
+	storeErrorLogs lograte.Limiter
 	inval          invalidators
 	installs       installCache
 	linkOpts       atomic.Pointer[store.LinkOptions] // tests shorten the lock and hook into steps
@@ -282,7 +283,7 @@ func (t *Tenant) resolveExternal(ctx context.Context, externalID string) (string
 // logStoreError logs a store failure at error level, at most once a second
 // per tenant, so an outage does not flood the log.
 func (t *Tenant) logStoreError(err error) {
-	if t.storeErrorLogs.allow(t.now(), time.Second) {
+	if t.storeErrorLogs.Allow(t.now(), time.Second) {
 		t.logger.Error("identity store unavailable", zap.Error(err))
 	}
 }
