@@ -109,7 +109,7 @@ func (a *API) putClaims(w http.ResponseWriter, r *http.Request) {
 	for _, f := range update.Fields {
 		var name string
 		_ = json.Unmarshal([]byte(f[0]), &name)
-		if registeredClaims[name] {
+		if verify.RegisteredClaims[name] {
 			writeError(w, errInvalidRequest(fmt.Sprintf("claim %q is set by idlink itself", name)))
 			return
 		}
@@ -118,9 +118,9 @@ func (a *API) putClaims(w http.ResponseWriter, r *http.Request) {
 		}
 		var v any
 		_ = json.Unmarshal([]byte(f[1]), &v)
-		if s, ok := claimString(v); !ok || !verify.HeaderValue(s, maxClaimHeaderValue) {
+		if s, ok := verify.ClaimString(v); !ok || !verify.HeaderValue(s, verify.MaxClaimHeaderValue) {
 			writeError(w, errInvalidRequest(fmt.Sprintf(
-				"claim %q must be a string, number or boolean of at most %d bytes without control characters", name, maxClaimHeaderValue)))
+				"claim %q must be a string, number or boolean of at most %d bytes without control characters", name, verify.MaxClaimHeaderValue)))
 			return
 		}
 	}
@@ -233,7 +233,7 @@ func (t *Tenant) tokenClaims(ctx context.Context, userID, externalID string) (ma
 	}
 	out := map[string]string{}
 	for _, n := range c.mapped {
-		if s, ok := claimString(stored[n]); ok {
+		if s, ok := verify.ClaimString(stored[n]); ok {
 			out[n] = s
 		}
 	}
@@ -405,8 +405,8 @@ func (c *ClaimsResolver) lookup(ctx context.Context, userID, externalID string) 
 		if !ok || v == nil {
 			continue
 		}
-		s, ok := claimString(v)
-		if !ok || !verify.HeaderValue(s, maxClaimHeaderValue) {
+		s, ok := verify.ClaimString(v)
+		if !ok || !verify.HeaderValue(s, verify.MaxClaimHeaderValue) {
 			return nil, fmt.Errorf("claims_url answer: claim %q is not a string, number or boolean usable as a header value", n)
 		}
 		out[n] = s

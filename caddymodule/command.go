@@ -162,8 +162,8 @@ func generateKey(alg string, bits int) (crypto.Signer, error) {
 		_, k, err := ed25519.GenerateKey(rand.Reader)
 		return k, err
 	case "RS256", "PS256":
-		if bits < minRSABits {
-			return nil, fmt.Errorf("--bits: at least %d", minRSABits)
+		if bits < verify.MinRSABits {
+			return nil, fmt.Errorf("--bits: at least %d", verify.MinRSABits)
 		}
 		return rsa.GenerateKey(rand.Reader, bits)
 	}

@@ -20,7 +20,7 @@ type identity struct {
 	sessionID     string
 	verifiedEmail string
 	verifiedPhone string
-	claimHeaders  []headerValue // from a contact token's claim_header mappings
+	claimHeaders  []verify.Header // from a contact token's claim_header mappings
 }
 
 // apply sets the identity headers on the request to the upstream (which
@@ -39,7 +39,7 @@ func (id *identity) apply(h http.Header, repl *caddy.Replacer) {
 	setIf(h, hdrVerifiedEmail, id.verifiedEmail)
 	setIf(h, hdrVerifiedPhone, id.verifiedPhone)
 	for _, hv := range id.claimHeaders {
-		h[hv.name] = []string{hv.value}
+		h[hv.Name] = []string{hv.Value}
 	}
 
 	repl.Set("idlink.source", id.source)

@@ -240,8 +240,8 @@ func (t *Tenant) validate() error {
 // start starts the tenant's background work (the JWKS refresh), which
 // stops when ctx is done.
 func (t *Tenant) start(ctx context.Context, wg *sync.WaitGroup) {
-	if t.ContactToken != nil && t.ContactToken.source != nil {
-		t.ContactToken.source.start(ctx, wg)
+	if t.ContactToken != nil && t.ContactToken.v.Source() != nil {
+		t.ContactToken.v.Source().Start(ctx, wg)
 	}
 }
 
