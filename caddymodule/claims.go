@@ -32,10 +32,6 @@ import (
 // refreshed. External attributes, which the client writes, never become
 // claims.
 
-func init() {
-	apiRoutes["PUT /users/{user_id}/claims"] = (*API).putClaims
-}
-
 // Claims limits, defaults and error codes.
 const (
 	maxClaimsBytes        = 8 << 10 // a user's claims as compact JSON

@@ -14,10 +14,6 @@ import (
 	"github.com/idlink/idlink/caddymodule/store"
 )
 
-func init() {
-	apiRoutes["POST /installs"] = (*API).createInstall
-}
-
 // Error codes of installs.
 const (
 	codeUnknownInstall     = "unknown_install"

@@ -6,12 +6,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-func init() {
-	apiRoutes["GET /jwks.json"] = func(a *API, w http.ResponseWriter, r *http.Request) {
-		a.tenant.serveJWKS(w)
-	}
-}
-
 // JWKS fetch counters, exported to Prometheus through the metrics
 // registry of the Caddy context (App.registerMetrics) as
 // idlink_jwks_fetches_total.
@@ -25,7 +19,8 @@ var jwksFetches = prometheus.NewCounterVec(prometheus.CounterOpts{
 // signing keys, the current one first, the previous ones kept for
 // overlap while tokens they signed may still be live. A tenant that does
 // not issue tokens publishes an empty set.
-func (t *Tenant) serveJWKS(w http.ResponseWriter) {
+func (a *API) serveJWKS(w http.ResponseWriter, _ *http.Request) {
+	t := a.tenant
 	body := []byte(`{"keys":[]}`)
 	if t.ContactToken != nil && t.ContactToken.v.Issues() {
 		body = t.ContactToken.v.JWKS()

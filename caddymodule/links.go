@@ -19,11 +19,6 @@ import (
 // external id) uses an install. The steps, their order and why a crash or
 // timeout between any two is safe are explained in store/links.go.
 
-func init() {
-	apiRoutes["POST /users/{install_id}/link"] = (*API).link
-	apiRoutes["GET /users/{user_id}"] = (*API).getUser
-}
-
 // Error codes of linking.
 const (
 	codeLinkInProgress = "link_in_progress"

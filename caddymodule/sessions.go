@@ -26,11 +26,6 @@ import (
 // attributes part of GET /users/{user_id}. The atomic steps themselves are
 // the Lua scripts of store/sessions.go.
 
-func init() {
-	apiRoutes["POST /sessions"] = (*API).startSession
-	apiRoutes["DELETE /sessions/current"] = (*API).endCurrentSession
-}
-
 // Session policy defaults and bounds.
 const (
 	defaultSessionMax  = 1
@@ -412,13 +407,6 @@ type startSessionResponse struct {
 	Verified bool `json:"verified"`
 }
 
-// sessionToken, set by contact-token issuance, prepares the contact token
-// POST /sessions hands out with a new session: before the session is
-// admitted it gathers what the token needs (so that a login whose token
-// cannot be had changes nothing), and returns the signer to call once the
-// session exists, or nil when the session gets no token.
-var sessionToken func(t *Tenant, ctx context.Context, id identity) (sign func(sessionID string, expires time.Time) (string, error), err error)
-
 // startSession is POST /sessions (the SDK's session.start, identify and
 // ssoLogin): it verifies the login's credentials exactly as the idlink
 // handler does, links the install it presents (X-Install-Id) to the user,
@@ -563,11 +551,9 @@ func (t *Tenant) startSession(ctx context.Context, id identity, attrs *store.Att
 	if err != nil {
 		return nil, fmt.Errorf("%w: user id %q: %v", store.ErrUnavailable, id.userID, err)
 	}
-	var sign func(string, time.Time) (string, error)
-	if sessionToken != nil {
-		if sign, err = sessionToken(t, ctx, id); err != nil {
-			return nil, err
-		}
+	sign, err := t.prepareSessionToken(ctx, id)
+	if err != nil {
+		return nil, err
 	}
 	ns := store.NewSession{
 		ID: store.NewID(store.KindSession, shard), UserID: id.userID, InstallID: id.installID,

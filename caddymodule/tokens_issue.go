@@ -8,24 +8,25 @@ import (
 
 // Issuance and refresh of the tenant's own contact tokens.
 
-func init() {
-	apiRoutes["POST /contact-token"] = (*API).refreshContactToken
-	// POST /sessions hands out a contact token with each new session.
-	sessionToken = func(t *Tenant, ctx context.Context, id identity) (func(sessionID string, sessionEnd time.Time) (string, error), error) {
-		if !t.issues() || !id.verified {
-			// No token says more than its session knows: an unverified
-			// session gets none.
-			return nil, nil
-		}
-		claims, err := t.tokenClaims(ctx, id.userID, id.externalID)
-		if err != nil {
-			return nil, err
-		}
-		return func(sessionID string, sessionEnd time.Time) (string, error) {
-			tok, _, err := t.issueToken(id.userID, sessionID, id.externalID, claims, sessionEnd)
-			return tok, err
-		}, nil
+// prepareSessionToken prepares the contact token POST /sessions hands
+// out with a new session: before the session is admitted it gathers what
+// the token needs (so that a login whose token cannot be had changes
+// nothing), and returns the signer to call once the session exists, or
+// nil when the session gets no token (the tenant does not issue tokens,
+// or the login was not verified: no token says more than its session
+// knows).
+func (t *Tenant) prepareSessionToken(ctx context.Context, id identity) (sign func(sessionID string, sessionEnd time.Time) (string, error), err error) {
+	if !t.issues() || !id.verified {
+		return nil, nil
 	}
+	claims, err := t.tokenClaims(ctx, id.userID, id.externalID)
+	if err != nil {
+		return nil, err
+	}
+	return func(sessionID string, sessionEnd time.Time) (string, error) {
+		tok, _, err := t.issueToken(id.userID, sessionID, id.externalID, claims, sessionEnd)
+		return tok, err
+	}, nil
 }
 
 // issueForSession issues a token for a live session: its extra claims
