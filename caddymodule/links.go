@@ -144,8 +144,8 @@ func (t *Tenant) link(ctx context.Context, installID, externalID string) (store.
 		InstallID:  installID,
 		ExternalID: externalID,
 		Now:        t.now(),
-		Channel:    InvalidationChannel,
-		Message:    invalidationMessage(t.name, invalidateInstall, installID),
+		Channel:    store.InvalidationChannel,
+		Message:    store.InvalidationMessage(t.name, invalidateInstall, installID),
 	}, opts)
 	if res.Moved {
 		// Every instance drops it when the script's message arrives; this

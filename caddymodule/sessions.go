@@ -119,7 +119,7 @@ func (t *Tenant) provisionSessions() {
 	if s.Idle == 0 {
 		s.Idle = caddy.Duration(defaultSessionIdle)
 	}
-	p := store.SessionPolicy{Max: s.Max, Channel: InvalidationChannel}
+	p := store.SessionPolicy{Max: s.Max, Channel: store.InvalidationChannel}
 	if s.Idle > 0 {
 		p.Idle = time.Duration(s.Idle)
 	}
