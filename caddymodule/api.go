@@ -28,8 +28,7 @@ const maxBodyBytes = 16 << 10
 // idlink_api is for sites that serve only the API (e.g. inside
 // `handle_path /idlink/*` with no idlink in front).
 //
-// Endpoints: POST /installs, POST /users/{install_id}/link (scope
-// user.link), GET /users/{user_id} (scope user.read).
+// Endpoints: apiRoutes.
 //
 // Every error is {"error": "<code>", "message": "<sentence>"}: 400
 // invalid_request, 401 invalid_api_key, 403 insufficient_scope, 403
@@ -55,9 +54,20 @@ func (API) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// apiRoutes are the endpoints, as http.ServeMux patterns, each added by
-// the file of its concern.
-var apiRoutes = map[string]func(a *API, w http.ResponseWriter, r *http.Request){}
+// apiRoutes is the API: every endpoint, as an http.ServeMux pattern, and
+// the method that answers it (in the file of its concern).
+var apiRoutes = map[string]func(a *API, w http.ResponseWriter, r *http.Request){
+	"POST /installs":                (*API).createInstall,       // installs.go
+	"POST /users/{install_id}/link": (*API).link,                // links.go
+	"GET /users/{user_id}":          (*API).getUser,             // links.go
+	"PUT /users/{user_id}/claims":   (*API).putClaims,           // claims.go
+	"POST /sessions":                (*API).startSession,        // sessions.go
+	"DELETE /sessions/current":      (*API).endCurrentSession,   // sessions.go
+	"POST /contact-token":           (*API).refreshContactToken, // tokens_issue.go
+	"GET /jwks.json":                (*API).serveJWKS,           // jwks.go
+	"GET /deadletters":              (*API).listDeadLetters,     // deadletters.go
+	"POST /deadletters/replay":      (*API).replayDeadLetters,   // deadletters.go
+}
 
 // Provision finds the tenant and builds the routes.
 func (a *API) Provision(ctx caddy.Context) error {

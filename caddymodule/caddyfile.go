@@ -10,6 +10,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/idlink/idlink/caddymodule/internal/verify"
 )
 
 func init() {
@@ -357,7 +359,7 @@ func (c *ContactToken) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			k := TokenKey{KID: args[0], File: args[1]}
 			if len(args) == 3 {
 				k.Alg = args[2]
-				if !asymmetricAlgs[k.Alg] {
+				if !verify.AsymmetricAlgs[k.Alg] {
 					return d.Errf("%s %s: algorithm '%s' is not accepted", name, k.KID, k.Alg)
 				}
 			}
@@ -375,7 +377,7 @@ func (c *ContactToken) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			for _, a := range c.Algorithms {
-				if !asymmetricAlgs[a] {
+				if !verify.AsymmetricAlgs[a] {
 					return d.Errf("algorithm '%s' is not accepted (use ES256, ES384, ES512, RS256, RS384, RS512, PS256, PS384, PS512 or EdDSA)", a)
 				}
 			}

@@ -23,6 +23,8 @@ import (
 	"github.com/MicahParks/jwkset"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
+
+	"github.com/idlink/idlink/caddymodule/internal/verify"
 )
 
 func init() {
@@ -160,8 +162,8 @@ func generateKey(alg string, bits int) (crypto.Signer, error) {
 		_, k, err := ed25519.GenerateKey(rand.Reader)
 		return k, err
 	case "RS256", "PS256":
-		if bits < minRSABits {
-			return nil, fmt.Errorf("--bits: at least %d", minRSABits)
+		if bits < verify.MinRSABits {
+			return nil, fmt.Errorf("--bits: at least %d", verify.MinRSABits)
 		}
 		return rsa.GenerateKey(rand.Reader, bits)
 	}
@@ -195,25 +197,25 @@ dropped), never from a flag value, which would land in shell history.`,
 			if err != nil {
 				return err
 			}
-			if !validHeaderValue(args[0], maxExternalIDLen) {
-				return fmt.Errorf("the external id must be 1 to %d bytes of UTF-8 without control characters", maxExternalIDLen)
+			if !verify.HeaderValue(args[0], verify.MaxExternalIDLen) {
+				return fmt.Errorf("the external id must be 1 to %d bytes of UTF-8 without control characters", verify.MaxExternalIDLen)
 			}
 			msg := args[0]
 			for _, f := range []struct {
 				field, value string
 				max          int
-			}{{"email", email, maxEmailLen}, {"phone", phone, maxPhoneLen}} {
+			}{{"email", email, verify.MaxEmailLen}, {"phone", phone, maxPhoneLen}} {
 				if f.value == "" {
 					continue
 				}
-				if !validHeaderValue(f.value, f.max) {
+				if !verify.HeaderValue(f.value, f.max) {
 					return fmt.Errorf("the %s must be 1 to %d bytes of UTF-8 without control characters", f.field, f.max)
 				}
 				msg = attributeMessage(SignedAttributesBound, f.field, args[0], f.value)
 			}
 			// The same computation the handler verifies against.
 			var sum [sha256.Size]byte
-			newHMACKey(secret).sum(msg, &sum)
+			verify.NewHMACKey(secret).Sum(msg, &sum)
 			fmt.Fprintln(cmd.OutOrStdout(), hex.EncodeToString(sum[:]))
 			return nil
 		},

@@ -19,6 +19,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/idlink/idlink/testenv"
+
+	"github.com/idlink/idlink/caddymodule/internal/verify"
 )
 
 // runIdlink runs `caddy idlink <args>` in process.
@@ -129,8 +131,8 @@ func TestSignCommand(t *testing.T) {
 		t.Fatal("--email with --phone: no error")
 	}
 	// The signature is what the handler accepts.
-	keys := []*hmacKey{newHMACKey([]byte("secret-0123456789abcdef"))}
-	if !verifyHMAC(keys, "alice", strings.TrimSpace(want)) {
+	keys := []*verify.HMACKey{verify.NewHMACKey([]byte("secret-0123456789abcdef"))}
+	if !verify.HMAC(keys, "alice", strings.TrimSpace(want)) {
 		t.Fatal("the handler would refuse it")
 	}
 	for _, bad := range [][]string{

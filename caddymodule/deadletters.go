@@ -18,11 +18,6 @@ const (
 	replayBatch           = 500
 )
 
-func init() {
-	apiRoutes["GET /deadletters"] = (*API).listDeadLetters
-	apiRoutes["POST /deadletters/replay"] = (*API).replayDeadLetters
-}
-
 // deadLetterJSON is one dead letter as the API shows it.
 type deadLetterJSON struct {
 	ID         string          `json:"id"`

@@ -22,6 +22,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/idlink/idlink/caddymodule/internal/lograte"
 	"github.com/idlink/idlink/caddymodule/store"
 	"github.com/idlink/idlink/webhook"
 )
@@ -139,9 +140,9 @@ type outbox struct {
 	crash         bool // tests: stop without releasing leases, as a killed process would
 
 	inflight  atomic.Int32
-	failures  atomic.Int32 // consecutive failed attempts
-	warns     logLimiter   // delivery warnings
-	attempted atomic.Int64 // attempts made by this instance
+	failures  atomic.Int32    // consecutive failed attempts
+	warns     lograte.Limiter // delivery warnings
+	attempted atomic.Int64    // attempts made by this instance
 	wake      chan struct{}
 
 	// Measured by the upkeep, read by the metrics collector.
@@ -487,7 +488,7 @@ func (o *outbox) call(ctx context.Context, fn func(ctx context.Context) error) e
 
 // warnNow rate-limits delivery warnings to one a minute per tenant.
 func (o *outbox) warnNow() bool {
-	return o.warns.allow(o.t.now(), time.Minute)
+	return o.warns.Allow(o.t.now(), time.Minute)
 }
 
 func (t *Tenant) debugDelivery(msg string, e *store.OutboxEntry, lastErr string) {

@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/idlink/idlink/caddymodule/internal/cache"
 	"github.com/idlink/idlink/caddymodule/store"
 )
 
@@ -33,7 +34,7 @@ type expiryRuntime struct {
 	// unverified maps an external id whose user expires to that user, for
 	// unverified requests only: each entry lives until its user is due for
 	// renewal at the latest, so that it never outlives the user.
-	unverified *ttlCache[string, string]
+	unverified *cache.TTL[string, string]
 	flight     singleflight.Group
 }
 
@@ -47,7 +48,7 @@ func (t *Tenant) provisionExpiry() {
 	if t.InstallTTL > 0 {
 		t.expiry.policy.TTL = time.Duration(t.InstallTTL)
 	}
-	t.expiry.unverified = newTTLCache[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
+	t.expiry.unverified = cache.New[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
 }
 
 func (t *Tenant) validateExpiry() error {

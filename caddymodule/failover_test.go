@@ -382,7 +382,7 @@ func TestClusterMasterKilledUnderLoad(t *testing.T) {
 	failoverUnderLoad(t, c.URL(),
 		func() redis.UniversalClient { return redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs()}) },
 		func() func() error {
-			c.KillMasterOf(InvalidationChannel)
+			c.KillMasterOf(store.InvalidationChannel)
 			return func() error { return c.WaitHealthy(30 * time.Second) }
 		})
 }

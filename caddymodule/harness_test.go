@@ -2,6 +2,9 @@ package caddymodule
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +17,14 @@ import (
 
 	"github.com/idlink/idlink/testenv"
 )
+
+// sign is the hex HMAC-SHA256 of msg, as a customer backend computes it
+// (with the standard library, not idlink's code).
+func sign(secret, msg string) string {
+	m := hmac.New(sha256.New, []byte(secret))
+	m.Write([]byte(msg))
+	return hex.EncodeToString(m.Sum(nil))
+}
 
 // testSecret is the HMAC secret of the test platforms.
 const testSecret = "test-secret-0123456789abcdef"

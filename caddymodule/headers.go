@@ -4,7 +4,8 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"unicode/utf8"
+
+	"github.com/idlink/idlink/caddymodule/internal/verify"
 )
 
 // Inbound credential headers (what an SDK sends).
@@ -180,28 +181,13 @@ func (b *trailerStripBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Limits on client values that can reach an upstream header.
+// Limits on client values that can reach an upstream header (external id
+// and email: verify.MaxExternalIDLen, verify.MaxEmailLen).
 const (
-	maxExternalIDLen = 256
-	maxEmailLen      = 320
-	maxPhoneLen      = 64
-	maxIDLen         = 128
-	maxSignatureLen  = 256 // longer values are rejected before decoding
+	maxPhoneLen     = 64
+	maxIDLen        = 128
+	maxSignatureLen = 256 // longer values are rejected before decoding
 )
-
-// validHeaderValue reports whether v is 1..max bytes of UTF-8 with no
-// control characters (so no CR/LF, NUL or DEL can reach a header).
-func validHeaderValue(v string, max int) bool {
-	if len(v) == 0 || len(v) > max || !utf8.ValidString(v) {
-		return false
-	}
-	for _, r := range v {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == '\u2028' || r == '\u2029' {
-			return false
-		}
-	}
-	return true
-}
 
 // credentials is what a request presented, read before stripping.
 type credentials struct {
@@ -233,16 +219,16 @@ func readCredentials(h http.Header) (credentials, *apiError) {
 		case len(vs) > 1:
 			e = errInvalidRequest(name + " was sent more than once")
 			return ""
-		case !validHeaderValue(vs[0], max):
+		case !verify.HeaderValue(vs[0], max):
 			e = errInvalidRequest(what + " must be 1 to " + itoa(max) + " bytes of UTF-8 without control characters")
 			return ""
 		}
 		return vs[0]
 	}
 	c.platform = get(hdrPlatform, 64, "X-Platform")
-	c.externalID = get(hdrExternalID, maxExternalIDLen, "the external id")
+	c.externalID = get(hdrExternalID, verify.MaxExternalIDLen, "the external id")
 	c.externalIDSig = get(hdrExternalIDSig, maxSignatureLen, "the external id signature")
-	c.email = get(hdrUserEmail, maxEmailLen, "the email")
+	c.email = get(hdrUserEmail, verify.MaxEmailLen, "the email")
 	c.emailSig = get(hdrUserEmailSig, maxSignatureLen, "the email signature")
 	c.phone = get(hdrUserPhone, maxPhoneLen, "the phone")
 	c.phoneSig = get(hdrUserPhoneSig, maxSignatureLen, "the phone signature")

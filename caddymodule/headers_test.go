@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/idlink/idlink/caddymodule/internal/verify"
 )
 
 func TestHeaderSetStripsEverySpelling(t *testing.T) {
@@ -56,8 +58,8 @@ func TestValidHeaderValue(t *testing.T) {
 		{"tab\tinside", 256, false},
 	}
 	for _, c := range cases {
-		if got := validHeaderValue(c.v, c.max); got != c.want {
-			t.Errorf("validHeaderValue(%q) = %v, want %v", c.v, got, c.want)
+		if got := verify.HeaderValue(c.v, c.max); got != c.want {
+			t.Errorf("verify.HeaderValue(%q) = %v, want %v", c.v, got, c.want)
 		}
 	}
 }
@@ -80,7 +82,7 @@ func TestReadCredentials(t *testing.T) {
 	}
 
 	long := http.Header{}
-	long.Set("X-External-Id", strings.Repeat("a", maxExternalIDLen+1))
+	long.Set("X-External-Id", strings.Repeat("a", verify.MaxExternalIDLen+1))
 	if _, err := readCredentials(long); err == nil || err.Status != http.StatusBadRequest {
 		t.Fatalf("an over-long external id must be 400, got %v", err)
 	}
@@ -104,7 +106,7 @@ func FuzzReadCredentials(f *testing.F) {
 				t.Fatalf("control character accepted: %q", v)
 			}
 		}
-		if len(c.externalID) > maxExternalIDLen {
+		if len(c.externalID) > verify.MaxExternalIDLen {
 			t.Fatalf("over-long external id accepted")
 		}
 	})

@@ -6,6 +6,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+
+	"github.com/idlink/idlink/caddymodule/internal/verify"
 )
 
 // identity is who a request was verified to be.
@@ -18,7 +20,7 @@ type identity struct {
 	sessionID     string
 	verifiedEmail string
 	verifiedPhone string
-	claimHeaders  []headerValue // from a contact token's claim_header mappings
+	claimHeaders  []verify.Header // from a contact token's claim_header mappings
 }
 
 // apply sets the identity headers on the request to the upstream (which
@@ -37,7 +39,7 @@ func (id *identity) apply(h http.Header, repl *caddy.Replacer) {
 	setIf(h, hdrVerifiedEmail, id.verifiedEmail)
 	setIf(h, hdrVerifiedPhone, id.verifiedPhone)
 	for _, hv := range id.claimHeaders {
-		h[hv.name] = []string{hv.value}
+		h[hv.Name] = []string{hv.Value}
 	}
 
 	repl.Set("idlink.source", id.source)
@@ -185,7 +187,7 @@ func (t *Tenant) verifyAttributes(c *credentials, externalID string) (email, pho
 		if v == "" || sig == "" {
 			return "", nil
 		}
-		if verifyHMAC(platform.keys, attributeMessage(t.SignedAttributes, what, externalID, v), sig) {
+		if verify.HMAC(platform.keys, attributeMessage(t.SignedAttributes, what, externalID, v), sig) {
 			return v, nil
 		}
 		if mode == ModeEnforce {
@@ -235,7 +237,7 @@ func (t *Tenant) verifyExternalID(c *credentials) (verified bool, mode, why stri
 		why = "unknown platform"
 	case c.externalIDSig == "":
 		why = "the external id has no signature"
-	case !verifyHMAC(platform.keys, c.externalID, c.externalIDSig):
+	case !verify.HMAC(platform.keys, c.externalID, c.externalIDSig):
 		why = "the external id signature does not match"
 	default:
 		verified = true

@@ -10,12 +10,9 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/idlink/idlink/caddymodule/internal/cache"
 	"github.com/idlink/idlink/caddymodule/store"
 )
-
-func init() {
-	apiRoutes["POST /installs"] = (*API).createInstall
-}
 
 // Error codes of installs.
 const (
@@ -36,7 +33,7 @@ const invalidateInstall = "install"
 // is kept only until it is due for renewal (expiry.go), so that a request
 // after that renews it.
 type installCache struct {
-	users  *ttlCache[string, string]
+	users  *cache.TTL[string, string]
 	flight singleflight.Group
 	gen    atomic.Uint64
 	// fetch is the store's lookup: the user and how long the install has
@@ -45,7 +42,7 @@ type installCache struct {
 }
 
 func (t *Tenant) provisionInstalls() {
-	t.installs.users = newTTLCache[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
+	t.installs.users = cache.New[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
 	t.installs.fetch = func(ctx context.Context, installID string) (string, time.Duration, error) {
 		return t.app.store.InstallUser(ctx, t.keys, installID, t.expiry.policy)
 	}

@@ -11,17 +11,13 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/idlink/idlink/caddymodule/internal/verify"
 	"github.com/idlink/idlink/caddymodule/store"
 )
 
 // User linking: the customer backend tells idlink which of its users (the
 // external id) uses an install. The steps, their order and why a crash or
 // timeout between any two is safe are explained in store/links.go.
-
-func init() {
-	apiRoutes["POST /users/{install_id}/link"] = (*API).link
-	apiRoutes["GET /users/{user_id}"] = (*API).getUser
-}
 
 // Error codes of linking.
 const (
@@ -125,7 +121,7 @@ func readLinkBody(w http.ResponseWriter, r *http.Request) (string, *apiError) {
 	if ext == nil {
 		return "", errInvalidRequest("external_id is required")
 	}
-	if !validHeaderValue(*ext, maxExternalIDLen) {
+	if !verify.HeaderValue(*ext, verify.MaxExternalIDLen) {
 		return "", errInvalidRequest("external_id must be 1 to 256 bytes of UTF-8 without control characters")
 	}
 	return *ext, nil
@@ -148,8 +144,8 @@ func (t *Tenant) link(ctx context.Context, installID, externalID string) (store.
 		InstallID:  installID,
 		ExternalID: externalID,
 		Now:        t.now(),
-		Channel:    InvalidationChannel,
-		Message:    invalidationMessage(t.name, invalidateInstall, installID),
+		Channel:    store.InvalidationChannel,
+		Message:    store.InvalidationMessage(t.name, invalidateInstall, installID),
 	}, opts)
 	if res.Moved {
 		// Every instance drops it when the script's message arrives; this

@@ -19,6 +19,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/idlink/idlink/caddymodule/internal/verify"
 	"github.com/idlink/idlink/caddymodule/store"
 	"github.com/idlink/idlink/testenv"
 )
@@ -576,7 +577,7 @@ func FuzzLinkBody(f *testing.F) {
 			}
 			return
 		}
-		if !validHeaderValue(ext, maxExternalIDLen) {
+		if !verify.HeaderValue(ext, verify.MaxExternalIDLen) {
 			t.Fatalf("accepted invalid external id %q", ext)
 		}
 		var m map[string]any

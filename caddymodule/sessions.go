@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/idlink/idlink/caddymodule/internal/cache"
 	"github.com/idlink/idlink/caddymodule/store"
 )
 
@@ -24,11 +25,6 @@ import (
 // handler, logout (DELETE /sessions/current), and the sessions and
 // attributes part of GET /users/{user_id}. The atomic steps themselves are
 // the Lua scripts of store/sessions.go.
-
-func init() {
-	apiRoutes["POST /sessions"] = (*API).startSession
-	apiRoutes["DELETE /sessions/current"] = (*API).endCurrentSession
-}
 
 // Session policy defaults and bounds.
 const (
@@ -85,7 +81,7 @@ type sessionRuntime struct {
 	// cache maps a session id to what this instance knows of it: live
 	// (with its user) or ended (with the reason). Entries are dropped on
 	// every instance when a session ends (pub/sub, kind "session").
-	cache  *ttlCache[string, *sessionEntry]
+	cache  *cache.TTL[string, *sessionEntry]
 	flight singleflight.Group
 	// gen is bumped (per stripe of session ids) whenever an entry is
 	// dropped, so that a lookup that raced with the end of its session
@@ -123,7 +119,7 @@ func (t *Tenant) provisionSessions() {
 	if s.Idle == 0 {
 		s.Idle = caddy.Duration(defaultSessionIdle)
 	}
-	p := store.SessionPolicy{Max: s.Max, Channel: InvalidationChannel}
+	p := store.SessionPolicy{Max: s.Max, Channel: store.InvalidationChannel}
 	if s.Idle > 0 {
 		p.Idle = time.Duration(s.Idle)
 	}
@@ -137,7 +133,7 @@ func (t *Tenant) provisionSessions() {
 	t.sess.policy = p
 	t.sess.touchEvery = max(every.Milliseconds(), 1)
 	t.sess.seed = maphash.MakeSeed()
-	t.sess.cache = newTTLCache[string, *sessionEntry](t.CacheSize, time.Duration(t.CacheTTL), t.now)
+	t.sess.cache = cache.New[string, *sessionEntry](t.CacheSize, time.Duration(t.CacheTTL), t.now)
 	t.onInvalidate("session", t.dropSession, t.flushSessions)
 }
 
@@ -414,13 +410,6 @@ type startSessionResponse struct {
 	Verified bool `json:"verified"`
 }
 
-// sessionToken, set by contact-token issuance, prepares the contact token
-// POST /sessions hands out with a new session: before the session is
-// admitted it gathers what the token needs (so that a login whose token
-// cannot be had changes nothing), and returns the signer to call once the
-// session exists, or nil when the session gets no token.
-var sessionToken func(t *Tenant, ctx context.Context, id identity) (sign func(sessionID string, expires time.Time) (string, error), err error)
-
 // startSession is POST /sessions (the SDK's session.start, identify and
 // ssoLogin): it verifies the login's credentials exactly as the idlink
 // handler does, links the install it presents (X-Install-Id) to the user,
@@ -565,11 +554,9 @@ func (t *Tenant) startSession(ctx context.Context, id identity, attrs *store.Att
 	if err != nil {
 		return nil, fmt.Errorf("%w: user id %q: %v", store.ErrUnavailable, id.userID, err)
 	}
-	var sign func(string, time.Time) (string, error)
-	if sessionToken != nil {
-		if sign, err = sessionToken(t, ctx, id); err != nil {
-			return nil, err
-		}
+	sign, err := t.prepareSessionToken(ctx, id)
+	if err != nil {
+		return nil, err
 	}
 	ns := store.NewSession{
 		ID: store.NewID(store.KindSession, shard), UserID: id.userID, InstallID: id.installID,

@@ -913,7 +913,7 @@ func TestSessionsDefaultsAndValidation(t *testing.T) {
 	app := newTestApp(t, "", nil)
 	tn := app.Tenants["acme"]
 	p := tn.sess.policy
-	if p.Max != 1 || p.Idle != 72*time.Hour || p.Lifetime != 0 || p.Channel != InvalidationChannel {
+	if p.Max != 1 || p.Idle != 72*time.Hour || p.Lifetime != 0 || p.Channel != store.InvalidationChannel {
 		t.Fatalf("defaults: %+v", p)
 	}
 	if tn.sess.touchEvery != maxTouchEvery.Milliseconds() {

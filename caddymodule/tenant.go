@@ -15,6 +15,9 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/idlink/idlink/caddymodule/internal/cache"
+	"github.com/idlink/idlink/caddymodule/internal/lograte"
+	"github.com/idlink/idlink/caddymodule/internal/verify"
 	"github.com/idlink/idlink/caddymodule/store"
 )
 
@@ -105,13 +108,13 @@ type Tenant struct {
 	app            *App
 	keys           *store.Keys
 	strictest      string // the strictest mode among platforms: used for unknown platforms
-	users          *ttlCache[string, string]
+	users          *cache.TTL[string, string]
 	flight         singleflight.Group
 	strip          headerSet // identity, claim and credential headers
 	identityStrip  headerSet // identity and claim headers (forward_credentials)
 	now            func() time.Time
 	logger         *zap.Logger
-	storeErrorLogs logLimiter
+	storeErrorLogs lograte.Limiter
 	inval          invalidators
 	installs       installCache
 	expiry         expiryRuntime
@@ -130,7 +133,7 @@ type Platform struct {
 	// Mode is "off", "report" or "enforce" (default).
 	Mode string `json:"mode,omitempty"`
 
-	keys []*hmacKey
+	keys []*verify.HMACKey
 }
 
 func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
@@ -153,7 +156,7 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 	if t.CacheTTL <= 0 {
 		t.CacheTTL = caddy.Duration(10 * time.Minute)
 	}
-	t.users = newTTLCache[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
+	t.users = cache.New[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
 	t.provisionSessions()
 	t.provisionExpiry()
 	if t.ContactToken != nil {
@@ -203,7 +206,7 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 				t.logger.Warn("platform secret is shorter than 16 bytes; use a long random secret",
 					zap.String("platform", pname), zap.Int("secret", i+1))
 			}
-			p.keys = append(p.keys, newHMACKey([]byte(secret)))
+			p.keys = append(p.keys, verify.NewHMACKey([]byte(secret)))
 		}
 		t.strictest = stricter(t.strictest, p.Mode)
 	}
@@ -251,8 +254,8 @@ func (t *Tenant) validate() error {
 // start starts the tenant's background work (the JWKS refresh), which
 // stops when ctx is done.
 func (t *Tenant) start(ctx context.Context, wg *sync.WaitGroup) {
-	if t.ContactToken != nil && t.ContactToken.source != nil {
-		t.ContactToken.source.start(ctx, wg)
+	if t.ContactToken != nil && t.ContactToken.v.Source() != nil {
+		t.ContactToken.v.Source().Start(ctx, wg)
 	}
 }
 
@@ -296,7 +299,7 @@ func (t *Tenant) resolveExternal(ctx context.Context, externalID string) (string
 // logStoreError logs a store failure at error level, at most once a second
 // per tenant, so an outage does not flood the log.
 func (t *Tenant) logStoreError(err error) {
-	if t.storeErrorLogs.allow(t.now(), time.Second) {
+	if t.storeErrorLogs.Allow(t.now(), time.Second) {
 		t.logger.Error("identity store unavailable", zap.Error(err))
 	}
 }

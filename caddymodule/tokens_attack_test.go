@@ -106,11 +106,5 @@ func TestAttackJOSEHeaderReadLikeGolangJWT(t *testing.T) {
 	if w := h.do(t, hdr(hdrContactToken, forge(`{"alg":"RS256","ALG":"PS256","kid":"rs-1"}`, jwt.SigningMethodRS256))); w.Code != http.StatusOK {
 		t.Fatalf("RS256 with its own key: %d %s", w.Code, w.Body)
 	}
-	// The peek itself agrees with golang-jwt's parse.
-	raw := forge(`{"alg":"PS256","ALG":"RS256","kid":"rs-1"}`, jwt.SigningMethodPS256)
-	got, aerr := peekHeader(raw)
-	tok, _, err := jwt.NewParser().ParseUnverified(raw, jwt.MapClaims{})
-	if aerr != nil || err != nil || got.Alg != tok.Header["alg"] || got.KID == nil || *got.KID != tok.Header["kid"] {
-		t.Fatalf("peek %+v (%v), golang-jwt %v (%v)", got, aerr, tok.Header, err)
-	}
+	// (That the peek agrees with golang-jwt's parse: verify's TestPeekHeaderLikeGolangJWT.)
 }

@@ -1,4 +1,9 @@
-package caddymodule
+// Package verify checks the credentials an SDK client presents: HMAC
+// signatures of external ids (and of email and phone), contact tokens
+// (JWTs) and SSO tokens. It knows neither Caddy nor the store: each
+// verifier takes plain configuration and returns plain claims, and is
+// tested with real HTTP servers and no Redis.
+package verify
 
 import (
 	"crypto/hmac"
@@ -7,24 +12,25 @@ import (
 	"sync"
 )
 
-// signatureHexLen is the length of a hex HMAC-SHA256: 32 bytes, 64 digits.
-const signatureHexLen = 2 * sha256.Size
+// SignatureHexLen is the length of a hex HMAC-SHA256: 32 bytes, 64 digits.
+const SignatureHexLen = 2 * sha256.Size
 
-// hmacKey is one platform secret with a pool of keyed HMAC states, so a
+// HMACKey is one platform secret with a pool of keyed HMAC states, so a
 // verification costs no key schedule and no allocation.
-type hmacKey struct {
+type HMACKey struct {
 	pool sync.Pool
 }
 
-func newHMACKey(secret []byte) *hmacKey {
-	k := &hmacKey{}
+// NewHMACKey returns the key of a secret.
+func NewHMACKey(secret []byte) *HMACKey {
+	k := &HMACKey{}
 	key := append([]byte(nil), secret...)
 	k.pool.New = func() any { return hmac.New(sha256.New, key) }
 	return k
 }
 
-// sum computes HMAC-SHA256(secret, msg) into out.
-func (k *hmacKey) sum(msg string, out *[sha256.Size]byte) {
+// Sum computes HMAC-SHA256(secret, msg) into out.
+func (k *HMACKey) Sum(msg string, out *[sha256.Size]byte) {
 	m := k.pool.Get().(hash.Hash)
 	m.Reset()
 	m.Write([]byte(msg))
@@ -32,10 +38,10 @@ func (k *hmacKey) sum(msg string, out *[sha256.Size]byte) {
 	k.pool.Put(m)
 }
 
-// decodeSignature decodes a 64-digit hex signature of either case. It
+// DecodeSignature decodes a 64-digit hex signature of either case. It
 // rejects every other length and every non-hex digit.
-func decodeSignature(s string, out *[sha256.Size]byte) bool {
-	if len(s) != signatureHexLen {
+func DecodeSignature(s string, out *[sha256.Size]byte) bool {
+	if len(s) != SignatureHexLen {
 		return false
 	}
 	for i := 0; i < sha256.Size; i++ {
@@ -61,18 +67,18 @@ func unhex(c byte) (byte, bool) {
 	return 0, false
 }
 
-// verifyHMAC reports whether sigHex is the hex HMAC-SHA256 of msg under any
+// HMAC reports whether sigHex is the hex HMAC-SHA256 of msg under any
 // of keys. Every key is tried (no early exit) and each comparison is
 // constant-time, so timing tells neither how much of a signature matched
 // nor which secret did.
-func verifyHMAC(keys []*hmacKey, msg, sigHex string) bool {
+func HMAC(keys []*HMACKey, msg, sigHex string) bool {
 	var want, got [sha256.Size]byte
-	if !decodeSignature(sigHex, &want) {
+	if !DecodeSignature(sigHex, &want) {
 		return false
 	}
 	ok := 0
 	for _, k := range keys {
-		k.sum(msg, &got)
+		k.Sum(msg, &got)
 		ok |= boolToInt(hmac.Equal(got[:], want[:]))
 	}
 	return ok == 1

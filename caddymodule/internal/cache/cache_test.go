@@ -1,4 +1,4 @@
-package caddymodule
+package cache
 
 import (
 	"testing"
@@ -12,7 +12,7 @@ func (c *fakeClock) Advance(d time.Duration) { c.t = c.t.Add(d) }
 
 func TestTTLCache(t *testing.T) {
 	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
-	c := newTTLCache[string, string](2, time.Minute, clock.Now)
+	c := New[string, string](2, time.Minute, clock.Now)
 	c.Add("a", "1")
 	if v, ok := c.Get("a"); !ok || v != "1" {
 		t.Fatalf("Get(a) = %q, %v", v, ok)

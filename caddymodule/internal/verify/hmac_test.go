@@ -1,4 +1,4 @@
-package caddymodule
+package verify
 
 import (
 	"crypto/hmac"
@@ -15,7 +15,7 @@ func sign(secret, msg string) string {
 }
 
 func TestVerifyHMAC(t *testing.T) {
-	keys := []*hmacKey{newHMACKey([]byte("old-secret-0123456789")), newHMACKey([]byte("new-secret-0123456789"))}
+	keys := []*HMACKey{NewHMACKey([]byte("old-secret-0123456789")), NewHMACKey([]byte("new-secret-0123456789"))}
 	good := sign("new-secret-0123456789", "alice")
 	cases := []struct {
 		name string
@@ -39,24 +39,24 @@ func TestVerifyHMAC(t *testing.T) {
 		{"unicode message", "ünïcødé", sign("new-secret-0123456789", "ünïcødé"), true},
 	}
 	for _, c := range cases {
-		if got := verifyHMAC(keys, c.msg, c.sig); got != c.want {
+		if got := HMAC(keys, c.msg, c.sig); got != c.want {
 			t.Errorf("%s: verifyHMAC = %v, want %v", c.name, got, c.want)
 		}
 	}
-	if verifyHMAC(nil, "alice", good) {
+	if HMAC(nil, "alice", good) {
 		t.Error("no keys must never verify")
 	}
 }
 
 func TestVerifyHMACConcurrent(t *testing.T) {
-	keys := []*hmacKey{newHMACKey([]byte("secret-0123456789abcdef"))}
+	keys := []*HMACKey{NewHMACKey([]byte("secret-0123456789abcdef"))}
 	done := make(chan bool)
 	for g := 0; g < 8; g++ {
 		go func(g int) {
 			ok := true
 			for i := 0; i < 500; i++ {
 				msg := strings.Repeat("x", g+i%7)
-				ok = ok && verifyHMAC(keys, msg, sign("secret-0123456789abcdef", msg))
+				ok = ok && HMAC(keys, msg, sign("secret-0123456789abcdef", msg))
 			}
 			done <- ok
 		}(g)
@@ -75,11 +75,11 @@ func FuzzDecodeSignature(f *testing.F) {
 	f.Add(strings.Repeat("0", 64))
 	f.Fuzz(func(t *testing.T, s string) {
 		var out [sha256.Size]byte
-		ok := decodeSignature(s, &out)
+		ok := DecodeSignature(s, &out)
 		ref, err := hex.DecodeString(s)
 		want := err == nil && len(ref) == sha256.Size
 		if ok != want {
-			t.Fatalf("decodeSignature(%q) = %v, hex.DecodeString says %v", s, ok, want)
+			t.Fatalf("DecodeSignature(%q) = %v, hex.DecodeString says %v", s, ok, want)
 		}
 		if ok && string(ref) != string(out[:]) {
 			t.Fatalf("decoded bytes differ for %q", s)
@@ -88,11 +88,11 @@ func FuzzDecodeSignature(f *testing.F) {
 }
 
 func BenchmarkVerifyHMAC(b *testing.B) {
-	keys := []*hmacKey{newHMACKey([]byte("secret-0123456789abcdef"))}
+	keys := []*HMACKey{NewHMACKey([]byte("secret-0123456789abcdef"))}
 	sig := sign("secret-0123456789abcdef", "user-12345")
 	b.ReportAllocs()
 	for b.Loop() {
-		if !verifyHMAC(keys, "user-12345", sig) {
+		if !HMAC(keys, "user-12345", sig) {
 			b.Fatal("no")
 		}
 	}

@@ -1,4 +1,4 @@
-package caddymodule
+package lograte
 
 import (
 	"sync"
@@ -6,8 +6,8 @@ import (
 	"time"
 )
 
-func TestLogLimiter(t *testing.T) {
-	var l logLimiter
+func TestLimiter(t *testing.T) {
+	var l Limiter
 	t0 := time.Unix(1_800_000_000, 0)
 	for _, c := range []struct {
 		at    time.Duration
@@ -21,7 +21,7 @@ func TestLogLimiter(t *testing.T) {
 		{2 * time.Second, time.Minute, false},
 		{61 * time.Second, time.Minute, true},
 	} {
-		if got := l.allow(t0.Add(c.at), c.every); got != c.want {
+		if got := l.Allow(t0.Add(c.at), c.every); got != c.want {
 			t.Fatalf("allow(+%v, %v) = %v, want %v", c.at, c.every, got, c.want)
 		}
 	}
@@ -34,7 +34,7 @@ func TestLogLimiter(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if l.allow(at, time.Second) {
+			if l.Allow(at, time.Second) {
 				mu.Lock()
 				n++
 				mu.Unlock()

@@ -1,4 +1,6 @@
-package caddymodule
+// Package cache is the bounded, expiring in-process cache every part of
+// idlink uses (install, session, token, SSO and claims lookups).
+package cache
 
 import (
 	"time"
@@ -6,10 +8,10 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 )
 
-// ttlCache is a bounded LRU whose entries also expire. It starts no
+// TTL is a bounded LRU whose entries also expire. It starts no
 // goroutine (expired entries are dropped when looked up or pushed out by
 // newer ones), so nothing outlives a config reload.
-type ttlCache[K comparable, V any] struct {
+type TTL[K comparable, V any] struct {
 	lru *lru.Cache[K, ttlEntry[V]]
 	ttl time.Duration
 	now func() time.Time
@@ -20,16 +22,18 @@ type ttlEntry[V any] struct {
 	expires int64 // unix nanoseconds
 }
 
-func newTTLCache[K comparable, V any](size int, ttl time.Duration, now func() time.Time) *ttlCache[K, V] {
+// New returns a cache of at most size entries (at least 1), each kept at
+// most ttl by the clock now.
+func New[K comparable, V any](size int, ttl time.Duration, now func() time.Time) *TTL[K, V] {
 	if size <= 0 {
 		size = 1
 	}
 	c, _ := lru.New[K, ttlEntry[V]](size) // only fails for size <= 0
-	return &ttlCache[K, V]{lru: c, ttl: ttl, now: now}
+	return &TTL[K, V]{lru: c, ttl: ttl, now: now}
 }
 
 // Get returns the live value of key.
-func (c *ttlCache[K, V]) Get(key K) (V, bool) {
+func (c *TTL[K, V]) Get(key K) (V, bool) {
 	e, ok := c.lru.Get(key)
 	if !ok {
 		var zero V
@@ -44,10 +48,10 @@ func (c *ttlCache[K, V]) Get(key K) (V, bool) {
 }
 
 // Add stores key for the cache's ttl.
-func (c *ttlCache[K, V]) Add(key K, val V) { c.AddFor(key, val, c.ttl) }
+func (c *TTL[K, V]) Add(key K, val V) { c.AddFor(key, val, c.ttl) }
 
 // AddFor stores key for at most ttl (capped at the cache's ttl).
-func (c *ttlCache[K, V]) AddFor(key K, val V, ttl time.Duration) {
+func (c *TTL[K, V]) AddFor(key K, val V, ttl time.Duration) {
 	if ttl > c.ttl || ttl <= 0 {
 		ttl = c.ttl
 	}
@@ -55,10 +59,10 @@ func (c *ttlCache[K, V]) AddFor(key K, val V, ttl time.Duration) {
 }
 
 // Remove drops key.
-func (c *ttlCache[K, V]) Remove(key K) { c.lru.Remove(key) }
+func (c *TTL[K, V]) Remove(key K) { c.lru.Remove(key) }
 
 // Purge drops every entry.
-func (c *ttlCache[K, V]) Purge() { c.lru.Purge() }
+func (c *TTL[K, V]) Purge() { c.lru.Purge() }
 
 // Len is the number of entries, expired ones included.
-func (c *ttlCache[K, V]) Len() int { return c.lru.Len() }
+func (c *TTL[K, V]) Len() int { return c.lru.Len() }

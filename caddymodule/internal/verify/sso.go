@@ -1,0 +1,325 @@
+package verify
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+	"unsafe"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/idlink/idlink/caddymodule/internal/cache"
+)
+
+// Limits of what a verified identity may carry: each value may reach an
+// upstream header.
+const (
+	MaxExternalIDLen = 256
+	MaxEmailLen      = 320
+)
+
+// SSOFailureTTL is how long a refused SSO token stays refused without
+// asking the token-info URL again.
+const SSOFailureTTL = 10 * time.Second
+
+// maxTokenInfoBytes bounds a token-info answer.
+const maxTokenInfoBytes = 64 << 10
+
+// Refusal is a credential that does not verify: the client's to fix, not
+// a failure of idlink's. Reason is a sentence safe to answer (it never
+// holds the credential).
+type Refusal struct{ Reason string }
+
+func (r *Refusal) Error() string { return r.Reason }
+
+func refuse(reason string) error { return &Refusal{Reason: reason} }
+
+// ErrUnavailable wraps the errors of a credential that cannot be checked
+// right now (a token-info URL or key source that is down or answers
+// nonsense): a technical failure, to retry.
+var ErrUnavailable = errors.New("the credential cannot be checked right now")
+
+// HeaderValue reports whether v may be sent as a header value: 1 to max
+// bytes of UTF-8 with no control character (C0, DEL, C1) and no line or
+// paragraph separator.
+func HeaderValue(v string, max int) bool {
+	if len(v) == 0 || len(v) > max || !utf8.ValidString(v) {
+		return false
+	}
+	for _, r := range v {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == '\u2028' || r == '\u2029' {
+			return false
+		}
+	}
+	return true
+}
+
+// SSOUser is what a valid SSO token says.
+type SSOUser struct {
+	ExternalID string // the answer's sub
+	Email      string // only when the answer says email_verified: true
+	Exp        int64  // unix seconds
+}
+
+// TokenInfo checks opaque SSO tokens by asking the customer's token-info
+// URL, as the seed's tokenInfoURL does: a POST of the form
+// `<TokenParam>=<token>`, answered 200 with JSON {sub, aud, exp, iat,
+// email, email_verified, active} for a valid token.
+//
+// A non-200 answer, a wrong aud, an exp in the past or an iat in the
+// future is a *Refusal; no answer within the timeout, a network error, a
+// 5xx or 429, an answer that is not that JSON is ErrUnavailable. Valid
+// answers are cached until their exp (bounded by the cache's ttl),
+// refusals for SSOFailureTTL; concurrent checks of one token share one
+// call.
+type TokenInfo struct {
+	url        string
+	param      string
+	audience   []string
+	leeway     time.Duration
+	timeout    time.Duration
+	client     *http.Client
+	now        func() time.Time
+	observe    func(result string)
+	unavailErr func(err error)
+	cache      *cache.TTL[[sha256.Size]byte, *ssoOutcome]
+	flight     singleflight.Group
+}
+
+// TokenInfoConfig configures a TokenInfo.
+type TokenInfoConfig struct {
+	URL        string        // absolute http(s)
+	TokenParam string        // the form field of the token
+	Audience   []string      // the answer's aud must hold one
+	Timeout    time.Duration // one call
+	Leeway     time.Duration // clock skew on exp and iat
+	Client     *http.Client  // makes the calls (it should not follow redirects)
+	CacheSize  int
+	CacheTTL   time.Duration
+	Now        func() time.Time
+	// Observe, if set, hears each call's result: "valid", "refused" or
+	// "unavailable".
+	Observe func(result string)
+	// Unavailable, if set, hears why a call could not be had (it names
+	// the URL, never the token).
+	Unavailable func(err error)
+}
+
+// ssoOutcome is the cached outcome of one SSO token: a user, or a refusal.
+type ssoOutcome struct {
+	user    SSOUser
+	refused error
+}
+
+// NewTokenInfo returns the checker of cfg.
+func NewTokenInfo(cfg TokenInfoConfig) (*TokenInfo, error) {
+	switch {
+	case cfg.URL == "":
+		return nil, errors.New("a token-info URL is required")
+	case len(cfg.Audience) == 0:
+		return nil, errors.New("audience is required (the aud the token-info answer must carry)")
+	case cfg.TokenParam == "":
+		return nil, errors.New("a token form field is required")
+	case cfg.Client == nil || cfg.Now == nil:
+		return nil, errors.New("a client and a clock are required")
+	}
+	v := &TokenInfo{
+		url: cfg.URL, param: cfg.TokenParam, audience: cfg.Audience, leeway: cfg.Leeway, timeout: cfg.Timeout,
+		client: cfg.Client, now: cfg.Now, observe: cfg.Observe, unavailErr: cfg.Unavailable,
+		cache: cache.New[[sha256.Size]byte, *ssoOutcome](cfg.CacheSize, cfg.CacheTTL, cfg.Now),
+	}
+	if v.observe == nil {
+		v.observe = func(string) {}
+	}
+	if v.unavailErr == nil {
+		v.unavailErr = func(error) {}
+	}
+	return v, nil
+}
+
+// Check returns what an SSO token says: cached, or from one call to the
+// token-info URL shared by every concurrent check of the same token. The
+// error is a *Refusal or wraps ErrUnavailable.
+func (v *TokenInfo) Check(ctx context.Context, token string) (SSOUser, error) {
+	digest := sha256.Sum256(unsafe.Slice(unsafe.StringData(token), len(token)))
+	if o, ok := v.cache.Get(digest); ok {
+		if o.refused != nil {
+			return SSOUser{}, o.refused
+		}
+		if v.now().Before(time.Unix(o.user.Exp, 0).Add(v.leeway)) {
+			return o.user, nil
+		}
+		v.cache.Remove(digest)
+		return SSOUser{}, refuse("the SSO token has expired")
+	}
+	ch := v.flight.DoChan(string(digest[:]), func() (any, error) {
+		o := v.lookup(ctx, token)
+		var rf *Refusal
+		switch {
+		case o.refused == nil:
+			v.cache.AddFor(digest, o, time.Unix(o.user.Exp, 0).Sub(v.now()))
+		case errors.As(o.refused, &rf):
+			v.cache.AddFor(digest, o, SSOFailureTTL)
+		}
+		return o, nil
+	})
+	select {
+	case res := <-ch:
+		o := res.Val.(*ssoOutcome)
+		return o.user, o.refused
+	case <-ctx.Done():
+		return SSOUser{}, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+	}
+}
+
+// lookup calls the token-info URL once.
+func (v *TokenInfo) lookup(ctx context.Context, token string) *ssoOutcome {
+	// The call is shared by every waiter: it must not die with the first
+	// caller's request, only with its own deadline.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.timeout)
+	defer cancel()
+	form := url.Values{v.param: {token}}.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, v.url, strings.NewReader(form))
+	if err != nil {
+		return v.unavailable(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	resp, err := v.client.Do(req)
+	if err != nil {
+		return v.unavailable(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenInfoBytes+1))
+	switch {
+	case resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests:
+		return v.unavailable(fmt.Errorf("token-info URL answered %d", resp.StatusCode))
+	case resp.StatusCode != http.StatusOK:
+		return v.refused("the token-info endpoint refused the SSO token")
+	case err != nil:
+		return v.unavailable(err)
+	case len(body) > maxTokenInfoBytes:
+		return v.unavailable(errors.New("token-info answer larger than 64 KiB"))
+	}
+	var info tokenInfo
+	if err := json.NewDecoder(bytes.NewReader(body)).Decode(&info); err != nil {
+		return v.unavailable(fmt.Errorf("token-info answer is not the expected JSON: %v", err))
+	}
+	return v.judge(&info)
+}
+
+// judge checks a 200 answer.
+func (v *TokenInfo) judge(info *tokenInfo) *ssoOutcome {
+	now := v.now()
+	switch {
+	case info.Active != nil && !bool(*info.Active):
+		return v.refused("the SSO token is not active")
+	case !HeaderValue(info.Sub, MaxExternalIDLen):
+		return v.refused("the token-info answer has no usable sub")
+	case !info.Aud.hasAny(v.audience):
+		return v.refused("the SSO token was issued for another audience")
+	case info.Exp == nil:
+		return v.refused("the token-info answer has no exp")
+	case !now.Before(time.Unix(int64(*info.Exp), 0).Add(v.leeway)):
+		return v.refused("the SSO token has expired")
+	case info.Iat != nil && now.Add(v.leeway).Before(time.Unix(int64(*info.Iat), 0)):
+		return v.refused("the SSO token was issued in the future")
+	}
+	o := &ssoOutcome{user: SSOUser{ExternalID: info.Sub, Exp: int64(*info.Exp)}}
+	// An email counts as verified only when the answer says so.
+	verifiedEmail := info.EmailVerified != nil && bool(*info.EmailVerified)
+	if verifiedEmail && HeaderValue(info.Email, MaxEmailLen) && strings.Contains(info.Email, "@") {
+		o.user.Email = info.Email
+	}
+	v.observe("valid")
+	return o
+}
+
+func (v *TokenInfo) refused(why string) *ssoOutcome {
+	v.observe("refused")
+	return &ssoOutcome{refused: refuse(why)}
+}
+
+func (v *TokenInfo) unavailable(err error) *ssoOutcome {
+	v.observe("unavailable")
+	v.unavailErr(err)
+	return &ssoOutcome{refused: fmt.Errorf("%w: %v", ErrUnavailable, err)}
+}
+
+// tokenInfo is a token-info answer, in the shapes seen in the field
+// (Google's tokeninfo sends numbers and booleans as strings).
+type tokenInfo struct {
+	Sub           string       `json:"sub"`
+	Aud           claimStrings `json:"aud"`
+	Exp           *flexNumber  `json:"exp"`
+	Iat           *flexNumber  `json:"iat"`
+	Email         string       `json:"email"`
+	EmailVerified *flexBool    `json:"email_verified"`
+	Active        *flexBool    `json:"active"`
+}
+
+// claimStrings is a string or an array of strings.
+type claimStrings []string
+
+func (c *claimStrings) UnmarshalJSON(b []byte) error {
+	var one string
+	if err := json.Unmarshal(b, &one); err == nil {
+		*c = claimStrings{one}
+		return nil
+	}
+	var many []string
+	if err := json.Unmarshal(b, &many); err != nil {
+		return errors.New("aud must be a string or an array of strings")
+	}
+	*c = many
+	return nil
+}
+
+func (c claimStrings) hasAny(want []string) bool {
+	for _, have := range c {
+		for _, w := range want {
+			if have == w {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// flexNumber is a JSON number or a string holding one (unix seconds).
+type flexNumber int64
+
+func (n *flexNumber) UnmarshalJSON(b []byte) error {
+	s := strings.Trim(string(b), `"`)
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f < 0 || f > 1<<40 {
+		return fmt.Errorf("not a time in seconds: %.20q", s)
+	}
+	*n = flexNumber(f)
+	return nil
+}
+
+// flexBool is a JSON boolean or the string "true"/"false".
+type flexBool bool
+
+func (v *flexBool) UnmarshalJSON(b []byte) error {
+	switch strings.Trim(string(b), `"`) {
+	case "true":
+		*v = true
+	case "false":
+		*v = false
+	default:
+		return errors.New("not a boolean")
+	}
+	return nil
+}
