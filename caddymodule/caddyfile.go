@@ -704,3 +704,62 @@ var (
 	_ caddyfile.Unmarshaler = (*Handler)(nil)
 	_ caddyfile.Unmarshaler = (*API)(nil)
 )
+
+// unmarshalCaddyfile parses a tenant's sessions block:
+//
+//	sessions {
+//		max <n>
+//		idle <duration>|off
+//		lifetime <duration>|off
+//	}
+func (s *Sessions) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		if seen[sub] {
+			return d.Errf("sessions %s already specified", sub)
+		}
+		seen[sub] = true
+		switch sub {
+		case "max":
+			var v string
+			if err := oneArg(d, &v); err != nil {
+				return err
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > maxSessionMax {
+				return d.Errf("sessions max must be a number of sessions from 1 to %d, not '%s'", maxSessionMax, v)
+			}
+			s.Max = n
+		case "idle", "lifetime":
+			var v string
+			if err := oneArg(d, &v); err != nil {
+				return err
+			}
+			var dur caddy.Duration
+			if v == "off" {
+				dur = -1
+				if sub == "lifetime" {
+					dur = 0 // none is the default
+				}
+			} else {
+				x, err := caddy.ParseDuration(v)
+				if err != nil || x < minSessionTimeout {
+					return d.Errf("sessions %s must be a duration of at least %v, or off, not '%s'", sub, minSessionTimeout, v)
+				}
+				dur = caddy.Duration(x)
+			}
+			if sub == "idle" {
+				s.Idle = dur
+			} else {
+				s.Lifetime = dur
+			}
+		default:
+			return d.Errf("unrecognized sessions subdirective '%s'", sub)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,336 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/idlink/idlink/caddymodule/store"
+	"github.com/idlink/idlink/webhook"
+)
+
+// Delivery of a tenant's events to its webhook: the loop that takes them
+// from the outbox shards, one attempt, and what follows it (acknowledged,
+// retried or dead-lettered). The upkeep is in outbox.go.
+
+// runEvents starts the events work of every tenant in wg: upkeep of the
+// outbox, and delivery for tenants with a webhook. It all stops when ctx
+// is done.
+func (a *App) runEvents(ctx context.Context, wg *sync.WaitGroup) {
+	slots := make(chan struct{}, eventsRedisSlots)
+	for _, t := range a.Tenants {
+		o := t.outbox
+		o.consumer, o.slots = newConsumerName(), slots
+		wg.Go(func() { o.maintainLoop(ctx) })
+		if o.wh != nil {
+			wg.Go(func() { o.deliverLoop(ctx) })
+		}
+	}
+}
+
+// deliverLoop takes events from the tenant's 16 outbox shards and hands
+// them to Concurrency workers, until ctx is done; then it lets running
+// attempts finish for stopGrace, and releases what it still holds so that
+// another instance takes it at once.
+//
+// It reads without BLOCK: one short script per shard and round, round-robin
+// over the shards, going again at once while events flow and waiting up to
+// PollInterval when idle. No connection is ever parked in a blocking read,
+// so the store's connection pool stays free for requests.
+func (o *outbox) deliverLoop(ctx context.Context) {
+	t, w := o.t, o.wh
+	defer o.client.CloseIdleConnections()
+	for shard := range store.Shards {
+		err := o.call(ctx, func(ctx context.Context) error { return t.app.store.EnsureEventsGroup(ctx, t.keys, shard) })
+		if err != nil && ctx.Err() == nil {
+			// The first fetch creates it as well.
+			t.logStoreError(err)
+			break
+		}
+	}
+
+	attemptCtx, cancelAttempts := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelAttempts()
+	jobs := make(chan store.OutboxEntry)
+	var workers sync.WaitGroup
+	for range w.Concurrency {
+		workers.Go(func() {
+			for e := range jobs {
+				o.deliver(attemptCtx, &e)
+				o.inflight.Add(-1)
+				select {
+				case o.wake <- struct{}{}:
+				default:
+				}
+			}
+		})
+	}
+	defer func() {
+		close(jobs)
+		grace := time.AfterFunc(o.stopGrace, cancelAttempts)
+		workers.Wait()
+		grace.Stop()
+	}()
+
+	next, delay := 0, o.pollMin
+	for {
+		limit := int32(w.Concurrency)
+		if o.failures.Load() >= breakerFailures {
+			limit = 1 // the receiver is failing: one probe at a time
+		}
+		free := int(limit - o.inflight.Load())
+		fetched, storeErr := 0, false
+		if free > 0 {
+			now := t.now()
+			lease := now.Add(time.Duration(w.ClaimAfter))
+			for i := 0; i < store.Shards && free > 0; i++ {
+				shard := (next + i) % store.Shards
+				var entries []store.OutboxEntry
+				err := o.call(ctx, func(ctx context.Context) (err error) {
+					entries, err = t.app.store.FetchEvents(ctx, t.keys, shard, o.consumer, now, lease, free, true)
+					return err
+				})
+				if err != nil {
+					if ctx.Err() != nil {
+						return
+					}
+					// Other shards may live on nodes that answer.
+					t.logStoreError(err)
+					storeErr = true
+					continue
+				}
+				for _, e := range entries {
+					o.inflight.Add(1)
+					jobs <- e
+				}
+				fetched += len(entries)
+				free -= len(entries)
+			}
+			next = (next + 1) % store.Shards
+		}
+		var wait time.Duration
+		switch {
+		case storeErr:
+			wait, delay = delay, min(2*delay, time.Duration(w.PollInterval))
+		case free <= 0:
+			// Busy: go again when a worker is free.
+			wait, delay = time.Duration(w.PollInterval), o.pollMin
+		case fetched > 0:
+			wait, delay = o.pollMin, o.pollMin
+		default:
+			wait, delay = delay, min(2*delay, time.Duration(w.PollInterval))
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-o.wake:
+			timer.Stop()
+		case <-timer.C:
+		}
+	}
+}
+
+// deliver makes one attempt at delivering e, then acknowledges it, or
+// schedules its retry, or moves it to the dead letters.
+func (o *outbox) deliver(ctx context.Context, e *store.OutboxEntry) {
+	t, w := o.t, o.wh
+	if e.Attempts > 1 {
+		eventMetrics.retries.WithLabelValues(t.name).Inc()
+	}
+	body, err := o.payload(e)
+	if err != nil {
+		o.deadLetter(e, reasonMalformed, err.Error())
+		return
+	}
+	o.attempted.Add(1)
+	result, lastErr := o.post(ctx, e.EventID(), body)
+	if result != resultDelivered && ctx.Err() != nil {
+		// Stopping: not the receiver's fault. Release the event so that
+		// another instance takes it now rather than when the lease ends.
+		if !o.crash {
+			o.finish(func(ctx context.Context) error {
+				_, err := t.app.store.RescheduleEvent(ctx, t.keys, e, t.now())
+				return err
+			})
+		}
+		return
+	}
+	eventMetrics.deliveries.WithLabelValues(t.name, result).Inc()
+	if result == resultDelivered {
+		o.failures.Store(0)
+		o.finish(func(ctx context.Context) error { return t.app.store.AckEvent(ctx, t.keys, e.Shard, e.ID) })
+		return
+	}
+
+	// Failed. While the receiver keeps failing, attempts go one at a time.
+	now := t.now()
+	o.failures.Add(1)
+	t.debugDelivery("webhook attempt failed", e, lastErr)
+	age := now.Sub(store.EntryTime(e.ID))
+	switch {
+	case e.Attempts >= w.MaxAttempts:
+		o.deadLetter(e, reasonMaxAttempts, lastErr)
+	case age >= time.Duration(w.MaxAge):
+		o.deadLetter(e, reasonMaxAge, lastErr)
+	default:
+		retryAt := now.Add(o.backoff(e.Attempts))
+		o.finish(func(ctx context.Context) error {
+			_, err := t.app.store.RescheduleEvent(ctx, t.keys, e, retryAt)
+			return err
+		})
+	}
+}
+
+func (o *outbox) deadLetter(e *store.OutboxEntry, reason, lastErr string) {
+	t := o.t
+	var id string
+	o.finish(func(ctx context.Context) (err error) {
+		id, err = t.app.store.DeadLetterEvent(ctx, t.keys, e, reason, lastErr, t.now())
+		return err
+	})
+	if id == "" {
+		return // lease lost or store down: the event stays in the outbox
+	}
+	eventMetrics.deadLetters.WithLabelValues(t.name, reason).Inc()
+	if o.warnNow() {
+		t.logger.Warn("webhook event moved to the dead letters",
+			zap.String("event_id", e.EventID()), zap.String("deadletter_id", id), zap.String("reason", reason),
+			zap.Int("attempts", e.Attempts), zap.String("last_error", lastErr), zap.String("webhook", o.origin))
+	}
+}
+
+// finish runs a store step that concludes an attempt, retrying it briefly
+// (within the lease) if the store fails: if it never succeeds, the event
+// is simply attempted again once its lease ends.
+func (o *outbox) finish(step func(ctx context.Context) error) {
+	var err error
+	for i := range 3 {
+		if i > 0 {
+			time.Sleep(time.Duration(i) * 100 * time.Millisecond)
+		}
+		if err = o.call(context.Background(), step); err == nil {
+			return
+		}
+	}
+	o.t.logStoreError(err)
+}
+
+// call runs one store call of the events work in one of the app's
+// eventsRedisSlots.
+func (o *outbox) call(ctx context.Context, fn func(ctx context.Context) error) error {
+	select {
+	case o.slots <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-o.slots }()
+	return fn(ctx)
+}
+
+// warnNow rate-limits delivery warnings to one a minute per tenant.
+func (o *outbox) warnNow() bool {
+	return o.warns.Allow(o.t.now(), time.Minute)
+}
+
+func (t *Tenant) debugDelivery(msg string, e *store.OutboxEntry, lastErr string) {
+	if ce := t.logger.Check(zap.DebugLevel, msg); ce != nil {
+		ce.Write(zap.String("event_id", e.EventID()), zap.Int("attempt", e.Attempts), zap.String("error", lastErr))
+	}
+}
+
+// payload is the JSON body of an event.
+func (o *outbox) payload(e *store.OutboxEntry) ([]byte, error) {
+	typ, data := e.Fields[store.FieldType], e.Fields[store.FieldData]
+	ms, err := strconv.ParseInt(e.Fields[store.FieldOccurredAt], 10, 64)
+	if typ == "" || err != nil || !json.Valid([]byte(data)) || !strings.HasPrefix(strings.TrimSpace(data), "{") {
+		return nil, errors.New("outbox entry without a type, an occurred_at in unix ms, or a JSON object as data")
+	}
+	return json.Marshal(webhook.Event{
+		ID:         e.EventID(),
+		Type:       typ,
+		Tenant:     o.t.name,
+		OccurredAt: time.UnixMilli(ms).UTC(),
+		Data:       json.RawMessage(data),
+	})
+}
+
+// Delivery results, the values of the result label.
+const (
+	resultDelivered = "delivered" // 2xx
+	resultRejected  = "rejected"  // another status
+	resultError     = "error"     // no answer: connection, TLS, timeout
+)
+
+// post sends one attempt and classifies its outcome; for a failure it also
+// returns a short description (without the URL, which may hold a token).
+func (o *outbox) post(ctx context.Context, eventID string, body []byte) (result, lastErr string) {
+	t, w := o.t, o.wh
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(w.Timeout))
+	defer cancel()
+	sig, err := webhook.Sign(w.secrets, t.now(), body)
+	if err != nil {
+		return resultError, err.Error()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.url, bytes.NewReader(body))
+	if err != nil {
+		return resultError, "building the request failed"
+	}
+	req.Header.Set(headerContentType, contentTypeJSON)
+	req.Header.Set("User-Agent", "idlink-webhook/1")
+	req.Header.Set(webhook.EventIDHeader, eventID)
+	req.Header.Set(webhook.SignatureHeader, sig)
+	resp, err := o.client.Do(req)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || os.IsTimeout(err) {
+			return resultError, "no answer within " + time.Duration(w.Timeout).String()
+		}
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return resultError, truncate(err.Error(), errorBodyBytes)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, drainBodyBytes))
+		return resultDelivered, ""
+	}
+	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, errorBodyBytes))
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, drainBodyBytes))
+	msg := "HTTP " + strconv.Itoa(resp.StatusCode)
+	if s := printable(string(snippet)); s != "" {
+		msg += ": " + s
+	}
+	return resultRejected, msg
+}
+
+// printable keeps a receiver's text fit for a log line and a JSON field.
+func printable(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || r == '\uFFFD' {
+			return ' '
+		}
+		return r
+	}, s)
+	return strings.TrimSpace(s)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
