@@ -12,7 +12,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/idlink/idlink/caddymodule/internal/cache"
 	"github.com/idlink/idlink/caddymodule/internal/lograte"
@@ -52,8 +51,7 @@ type ClaimsResolver struct {
 	url     string
 	headers http.Header
 	client  *http.Client
-	cache   *cache.TTL[string, map[string]string]
-	flight  singleflight.Group
+	cache   *cache.Loader[string, map[string]string]
 	logs    lograte.Limiter // unavailable resolver
 }
 
@@ -89,37 +87,28 @@ func (c *ClaimsResolver) provision(t *Tenant) error {
 	}
 	c.url = u
 	c.client = outboundClient(time.Duration(c.Timeout))
-	c.cache = cache.New[string, map[string]string](t.CacheSize, time.Duration(c.CacheTTL), t.now)
+	c.cache = cache.NewLoader[string, map[string]string](t.CacheSize, time.Duration(c.CacheTTL), t.now,
+		func(userID string) string { return userID })
 	return nil
 }
 
 // claims returns the mapped claims the resolver answers for a user:
 // cached, or from one call shared by every concurrent lookup of the user.
 func (c *ClaimsResolver) claims(ctx context.Context, userID, externalID string) (map[string]string, *apiError) {
-	if m, ok := c.cache.Get(userID); ok {
-		return m, nil
-	}
-	ch := c.flight.DoChan(userID, func() (any, error) {
+	m, err := c.cache.Load(ctx, userID, func(ctx context.Context) (map[string]string, time.Duration, error) {
 		m, err := c.lookup(ctx, userID, externalID)
 		if err != nil {
 			claimsLookups.WithLabelValues(c.tenant.name, "unavailable").Inc()
 			if c.logs.Allow(c.tenant.now(), time.Second) {
 				c.tenant.logger.Warn("claims_url unavailable: no token is issued until it answers", zap.Error(err))
 			}
-			return nil, err
 		}
-		c.cache.Add(userID, m)
-		return m, nil
+		return m, 0, err
 	})
-	select {
-	case res := <-ch:
-		if res.Err != nil {
-			return nil, errClaimsUnavailable()
-		}
-		return res.Val.(map[string]string), nil
-	case <-ctx.Done():
+	if err != nil {
 		return nil, errClaimsUnavailable()
 	}
+	return m, nil
 }
 
 // lookup calls the resolver once.

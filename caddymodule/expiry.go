@@ -7,7 +7,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/idlink/idlink/caddymodule/internal/cache"
 	"github.com/idlink/idlink/caddymodule/store"
@@ -34,8 +33,7 @@ type expiryRuntime struct {
 	// unverified maps an external id whose user expires to that user, for
 	// unverified requests only: each entry lives until its user is due for
 	// renewal at the latest, so that it never outlives the user.
-	unverified *cache.TTL[string, string]
-	flight     singleflight.Group
+	unverified *cache.Loader[string, string]
 }
 
 // provisionExpiry fills install_ttl's default and builds the cache of
@@ -48,7 +46,7 @@ func (t *Tenant) provisionExpiry() {
 	if t.InstallTTL > 0 {
 		t.expiry.policy.TTL = time.Duration(t.InstallTTL)
 	}
-	t.expiry.unverified = cache.New[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
+	t.expiry.unverified = cache.NewLoader[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now, func(id string) string { return id })
 }
 
 func (t *Tenant) validateExpiry() error {
@@ -82,27 +80,22 @@ func (t *Tenant) resolveUnverified(ctx context.Context, externalID string) (stri
 		return u, nil // permanent
 	}
 	if u, ok := t.expiry.unverified.Get(externalID); ok {
-		return u, nil
+		return u, nil // before the loader's closure is made: no allocation when warm
 	}
-	v, err, _ := t.expiry.flight.Do(externalID, func() (any, error) {
-		u, created, left, err := t.app.store.ResolveUnverified(context.WithoutCancel(ctx), t.keys, externalID, t.now(), t.expiry.policy)
+	return t.expiry.unverified.Load(ctx, externalID, func(ctx context.Context) (string, time.Duration, error) {
+		u, created, left, err := t.app.store.ResolveUnverified(ctx, t.keys, externalID, t.now(), t.expiry.policy)
 		if err != nil {
-			return "", err
+			return "", 0, err
 		}
 		if created {
 			t.logger.Debug("user created for an unverified external id", zap.String("user_id", u))
 		}
-		if left > 0 {
-			t.expiry.unverified.AddFor(externalID, u, t.expiry.cacheFor(left))
-		} else {
-			t.users.Add(externalID, u)
+		if left <= 0 {
+			t.users.Add(externalID, u) // permanent
+			return u, -1, nil
 		}
-		return u, nil
+		return u, t.expiry.cacheFor(left), nil
 	})
-	if err != nil {
-		return "", err
-	}
-	return v.(string), nil
 }
 
 // renewSessionUser renews the user of a live session when it is due (a

@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/idlink/idlink/caddymodule/internal/cache"
 	"github.com/idlink/idlink/caddymodule/store"
@@ -28,34 +26,29 @@ const invalidateInstall = "install"
 // installCache holds install id → user id in process. A link can move an
 // install to another user, so entries are dropped on every instance when
 // the link script publishes, and all of them when the subscription
-// restarts. gen counts drops: a lookup that started before a drop does not
-// store what it read, which may predate the move. An install that expires
+// restarts; a lookup that started before a drop does not store what it
+// read, which may predate the move (cache.Loader). An install that expires
 // is kept only until it is due for renewal (expiry.go), so that a request
 // after that renews it.
 type installCache struct {
-	users  *cache.TTL[string, string]
-	flight singleflight.Group
-	gen    atomic.Uint64
+	users *cache.Loader[string, string]
 	// fetch is the store's lookup: the user and how long the install has
 	// left (0: it never expires), renewed if due. Tests wrap it.
 	fetch func(ctx context.Context, installID string) (string, time.Duration, error)
 }
 
 func (t *Tenant) provisionInstalls() {
-	t.installs.users = cache.New[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
+	t.installs.users = cache.NewLoader[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now,
+		func(id string) string { return id })
 	t.installs.fetch = func(ctx context.Context, installID string) (string, time.Duration, error) {
 		return t.app.store.InstallUser(ctx, t.keys, installID, t.expiry.policy)
 	}
-	t.onInvalidate(invalidateInstall, t.dropInstall, func() {
-		t.installs.gen.Add(1)
-		t.installs.users.Purge()
-	})
+	t.onInvalidate(invalidateInstall, t.dropInstall, t.installs.users.Flush)
 }
 
 // dropInstall forgets the cached user of an install.
 func (t *Tenant) dropInstall(installID string) {
-	t.installs.gen.Add(1)
-	t.installs.users.Remove(installID)
+	t.installs.users.Forget(installID)
 }
 
 // installUser returns the user an install points to: from the cache when
@@ -67,23 +60,12 @@ func (t *Tenant) installUser(ctx context.Context, installID string) (string, err
 		return "", store.ErrInstallNotFound
 	}
 	if u, ok := t.installs.users.Get(installID); ok {
-		return u, nil
+		return u, nil // before the loader's closure is made: no allocation when warm
 	}
-	v, err, _ := t.installs.flight.Do(installID, func() (any, error) {
-		gen := t.installs.gen.Load()
-		u, left, err := t.installs.fetch(context.WithoutCancel(ctx), installID)
-		if err != nil {
-			return "", err
-		}
-		if t.installs.gen.Load() == gen {
-			t.installs.users.AddFor(installID, u, t.expiry.cacheFor(left))
-		}
-		return u, nil
+	return t.installs.users.Load(ctx, installID, func(ctx context.Context) (string, time.Duration, error) {
+		u, left, err := t.installs.fetch(ctx, installID)
+		return u, t.expiry.cacheFor(left), err
 	})
-	if err != nil {
-		return "", err
-	}
-	return v.(string), nil
 }
 
 // checkInstall identifies a request by X-Install-Id: the install's user,

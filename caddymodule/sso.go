@@ -124,6 +124,7 @@ func (t *Tenant) checkSSO(ctx context.Context, c *credentials) (*identity, error
 	res, err := t.SSO.v.Check(ctx, c.ssoToken)
 	var refused *verify.Refusal
 	switch {
+	case err == nil: // first: errors.As's target would escape, an allocation on every hit
 	case errors.As(err, &refused):
 		t.debug("SSO token refused", zap.String("reason", refused.Reason))
 		return nil, tokenError(refused.Reason)

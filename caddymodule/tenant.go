@@ -13,7 +13,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/idlink/idlink/caddymodule/internal/cache"
 	"github.com/idlink/idlink/caddymodule/internal/lograte"
@@ -107,11 +106,10 @@ type Tenant struct {
 	name           string
 	app            *App
 	keys           *store.Keys
-	strictest      string // the strictest mode among platforms: used for unknown platforms
-	users          *cache.TTL[string, string]
-	flight         singleflight.Group
-	strip          headerSet // identity, claim and credential headers
-	identityStrip  headerSet // identity and claim headers (forward_credentials)
+	strictest      string                        // the strictest mode among platforms: used for unknown platforms
+	users          *cache.Loader[string, string] // external id → user, of verified ids
+	strip          headerSet                     // identity, claim and credential headers
+	identityStrip  headerSet                     // identity and claim headers (forward_credentials)
 	now            func() time.Time
 	logger         *zap.Logger
 	storeErrorLogs lograte.Limiter
@@ -156,7 +154,7 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 	if t.CacheTTL <= 0 {
 		t.CacheTTL = caddy.Duration(10 * time.Minute)
 	}
-	t.users = cache.New[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now)
+	t.users = cache.NewLoader[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now, func(id string) string { return id })
 	t.provisionSessions()
 	t.provisionExpiry()
 	if t.ContactToken != nil {
@@ -275,25 +273,15 @@ func stricter(a, b string) string {
 // one call. Unverified ids go through resolveUnverified (expiry.go).
 func (t *Tenant) resolveExternal(ctx context.Context, externalID string) (string, error) {
 	if u, ok := t.users.Get(externalID); ok {
-		return u, nil
+		return u, nil // before the loader's closure is made: no allocation when warm
 	}
-	v, err, _ := t.flight.Do(externalID, func() (any, error) {
-		// The call is shared: it must not die with the first caller's
-		// request, only with its own deadline.
-		u, created, err := t.app.store.ResolveExternal(context.WithoutCancel(ctx), t.keys, externalID, t.now())
-		if err != nil {
-			return "", err
-		}
-		if created {
+	return t.users.Load(ctx, externalID, func(ctx context.Context) (string, time.Duration, error) {
+		u, created, err := t.app.store.ResolveExternal(ctx, t.keys, externalID, t.now())
+		if err == nil && created {
 			t.logger.Debug("user created", zap.String("user_id", u))
 		}
-		t.users.Add(externalID, u)
-		return u, nil
+		return u, 0, err
 	})
-	if err != nil {
-		return "", err
-	}
-	return v.(string), nil
 }
 
 // logStoreError logs a store failure at error level, at most once a second

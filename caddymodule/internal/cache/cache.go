@@ -3,9 +3,12 @@
 package cache
 
 import (
+	"context"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/sync/singleflight"
 )
 
 // TTL is a bounded LRU whose entries also expire. It starts no
@@ -66,3 +69,58 @@ func (c *TTL[K, V]) Purge() { c.lru.Purge() }
 
 // Len is the number of entries, expired ones included.
 func (c *TTL[K, V]) Len() int { return c.lru.Len() }
+
+// Loader is a TTL cache that fills itself: a missing key is loaded once
+// for every concurrent caller of it.
+type Loader[K comparable, V any] struct {
+	*TTL[K, V]
+	flight    singleflight.Group
+	flightKey func(K) string
+	gen       atomic.Uint64 // counts drops: a load that raced one caches nothing
+}
+
+// NewLoader returns a loader of at most size entries, each kept at most
+// ttl; flightKey names a key for sharing its load.
+func NewLoader[K comparable, V any](size int, ttl time.Duration, now func() time.Time, flightKey func(K) string) *Loader[K, V] {
+	return &Loader[K, V]{TTL: New[K, V](size, ttl, now), flightKey: flightKey}
+}
+
+// Load returns the value of key: cached, or from load, run once for every
+// concurrent caller of key and detached from their cancellation (only its
+// own deadline ends it, so one caller that hangs up fails no other). The
+// value is kept for the duration load returns (0 or more than the cache's
+// ttl: the cache's ttl; negative: not kept), unless the key was dropped
+// while it loaded. A caller whose ctx ends first gets ctx's error.
+func (l *Loader[K, V]) Load(ctx context.Context, key K, load func(ctx context.Context) (V, time.Duration, error)) (V, error) {
+	if v, ok := l.Get(key); ok {
+		return v, nil
+	}
+	ch := l.flight.DoChan(l.flightKey(key), func() (any, error) {
+		gen := l.gen.Load()
+		v, keep, err := load(context.WithoutCancel(ctx))
+		if err == nil && keep >= 0 && l.gen.Load() == gen {
+			l.AddFor(key, v, keep)
+		}
+		return v, err
+	})
+	select {
+	case res := <-ch:
+		v, _ := res.Val.(V)
+		return v, res.Err
+	case <-ctx.Done():
+		var zero V
+		return zero, ctx.Err()
+	}
+}
+
+// Forget drops key; a load of it in flight keeps what it read to itself.
+func (l *Loader[K, V]) Forget(key K) {
+	l.gen.Add(1)
+	l.Remove(key)
+}
+
+// Flush drops every entry, and what every load in flight reads.
+func (l *Loader[K, V]) Flush() {
+	l.gen.Add(1)
+	l.Purge()
+}

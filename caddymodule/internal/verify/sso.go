@@ -16,8 +16,6 @@ import (
 	"unicode/utf8"
 	"unsafe"
 
-	"golang.org/x/sync/singleflight"
-
 	"github.com/idlink/idlink/caddymodule/internal/cache"
 )
 
@@ -92,8 +90,7 @@ type TokenInfo struct {
 	now        func() time.Time
 	observe    func(result string)
 	unavailErr func(err error)
-	cache      *cache.TTL[[sha256.Size]byte, *ssoOutcome]
-	flight     singleflight.Group
+	cache      *cache.Loader[[sha256.Size]byte, *ssoOutcome]
 }
 
 // TokenInfoConfig configures a TokenInfo.
@@ -136,7 +133,8 @@ func NewTokenInfo(cfg TokenInfoConfig) (*TokenInfo, error) {
 	v := &TokenInfo{
 		url: cfg.URL, param: cfg.TokenParam, audience: cfg.Audience, leeway: cfg.Leeway, timeout: cfg.Timeout,
 		client: cfg.Client, now: cfg.Now, observe: cfg.Observe, unavailErr: cfg.Unavailable,
-		cache: cache.New[[sha256.Size]byte, *ssoOutcome](cfg.CacheSize, cfg.CacheTTL, cfg.Now),
+		cache: cache.NewLoader[[sha256.Size]byte, *ssoOutcome](cfg.CacheSize, cfg.CacheTTL, cfg.Now,
+			func(d [sha256.Size]byte) string { return string(d[:]) }),
 	}
 	if v.observe == nil {
 		v.observe = func(string) {}
@@ -162,24 +160,21 @@ func (v *TokenInfo) Check(ctx context.Context, token string) (SSOUser, error) {
 		v.cache.Remove(digest)
 		return SSOUser{}, refuse("the SSO token has expired")
 	}
-	ch := v.flight.DoChan(string(digest[:]), func() (any, error) {
+	o, err := v.cache.Load(ctx, digest, func(ctx context.Context) (*ssoOutcome, time.Duration, error) {
 		o := v.lookup(ctx, token)
 		var rf *Refusal
 		switch {
 		case o.refused == nil:
-			v.cache.AddFor(digest, o, time.Unix(o.user.Exp, 0).Sub(v.now()))
+			return o, time.Unix(o.user.Exp, 0).Sub(v.now()), nil
 		case errors.As(o.refused, &rf):
-			v.cache.AddFor(digest, o, SSOFailureTTL)
+			return o, SSOFailureTTL, nil
 		}
-		return o, nil
+		return o, -1, nil // unavailable: asked again next time
 	})
-	select {
-	case res := <-ch:
-		o := res.Val.(*ssoOutcome)
-		return o.user, o.refused
-	case <-ctx.Done():
-		return SSOUser{}, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+	if err != nil {
+		return SSOUser{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
+	return o.user, o.refused
 }
 
 // lookup calls the token-info URL once.
