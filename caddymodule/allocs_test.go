@@ -29,7 +29,7 @@ func TestWarmPathAllocations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, _, err := tn.issueContactToken(ctx, userID, "", "alice", nil)
+	tok, _, err := tn.issueToken(userID, "", "alice", nil, time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/MicahParks/jwkset"
 	"github.com/golang-jwt/jwt/v5"
@@ -72,7 +73,7 @@ func TestKeygen(t *testing.T) {
 			tn := a.Tenants["acme"]
 			ctx := context.Background()
 			uid, _ := tn.resolveExternal(ctx, "alice")
-			tok, _, err := tn.issueContactToken(ctx, uid, "", "alice", nil)
+			tok, _, err := tn.issueToken(uid, "", "alice", nil, time.Time{})
 			if err != nil {
 				t.Fatal(err)
 			}

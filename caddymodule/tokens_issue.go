@@ -125,15 +125,6 @@ var errNoSigningKey = newError(http.StatusNotFound, "contact_tokens_disabled",
 // issues reports whether the tenant issues contact tokens.
 func (t *Tenant) issues() bool { return t.ContactToken != nil && t.ContactToken.v.Issues() }
 
-// issueContactToken signs a contact token for a user's session with the
-// tenant's current signing key. Claims: iss, aud, sub (platform user id),
-// sid, iat, exp, external_id (when the user has one) and extra, the
-// tenant's extra identifiers (e.g. contact_id, predict_external_id).
-// extra cannot override the registered claims.
-func (t *Tenant) issueContactToken(ctx context.Context, userID, sessionID, externalID string, extra map[string]string) (string, time.Time, error) {
-	return t.issueToken(userID, sessionID, externalID, extra, time.Time{})
-}
-
 // issueToken signs a token that expires after the ttl, or at notAfter if
 // that is sooner (zero: no bound).
 func (t *Tenant) issueToken(userID, sessionID, externalID string, extra map[string]string, notAfter time.Time) (string, time.Time, error) {

@@ -608,7 +608,7 @@ func TestIssuedTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, exp, err := tn.issueContactToken(ctx, userID, "", "alice", map[string]string{"contact_id": "c-1", "predict_external_id": "p-1", "sub": "evil"})
+	tok, exp, err := tn.issueToken(userID, "", "alice", map[string]string{"contact_id": "c-1", "predict_external_id": "p-1", "sub": "evil"}, time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -672,7 +672,7 @@ func BenchmarkContactTokenCacheHit(b *testing.B) {
 	tn := a.Tenants["acme"]
 	ctx := context.Background()
 	userID, _ := tn.resolveExternal(ctx, "alice")
-	tok, _, _ := tn.issueContactToken(ctx, userID, "", "alice", map[string]string{"contact_id": "c-1"})
+	tok, _, _ := tn.issueToken(userID, "", "alice", map[string]string{"contact_id": "c-1"}, time.Time{})
 	creds := &credentials{contactToken: tok}
 	if _, err := tn.checkContactToken(ctx, creds); err != nil {
 		b.Fatal(err)
@@ -759,7 +759,7 @@ func BenchmarkHandlerContactTokenWarm(b *testing.B) {
 	tn := a.Tenants["acme"]
 	ctx := context.Background()
 	userID, _ := tn.resolveExternal(ctx, "alice")
-	tok, _, _ := tn.issueContactToken(ctx, userID, "", "alice", map[string]string{"contact_id": "c-1"})
+	tok, _, _ := tn.issueToken(userID, "", "alice", map[string]string{"contact_id": "c-1"}, time.Time{})
 	h := newTokenHandler(a, "acme", false).h
 	r := httptest.NewRequest(http.MethodGet, "/", nil)
 	r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))

@@ -357,7 +357,7 @@ func testLockBusy(t *testing.T, s *Store, k *Keys) {
 		t.Fatalf("Link under a held lock = %v after %v", err, time.Since(begin))
 	}
 	// The lock expires; a link waiting long enough goes through.
-	if m := s.Embedded(); m != nil {
+	if m := s.embedded; m != nil {
 		m.FastForward(time.Second) // miniredis expires keys only when told
 	}
 	r, err := s.Link(ctx, k, LinkRequest{InstallID: i, ExternalID: "dave", Now: testNow}, LinkOptions{LockWait: time.Second})

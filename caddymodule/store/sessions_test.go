@@ -592,11 +592,11 @@ func TestTombstoneThenUnknown(t *testing.T) {
 	c := newClock()
 	a, _ := admit(t, e, k, p, user, "", c.now())
 	admit(t, e, k, p, user, "", c.now()) // evicts a
-	e.Embedded().FastForward(2*time.Hour - time.Second)
+	e.embedded.FastForward(2*time.Hour - time.Second)
 	if st := touch(t, e, k, p, a, c.add(2*time.Hour-time.Second)); st.Status != SessionEnded || st.Reason != ReasonEvicted {
 		t.Fatalf("within the tombstone TTL: %+v", st)
 	}
-	e.Embedded().FastForward(2 * time.Second)
+	e.embedded.FastForward(2 * time.Second)
 	if st := touch(t, e, k, p, a, c.add(2*time.Second)); st.Status != SessionUnknown {
 		t.Fatalf("after the tombstone TTL: %+v", st)
 	}

@@ -115,9 +115,6 @@ func (s *Store) Timeout() time.Duration { return s.timeout }
 // delivery) that issue their own commands.
 func (s *Store) Client() redis.UniversalClient { return s.rdb }
 
-// Embedded is the in-process server, or nil for a real Redis.
-func (s *Store) Embedded() *miniredis.Miniredis { return s.embedded }
-
 // Close closes the client and stops the embedded server if there is one.
 func (s *Store) Close() error {
 	err := s.rdb.Close()
