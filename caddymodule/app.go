@@ -17,6 +17,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/idlink/idlink/caddymodule/store"
+
+	"github.com/idlink/idlink/caddymodule/internal/events"
 )
 
 func init() {
@@ -193,7 +195,11 @@ func (a *App) Start() error {
 	for _, t := range a.Tenants {
 		t.start(ctx, &wg)
 	}
-	a.runEvents(ctx, &wg)
+	outboxes := make([]*events.Outbox, 0, len(a.Tenants))
+	for _, t := range a.Tenants {
+		outboxes = append(outboxes, t.outbox)
+	}
+	events.Run(ctx, &wg, outboxes)
 	go func() {
 		defer close(a.done)
 		wg.Wait()

@@ -18,6 +18,8 @@ import (
 	"github.com/idlink/idlink/caddymodule/store"
 	"github.com/idlink/idlink/testenv"
 	"github.com/idlink/idlink/webhook"
+
+	"github.com/idlink/idlink/caddymodule/internal/events"
 )
 
 const (
@@ -159,7 +161,7 @@ func TestDeadLettersAPI(t *testing.T) {
 	var eventIDs []string
 	for _, d := range listed {
 		eventIDs = append(eventIDs, d.EventID)
-		if d.Type != "user.created" || d.Attempts != 1 || d.Reason != reasonMaxAttempts || d.LastError != "HTTP 500: down" ||
+		if d.Type != "user.created" || d.Attempts != 1 || d.Reason != events.ReasonMaxAttempts || d.LastError != "HTTP 500: down" ||
 			!strings.Contains(string(d.Data), `"external_id":"api-`) || d.ID[:2] != d.EventID[:2] || d.FailedAt.IsZero() {
 			t.Errorf("dead letter %+v", d)
 		}
@@ -344,7 +346,7 @@ func TestEventsE2E(t *testing.T) {
 		return code == 200 && json.Unmarshal([]byte(body), &page) == nil && page.Total == 2
 	})
 	for _, d := range page.DeadLetters {
-		if d.Attempts != 3 || d.Reason != reasonMaxAttempts || d.LastError != "HTTP 503: down" || d.Type != "user.created" {
+		if d.Attempts != 3 || d.Reason != events.ReasonMaxAttempts || d.LastError != "HTTP 503: down" || d.Type != "user.created" {
 			t.Errorf("dead letter %+v", d)
 		}
 	}

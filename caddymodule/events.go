@@ -1,56 +1,27 @@
 package caddymodule
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	mrand "math/rand/v2"
-	"net/http"
-	"os"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
-	"github.com/idlink/idlink/caddymodule/internal/lograte"
+	"github.com/idlink/idlink/caddymodule/internal/events"
 )
 
 // Defaults of a webhook and of the outbox.
 const (
-	defaultMaxAttempts     = 10
-	defaultMaxAge          = 24 * time.Hour
-	defaultWebhookTimeout  = 10 * time.Second
-	defaultConcurrency     = 4
-	defaultBackoffBase     = 30 * time.Second
-	defaultBackoffMax      = time.Hour
-	defaultPollInterval    = time.Second
-	defaultEventsRetention = 7 * 24 * time.Hour // tenants without a webhook
-	minSecretLen           = 16
-	maxConcurrency         = 64
-	// eventsRedisSlots bounds the store calls the events work of one app
-	// makes at a time (all tenants together), so that it never holds more
-	// than that many connections of the pool the request path uses.
-	eventsRedisSlots = 4
-	// breakerFailures consecutive failed attempts put delivery in probe
-	// mode: one attempt at a time until one succeeds.
-	breakerFailures = 3
-)
-
-// Tunables that are not configuration (tests shorten them).
-const (
-	maintainInterval = 15 * time.Second // outbox trim, consumer clean-up, gauges
-	consumerIdle     = time.Hour        // stopped instances' consumers are deleted after that
-	stopGrace        = 2 * time.Second  // how long running deliveries may finish after Stop
-	errorBodyBytes   = 200              // of a receiver's error answer kept as the last error
-	drainBodyBytes   = 64 << 10         // of a receiver's answer read to reuse the connection
-)
-
-// Dead-letter reasons.
-const (
-	reasonMaxAttempts = "max_attempts"
-	reasonMaxAge      = "max_age"
-	reasonMalformed   = "malformed"
+	defaultMaxAttempts    = 10
+	defaultMaxAge         = 24 * time.Hour
+	defaultWebhookTimeout = 10 * time.Second
+	defaultConcurrency    = 4
+	defaultBackoffBase    = 30 * time.Second
+	defaultBackoffMax     = time.Hour
+	defaultPollInterval   = time.Second
+	minSecretLen          = 16
+	maxConcurrency        = 64
 )
 
 // Webhook is where a tenant's events are delivered: each event is POSTed
@@ -111,64 +82,49 @@ type Webhook struct {
 	secrets []string
 }
 
-// outbox is a tenant's events machinery: delivery to its webhook (if
-// any), and upkeep of its outbox streams.
-type outbox struct {
-	t        *Tenant
-	wh       *Webhook // nil: no delivery, upkeep only
-	client   *http.Client
-	origin   string // scheme://host of the webhook, for logs
-	consumer string
-	slots    chan struct{} // shared by the app's tenants: see eventsRedisSlots
-
-	// Set at provision; tests shorten them.
-	backoff       func(attempt int) time.Duration
-	pollMin       time.Duration
-	maintainEvery time.Duration
-	stopGrace     time.Duration
-	crash         bool // tests: stop without releasing leases, as a killed process would
-
-	inflight  atomic.Int32
-	failures  atomic.Int32    // consecutive failed attempts
-	warns     lograte.Limiter // delivery warnings
-	attempted atomic.Int64    // attempts made by this instance
-	wake      chan struct{}
-
-	// Measured by the upkeep, read by the metrics collector.
-	oldest      atomic.Int64 // unix ms of the oldest undelivered event; 0: none
-	deadLetters atomic.Int64
-	length      atomic.Int64
-}
-
 func (t *Tenant) provisionEvents() error {
-	o := &outbox{t: t, maintainEvery: maintainInterval, stopGrace: stopGrace, wake: make(chan struct{}, 1)}
-	t.outbox = o
 	if t.EventsRetention < 0 {
 		return fmt.Errorf("events_retention must not be negative")
 	}
-	w := t.Webhook
-	if w == nil {
-		return nil
+	cfg := events.Config{
+		Tenant: t.name, Keys: t.keys, Store: t.app.store, Retention: time.Duration(t.EventsRetention),
+		Now: t.now, Logger: t.logger, StoreError: t.logStoreError,
 	}
-	o.wh = w
+	if w := t.Webhook; w != nil {
+		wh, err := t.provisionWebhook(w)
+		if err != nil {
+			return err
+		}
+		cfg.Webhook = wh
+		cfg.Backoff = func(attempt int) time.Duration {
+			return events.Jittered(events.BackoffDelay(time.Duration(w.BackoffBase), time.Duration(w.BackoffMax), attempt), mrand.Float64())
+		}
+	}
+	t.outbox = events.New(cfg)
+	return nil
+}
+
+// provisionWebhook resolves the webhook's placeholders, applies its
+// defaults, and returns what the events engine needs of it.
+func (t *Tenant) provisionWebhook(w *Webhook) (*events.Webhook, error) {
 	repl := caddy.NewReplacer()
 	u, err := repl.ReplaceOrErr(w.URL, true, true)
 	if err != nil {
-		return fmt.Errorf("webhook url: %v", err)
+		return nil, fmt.Errorf("webhook url: %v", err)
 	}
 	pu, err := outboundURL("webhook url", u, "", t.logger)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	w.url, o.origin = u, pu.Scheme+"://"+pu.Host
+	w.url = u
 	w.secrets = w.secrets[:0]
 	for i, s := range w.Secrets {
 		secret, err := repl.ReplaceOrErr(s, true, true)
 		if err != nil {
-			return fmt.Errorf("webhook secret %d: %v", i+1, err)
+			return nil, fmt.Errorf("webhook secret %d: %v", i+1, err)
 		}
 		if secret == "" {
-			return fmt.Errorf("webhook secret %d is empty", i+1)
+			return nil, fmt.Errorf("webhook secret %d is empty", i+1)
 		}
 		if len(secret) < minSecretLen {
 			t.logger.Warn("webhook secret is shorter than 16 bytes; use a long random secret", zap.Int("secret", i+1))
@@ -199,18 +155,11 @@ func (t *Tenant) provisionEvents() error {
 	if w.ClaimAfter <= 0 {
 		w.ClaimAfter = 3 * w.Timeout
 	}
-	o.pollMin = max(time.Duration(w.PollInterval)/20, 5*time.Millisecond)
-	o.backoff = func(attempt int) time.Duration {
-		return jittered(backoffDelay(time.Duration(w.BackoffBase), time.Duration(w.BackoffMax), attempt), mrand.Float64())
-	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConnsPerHost = w.Concurrency
-	o.client = &http.Client{
-		Transport: tr,
-		// A redirect is an answer that is not 2xx: a failure, never followed.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
-	return nil
+	return &events.Webhook{
+		URL: u, Origin: pu.Scheme + "://" + pu.Host, Secrets: w.secrets, MaxAttempts: w.MaxAttempts,
+		MaxAge: time.Duration(w.MaxAge), Timeout: time.Duration(w.Timeout), Concurrency: w.Concurrency,
+		PollInterval: time.Duration(w.PollInterval), ClaimAfter: time.Duration(w.ClaimAfter),
+	}, nil
 }
 
 func (t *Tenant) validateEvents() error {
@@ -232,29 +181,4 @@ func (t *Tenant) validateEvents() error {
 			t.name, time.Duration(w.ClaimAfter), time.Duration(w.Timeout))
 	}
 	return nil
-}
-
-// backoffDelay is the wait after the attempt-th failed attempt: base
-// doubled for each earlier attempt, capped at max.
-func backoffDelay(base, max time.Duration, attempt int) time.Duration {
-	d := base
-	for i := 1; i < attempt && d < max; i++ {
-		d *= 2
-	}
-	return min(d, max)
-}
-
-// jittered spreads d over [d/2, d) with r in [0, 1), so that retries of
-// events that failed together do not arrive together.
-func jittered(d time.Duration, r float64) time.Duration {
-	return d/2 + time.Duration(r*float64(d/2))
-}
-
-// newConsumerName names this instance's consumer in the group: unique per
-// host, process and start.
-func newConsumerName() string {
-	host, _ := os.Hostname()
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
 }

@@ -17,6 +17,8 @@ import (
 
 	"github.com/idlink/idlink/caddymodule/store"
 	"github.com/idlink/idlink/testenv"
+
+	"github.com/idlink/idlink/caddymodule/internal/events"
 )
 
 // TestMeasureWebhookDelivery prints the figures of the README's webhook
@@ -57,9 +59,9 @@ func TestMeasureWebhookDelivery(t *testing.T) {
 
 	// defaults: poll_interval 1s, concurrency 4
 	defaults := func(w *Webhook) { w.PollInterval = 0; w.Concurrency = 0 }
-	tune := func(o *outbox) {
-		o.pollMin = max(time.Duration(o.wh.PollInterval)/20, 5*time.Millisecond)
-		o.maintainEvery = maintainInterval
+	tune := func(o *events.Outbox) {
+		o.PollMin = max(time.Second/20, 5*time.Millisecond) // the default poll_interval's
+		o.MaintainEvery = events.MaintainInterval
 	}
 
 	// 1. Idle cost.

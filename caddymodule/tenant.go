@@ -18,6 +18,8 @@ import (
 	"github.com/idlink/idlink/caddymodule/internal/lograte"
 	"github.com/idlink/idlink/caddymodule/internal/verify"
 	"github.com/idlink/idlink/caddymodule/store"
+
+	"github.com/idlink/idlink/caddymodule/internal/events"
 )
 
 // Platform modes.
@@ -118,7 +120,7 @@ type Tenant struct {
 	expiry         expiryRuntime
 	linkOpts       atomic.Pointer[store.LinkOptions] // tests shorten the lock and hook into steps
 	sess           sessionRuntime
-	outbox         *outbox
+	outbox         *events.Outbox
 }
 
 // Platform is one client platform's trusted-identity settings.

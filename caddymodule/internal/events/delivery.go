@@ -1,4 +1,4 @@
-package caddymodule
+package events
 
 import (
 	"bytes"
@@ -24,21 +24,6 @@ import (
 // from the outbox shards, one attempt, and what follows it (acknowledged,
 // retried or dead-lettered). The upkeep is in outbox.go.
 
-// runEvents starts the events work of every tenant in wg: upkeep of the
-// outbox, and delivery for tenants with a webhook. It all stops when ctx
-// is done.
-func (a *App) runEvents(ctx context.Context, wg *sync.WaitGroup) {
-	slots := make(chan struct{}, eventsRedisSlots)
-	for _, t := range a.Tenants {
-		o := t.outbox
-		o.consumer, o.slots = newConsumerName(), slots
-		wg.Go(func() { o.maintainLoop(ctx) })
-		if o.wh != nil {
-			wg.Go(func() { o.deliverLoop(ctx) })
-		}
-	}
-}
-
 // deliverLoop takes events from the tenant's 16 outbox shards and hands
 // them to Concurrency workers, until ctx is done; then it lets running
 // attempts finish for stopGrace, and releases what it still holds so that
@@ -48,14 +33,14 @@ func (a *App) runEvents(ctx context.Context, wg *sync.WaitGroup) {
 // over the shards, going again at once while events flow and waiting up to
 // PollInterval when idle. No connection is ever parked in a blocking read,
 // so the store's connection pool stays free for requests.
-func (o *outbox) deliverLoop(ctx context.Context) {
-	t, w := o.t, o.wh
+func (o *Outbox) deliverLoop(ctx context.Context) {
+	w := o.wh
 	defer o.client.CloseIdleConnections()
 	for shard := range store.Shards {
-		err := o.call(ctx, func(ctx context.Context) error { return t.app.store.EnsureEventsGroup(ctx, t.keys, shard) })
+		err := o.call(ctx, func(ctx context.Context) error { return o.cfg.Store.EnsureEventsGroup(ctx, o.cfg.Keys, shard) })
 		if err != nil && ctx.Err() == nil {
 			// The first fetch creates it as well.
-			t.logStoreError(err)
+			o.cfg.StoreError(err)
 			break
 		}
 	}
@@ -78,12 +63,12 @@ func (o *outbox) deliverLoop(ctx context.Context) {
 	}
 	defer func() {
 		close(jobs)
-		grace := time.AfterFunc(o.stopGrace, cancelAttempts)
+		grace := time.AfterFunc(o.StopGrace, cancelAttempts)
 		workers.Wait()
 		grace.Stop()
 	}()
 
-	next, delay := 0, o.pollMin
+	next, delay := 0, o.PollMin
 	for {
 		limit := int32(w.Concurrency)
 		if o.failures.Load() >= breakerFailures {
@@ -92,13 +77,13 @@ func (o *outbox) deliverLoop(ctx context.Context) {
 		free := int(limit - o.inflight.Load())
 		fetched, storeErr := 0, false
 		if free > 0 {
-			now := t.now()
-			lease := now.Add(time.Duration(w.ClaimAfter))
+			now := o.cfg.Now()
+			lease := now.Add(w.ClaimAfter)
 			for i := 0; i < store.Shards && free > 0; i++ {
 				shard := (next + i) % store.Shards
 				var entries []store.OutboxEntry
 				err := o.call(ctx, func(ctx context.Context) (err error) {
-					entries, err = t.app.store.FetchEvents(ctx, t.keys, shard, o.consumer, now, lease, free, true)
+					entries, err = o.cfg.Store.FetchEvents(ctx, o.cfg.Keys, shard, o.consumer, now, lease, free, true)
 					return err
 				})
 				if err != nil {
@@ -106,7 +91,7 @@ func (o *outbox) deliverLoop(ctx context.Context) {
 						return
 					}
 					// Other shards may live on nodes that answer.
-					t.logStoreError(err)
+					o.cfg.StoreError(err)
 					storeErr = true
 					continue
 				}
@@ -122,14 +107,14 @@ func (o *outbox) deliverLoop(ctx context.Context) {
 		var wait time.Duration
 		switch {
 		case storeErr:
-			wait, delay = delay, min(2*delay, time.Duration(w.PollInterval))
+			wait, delay = delay, min(2*delay, w.PollInterval)
 		case free <= 0:
 			// Busy: go again when a worker is free.
-			wait, delay = time.Duration(w.PollInterval), o.pollMin
+			wait, delay = w.PollInterval, o.PollMin
 		case fetched > 0:
-			wait, delay = o.pollMin, o.pollMin
+			wait, delay = o.PollMin, o.PollMin
 		default:
-			wait, delay = delay, min(2*delay, time.Duration(w.PollInterval))
+			wait, delay = delay, min(2*delay, w.PollInterval)
 		}
 		timer := time.NewTimer(wait)
 		select {
@@ -145,14 +130,14 @@ func (o *outbox) deliverLoop(ctx context.Context) {
 
 // deliver makes one attempt at delivering e, then acknowledges it, or
 // schedules its retry, or moves it to the dead letters.
-func (o *outbox) deliver(ctx context.Context, e *store.OutboxEntry) {
-	t, w := o.t, o.wh
+func (o *Outbox) deliver(ctx context.Context, e *store.OutboxEntry) {
+	w := o.wh
 	if e.Attempts > 1 {
-		eventMetrics.retries.WithLabelValues(t.name).Inc()
+		Metrics.Retries.WithLabelValues(o.cfg.Tenant).Inc()
 	}
 	body, err := o.payload(e)
 	if err != nil {
-		o.deadLetter(e, reasonMalformed, err.Error())
+		o.deadLetter(e, ReasonMalformed, err.Error())
 		return
 	}
 	o.attempted.Add(1)
@@ -160,62 +145,61 @@ func (o *outbox) deliver(ctx context.Context, e *store.OutboxEntry) {
 	if result != resultDelivered && ctx.Err() != nil {
 		// Stopping: not the receiver's fault. Release the event so that
 		// another instance takes it now rather than when the lease ends.
-		if !o.crash {
+		if !o.Crash {
 			o.finish(func(ctx context.Context) error {
-				_, err := t.app.store.RescheduleEvent(ctx, t.keys, e, t.now())
+				_, err := o.cfg.Store.RescheduleEvent(ctx, o.cfg.Keys, e, o.cfg.Now())
 				return err
 			})
 		}
 		return
 	}
-	eventMetrics.deliveries.WithLabelValues(t.name, result).Inc()
+	Metrics.Deliveries.WithLabelValues(o.cfg.Tenant, result).Inc()
 	if result == resultDelivered {
 		o.failures.Store(0)
-		o.finish(func(ctx context.Context) error { return t.app.store.AckEvent(ctx, t.keys, e.Shard, e.ID) })
+		o.finish(func(ctx context.Context) error { return o.cfg.Store.AckEvent(ctx, o.cfg.Keys, e.Shard, e.ID) })
 		return
 	}
 
 	// Failed. While the receiver keeps failing, attempts go one at a time.
-	now := t.now()
+	now := o.cfg.Now()
 	o.failures.Add(1)
-	t.debugDelivery("webhook attempt failed", e, lastErr)
+	o.debugDelivery("webhook attempt failed", e, lastErr)
 	age := now.Sub(store.EntryTime(e.ID))
 	switch {
 	case e.Attempts >= w.MaxAttempts:
-		o.deadLetter(e, reasonMaxAttempts, lastErr)
-	case age >= time.Duration(w.MaxAge):
-		o.deadLetter(e, reasonMaxAge, lastErr)
+		o.deadLetter(e, ReasonMaxAttempts, lastErr)
+	case age >= w.MaxAge:
+		o.deadLetter(e, ReasonMaxAge, lastErr)
 	default:
-		retryAt := now.Add(o.backoff(e.Attempts))
+		retryAt := now.Add(o.Backoff(e.Attempts))
 		o.finish(func(ctx context.Context) error {
-			_, err := t.app.store.RescheduleEvent(ctx, t.keys, e, retryAt)
+			_, err := o.cfg.Store.RescheduleEvent(ctx, o.cfg.Keys, e, retryAt)
 			return err
 		})
 	}
 }
 
-func (o *outbox) deadLetter(e *store.OutboxEntry, reason, lastErr string) {
-	t := o.t
+func (o *Outbox) deadLetter(e *store.OutboxEntry, reason, lastErr string) {
 	var id string
 	o.finish(func(ctx context.Context) (err error) {
-		id, err = t.app.store.DeadLetterEvent(ctx, t.keys, e, reason, lastErr, t.now())
+		id, err = o.cfg.Store.DeadLetterEvent(ctx, o.cfg.Keys, e, reason, lastErr, o.cfg.Now())
 		return err
 	})
 	if id == "" {
 		return // lease lost or store down: the event stays in the outbox
 	}
-	eventMetrics.deadLetters.WithLabelValues(t.name, reason).Inc()
+	Metrics.DeadLetters.WithLabelValues(o.cfg.Tenant, reason).Inc()
 	if o.warnNow() {
-		t.logger.Warn("webhook event moved to the dead letters",
+		o.Logger.Warn("webhook event moved to the dead letters",
 			zap.String("event_id", e.EventID()), zap.String("deadletter_id", id), zap.String("reason", reason),
-			zap.Int("attempts", e.Attempts), zap.String("last_error", lastErr), zap.String("webhook", o.origin))
+			zap.Int("attempts", e.Attempts), zap.String("last_error", lastErr), zap.String("webhook", o.wh.Origin))
 	}
 }
 
 // finish runs a store step that concludes an attempt, retrying it briefly
 // (within the lease) if the store fails: if it never succeeds, the event
 // is simply attempted again once its lease ends.
-func (o *outbox) finish(step func(ctx context.Context) error) {
+func (o *Outbox) finish(step func(ctx context.Context) error) {
 	var err error
 	for i := range 3 {
 		if i > 0 {
@@ -225,12 +209,12 @@ func (o *outbox) finish(step func(ctx context.Context) error) {
 			return
 		}
 	}
-	o.t.logStoreError(err)
+	o.cfg.StoreError(err)
 }
 
 // call runs one store call of the events work in one of the app's
 // eventsRedisSlots.
-func (o *outbox) call(ctx context.Context, fn func(ctx context.Context) error) error {
+func (o *Outbox) call(ctx context.Context, fn func(ctx context.Context) error) error {
 	select {
 	case o.slots <- struct{}{}:
 	case <-ctx.Done():
@@ -241,18 +225,18 @@ func (o *outbox) call(ctx context.Context, fn func(ctx context.Context) error) e
 }
 
 // warnNow rate-limits delivery warnings to one a minute per tenant.
-func (o *outbox) warnNow() bool {
-	return o.warns.Allow(o.t.now(), time.Minute)
+func (o *Outbox) warnNow() bool {
+	return o.warns.Allow(o.cfg.Now(), time.Minute)
 }
 
-func (t *Tenant) debugDelivery(msg string, e *store.OutboxEntry, lastErr string) {
-	if ce := t.logger.Check(zap.DebugLevel, msg); ce != nil {
+func (o *Outbox) debugDelivery(msg string, e *store.OutboxEntry, lastErr string) {
+	if ce := o.Logger.Check(zap.DebugLevel, msg); ce != nil {
 		ce.Write(zap.String("event_id", e.EventID()), zap.Int("attempt", e.Attempts), zap.String("error", lastErr))
 	}
 }
 
 // payload is the JSON body of an event.
-func (o *outbox) payload(e *store.OutboxEntry) ([]byte, error) {
+func (o *Outbox) payload(e *store.OutboxEntry) ([]byte, error) {
 	typ, data := e.Fields[store.FieldType], e.Fields[store.FieldData]
 	ms, err := strconv.ParseInt(e.Fields[store.FieldOccurredAt], 10, 64)
 	if typ == "" || err != nil || !json.Valid([]byte(data)) || !strings.HasPrefix(strings.TrimSpace(data), "{") {
@@ -261,7 +245,7 @@ func (o *outbox) payload(e *store.OutboxEntry) ([]byte, error) {
 	return json.Marshal(webhook.Event{
 		ID:         e.EventID(),
 		Type:       typ,
-		Tenant:     o.t.name,
+		Tenant:     o.cfg.Tenant,
 		OccurredAt: time.UnixMilli(ms).UTC(),
 		Data:       json.RawMessage(data),
 	})
@@ -276,26 +260,26 @@ const (
 
 // post sends one attempt and classifies its outcome; for a failure it also
 // returns a short description (without the URL, which may hold a token).
-func (o *outbox) post(ctx context.Context, eventID string, body []byte) (result, lastErr string) {
-	t, w := o.t, o.wh
-	ctx, cancel := context.WithTimeout(ctx, time.Duration(w.Timeout))
+func (o *Outbox) post(ctx context.Context, eventID string, body []byte) (result, lastErr string) {
+	w := o.wh
+	ctx, cancel := context.WithTimeout(ctx, w.Timeout)
 	defer cancel()
-	sig, err := webhook.Sign(w.secrets, t.now(), body)
+	sig, err := webhook.Sign(w.Secrets, o.cfg.Now(), body)
 	if err != nil {
 		return resultError, err.Error()
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.url, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.URL, bytes.NewReader(body))
 	if err != nil {
 		return resultError, "building the request failed"
 	}
-	req.Header.Set(headerContentType, contentTypeJSON)
+	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "idlink-webhook/1")
 	req.Header.Set(webhook.EventIDHeader, eventID)
 	req.Header.Set(webhook.SignatureHeader, sig)
 	resp, err := o.client.Do(req)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) || os.IsTimeout(err) {
-			return resultError, "no answer within " + time.Duration(w.Timeout).String()
+			return resultError, "no answer within " + w.Timeout.String()
 		}
 		var ue *url.Error
 		if errors.As(err, &ue) {

@@ -1,4 +1,4 @@
-package caddymodule
+package events
 
 import (
 	"context"
@@ -29,10 +29,10 @@ import (
 // maintainLoop keeps the tenant's outbox shards trimmed by the policy and
 // measures them for the gauges, every maintainEvery (with jitter) until ctx
 // is done. Every instance does it; it is idempotent.
-func (o *outbox) maintainLoop(ctx context.Context) {
+func (o *Outbox) maintainLoop(ctx context.Context) {
 	for {
 		o.maintain(ctx)
-		d := o.maintainEvery
+		d := o.MaintainEvery
 		timer := time.NewTimer(d - d/5 + time.Duration(mrand.Int64N(int64(d/5)+1)))
 		select {
 		case <-ctx.Done():
@@ -44,20 +44,19 @@ func (o *outbox) maintainLoop(ctx context.Context) {
 }
 
 // maintain runs the upkeep once over the tenant's shards.
-func (o *outbox) maintain(ctx context.Context) {
-	t := o.t
+func (o *Outbox) maintain(ctx context.Context) {
 	opts := store.MaintainOptions{
 		TrimAcked:    true,
-		Retention:    time.Duration(t.EventsRetention),
+		Retention:    o.cfg.Retention,
 		Consumer:     o.consumer,
 		ConsumerIdle: consumerIdle,
-		Now:          t.now(),
+		Now:          o.cfg.Now(),
 	}
 	if opts.Retention == 0 && o.wh == nil {
-		opts.Retention = defaultEventsRetention
+		opts.Retention = DefaultRetention
 	}
 	if o.wh != nil {
-		opts.OrphanIdle = 2 * time.Duration(o.wh.ClaimAfter)
+		opts.OrphanIdle = 2 * o.wh.ClaimAfter
 	} else {
 		opts.OrphanIdle = consumerIdle
 	}
@@ -65,12 +64,12 @@ func (o *outbox) maintain(ctx context.Context) {
 	for shard := range store.Shards {
 		var st store.OutboxStats
 		err := o.call(ctx, func(ctx context.Context) (err error) {
-			st, err = t.app.store.MaintainOutbox(ctx, t.keys, shard, opts)
+			st, err = o.cfg.Store.MaintainOutbox(ctx, o.cfg.Keys, shard, opts)
 			return err
 		})
 		if err != nil {
 			if ctx.Err() == nil {
-				t.logStoreError(err)
+				o.cfg.StoreError(err)
 			}
 			return // keep the last measures
 		}
@@ -80,10 +79,10 @@ func (o *outbox) maintain(ctx context.Context) {
 		dead += st.DeadLetters
 		length += st.Length
 		if st.AckedTrimmed > 0 {
-			eventMetrics.trimmed.WithLabelValues(t.name, "acknowledged").Add(float64(st.AckedTrimmed))
+			Metrics.Trimmed.WithLabelValues(o.cfg.Tenant, "acknowledged").Add(float64(st.AckedTrimmed))
 		}
 		if st.RetentionTrimmed > 0 {
-			eventMetrics.trimmed.WithLabelValues(t.name, "retention").Add(float64(st.RetentionTrimmed))
+			Metrics.Trimmed.WithLabelValues(o.cfg.Tenant, "retention").Add(float64(st.RetentionTrimmed))
 			if st.Group {
 				dropped += st.RetentionTrimmed
 			}
@@ -93,7 +92,7 @@ func (o *outbox) maintain(ctx context.Context) {
 	o.deadLetters.Store(dead)
 	o.length.Store(length)
 	if dropped > 0 {
-		t.logger.Warn("events_retention trimmed events the webhook had not acknowledged",
+		o.Logger.Warn("events_retention trimmed events the webhook had not acknowledged",
 			zap.Int64("events", dropped), zap.Duration("events_retention", opts.Retention))
 	}
 }
