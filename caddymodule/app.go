@@ -165,10 +165,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 
 // Validate checks the configuration.
 func (a *App) Validate() error {
-	switch a.OnStoreError {
-	case FailClosed, FailOpen:
-	default:
-		return fmt.Errorf("on_store_error must be fail_closed or fail_open, not %q", a.OnStoreError)
+	if err := oneOf("on_store_error", a.OnStoreError, FailClosed, FailOpen); err != nil {
+		return err
 	}
 	if a.Durability != nil {
 		if err := a.Durability.validate(time.Duration(a.RedisTimeout)); err != nil {

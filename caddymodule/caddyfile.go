@@ -131,8 +131,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := oneArg(d, &a.OnStoreError); err != nil {
 				return err
 			}
-			if a.OnStoreError != FailClosed && a.OnStoreError != FailOpen {
-				return d.Errf("on_store_error must be fail_closed or fail_open, not '%s'", a.OnStoreError)
+			if err := oneOf("on_store_error", a.OnStoreError, FailClosed, FailOpen); err != nil {
+				return d.Err(err.Error())
 			}
 		case "durability":
 			if a.Durability != nil {
@@ -151,8 +151,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
-			if !tenantNameRE.MatchString(name) {
-				return d.Errf("tenant name '%s': use 1-63 of a-z, 0-9, '_' and '-'", name)
+			if err := checkTenantName(name); err != nil {
+				return d.Err(err.Error())
 			}
 			if a.Tenants == nil {
 				a.Tenants = map[string]*Tenant{}
@@ -202,10 +202,8 @@ func (t *Tenant) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					if err := oneArg(d, &p.Mode); err != nil {
 						return err
 					}
-					switch p.Mode {
-					case ModeOff, ModeReport, ModeEnforce:
-					default:
-						return d.Errf("mode must be off, report or enforce, not '%s'", p.Mode)
+					if err := oneOf("mode", p.Mode, ModeOff, ModeReport, ModeEnforce); err != nil {
+						return d.Err(err.Error())
 					}
 				default:
 					return d.Errf("unrecognized platform subdirective '%s'", d.Val())
@@ -220,8 +218,8 @@ func (t *Tenant) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := oneArg(d, &t.Anonymous); err != nil {
 				return err
 			}
-			if t.Anonymous != AnonymousAllow && t.Anonymous != AnonymousDeny {
-				return d.Errf("anonymous must be allow or deny, not '%s'", t.Anonymous)
+			if err := oneOf("anonymous", t.Anonymous, AnonymousAllow, AnonymousDeny); err != nil {
+				return d.Err(err.Error())
 			}
 		case "signed_attributes":
 			if t.SignedAttributes != "" {
@@ -230,8 +228,8 @@ func (t *Tenant) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := oneArg(d, &t.SignedAttributes); err != nil {
 				return err
 			}
-			if t.SignedAttributes != SignedAttributesBound && t.SignedAttributes != SignedAttributesPlain {
-				return d.Errf("signed_attributes must be bound or plain, not '%s'", t.SignedAttributes)
+			if err := oneOf("signed_attributes", t.SignedAttributes, SignedAttributesBound, SignedAttributesPlain); err != nil {
+				return d.Err(err.Error())
 			}
 		case "api_key":
 			args := d.RemainingArgs()

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
@@ -61,5 +62,34 @@ func TestCaddyfileAdapt(t *testing.T) {
 				t.Errorf("adapted JSON differs from %s (run go test -run TestCaddyfileAdapt -update to accept):\n%s", f, got)
 			}
 		})
+	}
+}
+
+// TestConfigChecksAgree: a value the Caddyfile refuses, the JSON config
+// refuses too, in the same words (both call one check).
+func TestConfigChecksAgree(t *testing.T) {
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	for _, c := range []struct{ caddyfile, json string }{
+		{"{\n\tidlink {\n\t\ton_store_error maybe\n\t}\n}\n", `{"on_store_error":"maybe"}`},
+		{"{\n\tidlink {\n\t\ttenant Acme! {\n\t\t}\n\t}\n}\n", `{"tenants":{"Acme!":{}}}`},
+		{"{\n\tidlink {\n\t\ttenant acme {\n\t\t\tanonymous maybe\n\t\t}\n\t}\n}\n", `{"tenants":{"acme":{"anonymous":"maybe"}}}`},
+		{"{\n\tidlink {\n\t\ttenant acme {\n\t\t\tsigned_attributes raw\n\t\t}\n\t}\n}\n", `{"tenants":{"acme":{"signed_attributes":"raw"}}}`},
+		{"{\n\tidlink {\n\t\ttenant acme {\n\t\t\tplatform ios {\n\t\t\t\tmode strict\n\t\t\t}\n\t\t}\n\t}\n}\n", `{"tenants":{"acme":{"platforms":{"ios":{"mode":"strict","secrets":["s-0123456789abcdef"]}}}}}`},
+	} {
+		_, _, perr := adapter.Adapt([]byte(c.caddyfile), map[string]any{"filename": "Caddyfile"})
+		if perr == nil {
+			t.Fatalf("the Caddyfile accepted %q", c.caddyfile)
+		}
+		sentence := perr.Error()
+		sentence = sentence[strings.Index(sentence, "': ")+3:]
+		sentence = sentence[:strings.LastIndex(sentence, ", at Caddyfile")]
+		lerr := caddy.Load([]byte(`{"apps":{"idlink":`+c.json+`}}`), true)
+		if lerr == nil {
+			_ = caddy.Stop()
+			t.Fatalf("the JSON config accepted %s", c.json)
+		}
+		if !strings.Contains(lerr.Error(), sentence) {
+			t.Errorf("Caddyfile: %q\nJSON:      %q", sentence, lerr.Error())
+		}
 	}
 }

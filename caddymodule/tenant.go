@@ -7,6 +7,7 @@ import (
 	"maps"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -137,8 +138,8 @@ type Platform struct {
 }
 
 func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
-	if !tenantNameRE.MatchString(name) {
-		return fmt.Errorf("tenant name %q: use 1-63 of a-z, 0-9, '_' and '-', starting with a letter or digit", name)
+	if err := checkTenantName(name); err != nil {
+		return err
 	}
 	t.name, t.app = name, app
 	t.keys = store.NewKeys(name)
@@ -215,10 +216,8 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 
 func (t *Tenant) validate() error {
 	for pname, p := range t.Platforms {
-		switch p.Mode {
-		case ModeOff, ModeReport, ModeEnforce:
-		default:
-			return fmt.Errorf("tenant %q platform %q: mode must be off, report or enforce, not %q", t.name, pname, p.Mode)
+		if err := oneOf("mode", p.Mode, ModeOff, ModeReport, ModeEnforce); err != nil {
+			return fmt.Errorf("tenant %q platform %q: %v", t.name, pname, err)
 		}
 		if p.Mode != ModeOff && len(p.Secrets) == 0 {
 			return fmt.Errorf("tenant %q platform %q: mode %s needs at least one secret", t.name, pname, p.Mode)
@@ -227,15 +226,11 @@ func (t *Tenant) validate() error {
 	if t.DefaultPlatform != "" && t.Platforms[t.DefaultPlatform] == nil {
 		return fmt.Errorf("tenant %q: default_platform %q is not a configured platform", t.name, t.DefaultPlatform)
 	}
-	switch t.Anonymous {
-	case AnonymousAllow, AnonymousDeny:
-	default:
-		return fmt.Errorf("tenant %q: anonymous must be allow or deny, not %q", t.name, t.Anonymous)
+	if err := oneOf("anonymous", t.Anonymous, AnonymousAllow, AnonymousDeny); err != nil {
+		return fmt.Errorf("tenant %q: %v", t.name, err)
 	}
-	switch t.SignedAttributes {
-	case SignedAttributesBound, SignedAttributesPlain:
-	default:
-		return fmt.Errorf("tenant %q: signed_attributes must be bound or plain, not %q", t.name, t.SignedAttributes)
+	if err := oneOf("signed_attributes", t.SignedAttributes, SignedAttributesBound, SignedAttributesPlain); err != nil {
+		return fmt.Errorf("tenant %q: %v", t.name, err)
 	}
 	if t.ContactToken != nil {
 		if err := t.ContactToken.validate(t.name); err != nil {
@@ -295,3 +290,26 @@ func (t *Tenant) logStoreError(err error) {
 }
 
 func isStoreError(err error) bool { return errors.Is(err, store.ErrUnavailable) }
+
+// oneOf checks an option that takes one of a few words. The Caddyfile
+// parser and the config's validation both call it, so a value is refused
+// alike (and worded alike) whichever way it was written.
+func oneOf(option, value string, allowed ...string) error {
+	for _, a := range allowed {
+		if value == a {
+			return nil
+		}
+	}
+	list := strings.Join(allowed[:len(allowed)-1], ", ") + " or " + allowed[len(allowed)-1]
+	return fmt.Errorf("%s must be %s, not %q", option, list, value)
+}
+
+// checkTenantName checks a tenant's name, which is part of every key of
+// its data: 1 to 63 of a-z, 0-9, '_' and '-', starting with a letter or
+// digit.
+func checkTenantName(name string) error {
+	if !tenantNameRE.MatchString(name) {
+		return fmt.Errorf("tenant name %q: use 1-63 of a-z, 0-9, '_' and '-', starting with a letter or digit", name)
+	}
+	return nil
+}
