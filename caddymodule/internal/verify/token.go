@@ -3,13 +3,9 @@ package verify
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"strconv"
-	"strings"
 	"time"
 	"unsafe"
 
@@ -214,64 +210,6 @@ func (c *Tokens) checkTimes(vt *Token, now time.Time) error {
 	return nil
 }
 
-// compactJWS reports whether s is three non-empty base64url parts joined by
-// two dots (no padding, no spaces), without decoding anything.
-func compactJWS(s string) bool {
-	dots, partLen := 0, 0
-	for i := 0; i < len(s); i++ {
-		ch := s[i]
-		switch {
-		case ch == '.':
-			if partLen == 0 {
-				return false
-			}
-			dots++
-			if dots > 2 {
-				return false
-			}
-			partLen = 0
-		case ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9' || ch == '-' || ch == '_':
-			partLen++
-		default:
-			return false
-		}
-	}
-	return dots == 2 && partLen > 0
-}
-
-// joseHeader is the part of a token's header read before choosing a key.
-type joseHeader struct {
-	Alg  string
-	KID  *string
-	Crit json.RawMessage
-}
-
-// peekHeader decodes a token's header (the token passed compactJWS).
-func peekHeader(raw string) (joseHeader, error) {
-	var h joseHeader
-	seg := raw[:strings.IndexByte(raw, '.')]
-	b, err := base64.RawURLEncoding.DecodeString(seg)
-	if err != nil {
-		return h, refuse("the token header is not base64url")
-	}
-	// Read exactly as golang-jwt reads it: a map, whose keys match case
-	// by case. (Decoding into the struct would match "ALG" or "Kid" too,
-	// and a header with both "alg" and "ALG" would name one algorithm here
-	// and another to the verifier.)
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(b, &m); err != nil {
-		return h, refuse("the token header is not a JSON object")
-	}
-	if v, ok := m["alg"]; ok && json.Unmarshal(v, &h.Alg) != nil {
-		return h, refuse("the token header is not a JSON object")
-	}
-	if v, ok := m["kid"]; ok && json.Unmarshal(v, &h.KID) != nil {
-		return h, refuse("the token header is not a JSON object")
-	}
-	h.Crit = m["crit"]
-	return h, nil
-}
-
 // verifyFresh verifies a token not in the cache.
 func (c *Tokens) verifyFresh(ctx context.Context, raw string, now time.Time) (*Token, error) {
 	h, err := peekHeader(raw)
@@ -364,36 +302,6 @@ func (c *Tokens) keyFor(ctx context.Context, kid string) (Key, error) {
 	return k, nil
 }
 
-// jwtReason words a golang-jwt error for the client (never with the token).
-func jwtReason(err error, claims jwt.MapClaims) string {
-	switch {
-	case errors.Is(err, jwt.ErrTokenMalformed):
-		return "the token is malformed"
-	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
-		return "the token's signature does not verify"
-	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
-		for _, name := range []string{"exp", "iss", "aud"} {
-			if _, ok := claims[name]; !ok {
-				return "the token has no " + name + " claim"
-			}
-		}
-		return "the token lacks a required claim"
-	case errors.Is(err, jwt.ErrTokenExpired):
-		return "the token has expired"
-	case errors.Is(err, jwt.ErrTokenNotValidYet):
-		return "the token is not valid yet"
-	case errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
-		return "the token was issued in the future"
-	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
-		return "the token's issuer is not accepted"
-	case errors.Is(err, jwt.ErrTokenInvalidAudience):
-		return "the token's audience is not accepted"
-	case errors.Is(err, jwt.ErrInvalidType):
-		return "a claim of the token has the wrong type"
-	}
-	return "the token cannot be verified"
-}
-
 // readClaims fills vt from the claims of a verified token.
 func (c *Tokens) readClaims(claims jwt.MapClaims, vt *Token) error {
 	str := func(name string) (string, bool, error) {
@@ -461,74 +369,4 @@ func (c *Tokens) readClaims(claims jwt.MapClaims, vt *Token) error {
 		vt.Headers = append(vt.Headers, Header{m.Header, s})
 	}
 	return nil
-}
-
-// ClaimString renders a scalar claim for a header.
-func ClaimString(v any) (string, bool) {
-	switch x := v.(type) {
-	case string:
-		return x, true
-	case bool:
-		return strconv.FormatBool(x), true
-	case float64:
-		if x == math.Trunc(x) && math.Abs(x) < 1<<53 {
-			return strconv.FormatInt(int64(x), 10), true
-		}
-		return strconv.FormatFloat(x, 'g', -1, 64), true
-	case json.Number:
-		return x.String(), true
-	}
-	return "", false
-}
-
-// RegisteredClaims are set by idlink itself: extra identifiers never
-// replace them.
-var RegisteredClaims = map[string]bool{
-	"iss": true, "aud": true, "sub": true, "sid": true, "iat": true, "exp": true,
-	"nbf": true, "jti": true, "external_id": true,
-}
-
-// Issue signs a token with the current signing key that expires after
-// the ttl, or at notAfter if that is sooner (zero: no bound). Claims: iss,
-// aud, sub (the platform user id), sid (when sessionID is set), iat, exp,
-// external_id (when externalID is set) and extra, which cannot override
-// the registered claims. ErrNoSigningKey without a signing key.
-func (c *Tokens) Issue(userID, sessionID, externalID string, extra map[string]string, notAfter time.Time) (string, time.Time, error) {
-	if !c.Issues() {
-		return "", time.Time{}, ErrNoSigningKey
-	}
-	now := c.now().Truncate(time.Second)
-	exp := now.Add(c.ttl)
-	if !notAfter.IsZero() && notAfter.Before(exp) {
-		exp = notAfter.Truncate(time.Second)
-	}
-	claims := jwt.MapClaims{}
-	for k, v := range extra {
-		if !RegisteredClaims[k] {
-			claims[k] = v
-		}
-	}
-	claims["iss"] = c.ownIssuer
-	if len(c.ownAud) == 1 {
-		claims["aud"] = c.ownAud[0]
-	} else {
-		claims["aud"] = c.ownAud
-	}
-	claims["sub"] = userID
-	claims["iat"] = now.Unix()
-	claims["exp"] = exp.Unix()
-	if sessionID != "" {
-		claims["sid"] = sessionID
-	}
-	if externalID != "" {
-		claims["external_id"] = externalID
-	}
-	k := c.signers[0]
-	tok := jwt.NewWithClaims(jwt.GetSigningMethod(k.Alg), claims)
-	tok.Header["kid"] = k.KID
-	s, err := tok.SignedString(k.Signer)
-	if err != nil {
-		return "", time.Time{}, fmt.Errorf("signing a contact token: %w", err)
-	}
-	return s, exp, nil
 }
