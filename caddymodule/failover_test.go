@@ -481,63 +481,67 @@ func waitReplicasInSync(t *testing.T, client func() redis.UniversalClient) {
 	rdb := client()
 	defer rdb.Close()
 	ctx := context.Background()
-	offsets := func(ctx context.Context, c *redis.Client) (master int64, replicas []int64, err error) {
-		info, err := c.Info(ctx, "replication").Result()
-		if err != nil {
-			return 0, nil, err
-		}
-		for _, line := range strings.Split(info, "\n") {
-			line = strings.TrimSpace(line)
-			if v, ok := strings.CutPrefix(line, "master_repl_offset:"); ok {
-				master, _ = strconv.ParseInt(v, 10, 64)
-			}
-			if strings.HasPrefix(line, "slave") && strings.Contains(line, "offset=") {
-				for _, f := range strings.Split(line, ",") {
-					if v, ok := strings.CutPrefix(f, "offset="); ok {
-						off, _ := strconv.ParseInt(v, 10, 64)
-						replicas = append(replicas, off)
-					}
-				}
-			}
-		}
-		return master, replicas, nil
-	}
-	// The master's offset now; then wait until every replica has reached it
-	// (under load the master keeps moving on: the snapshot is what counts).
-	inSync := func(ctx context.Context, c *redis.Client) error {
-		target, _, err := offsets(ctx, c)
-		if err != nil {
-			return err
-		}
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			_, replicas, err := offsets(ctx, c)
-			if err != nil {
-				return err
-			}
-			caught := len(replicas) > 0
-			for _, off := range replicas {
-				caught = caught && off >= target
-			}
-			if caught {
-				return nil
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("replicas %v did not reach the master's offset %d in 10s", replicas, target)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
 	var err error
 	switch c := rdb.(type) {
 	case *redis.ClusterClient:
-		err = c.ForEachMaster(ctx, inSync)
+		err = c.ForEachMaster(ctx, replicasInSync)
 	case *redis.Client:
-		err = inSync(ctx, c)
+		err = replicasInSync(ctx, c)
 	default:
 		t.Fatalf("waitReplicasInSync: unexpected client %T", rdb)
 	}
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// replicationOffsets reads a master's replication offset and its replicas'.
+func replicationOffsets(ctx context.Context, c *redis.Client) (master int64, replicas []int64, err error) {
+	info, err := c.Info(ctx, "replication").Result()
+	if err != nil {
+		return 0, nil, err
+	}
+	for _, line := range strings.Split(info, "\n") {
+		line = strings.TrimSpace(line)
+		if v, ok := strings.CutPrefix(line, "master_repl_offset:"); ok {
+			master, _ = strconv.ParseInt(v, 10, 64)
+		}
+		if strings.HasPrefix(line, "slave") && strings.Contains(line, "offset=") {
+			for _, f := range strings.Split(line, ",") {
+				if v, ok := strings.CutPrefix(f, "offset="); ok {
+					off, _ := strconv.ParseInt(v, 10, 64)
+					replicas = append(replicas, off)
+				}
+			}
+		}
+	}
+	return master, replicas, nil
+}
+
+// replicasInSync waits (up to 10s) until every replica of the master c
+// has reached the master's offset of now (under load the master keeps
+// moving on: the snapshot is what counts).
+func replicasInSync(ctx context.Context, c *redis.Client) error {
+	target, _, err := replicationOffsets(ctx, c)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, replicas, err := replicationOffsets(ctx, c)
+		if err != nil {
+			return err
+		}
+		caught := len(replicas) > 0
+		for _, off := range replicas {
+			caught = caught && off >= target
+		}
+		if caught {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("replicas %v did not reach the master's offset %d in 10s", replicas, target)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
