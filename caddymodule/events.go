@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"fmt"
-	mrand "math/rand/v2"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -96,9 +95,6 @@ func (t *Tenant) provisionEvents() error {
 			return err
 		}
 		cfg.Webhook = wh
-		cfg.Backoff = func(attempt int) time.Duration {
-			return events.Jittered(events.BackoffDelay(time.Duration(w.BackoffBase), time.Duration(w.BackoffMax), attempt), mrand.Float64())
-		}
 	}
 	t.outbox = events.New(cfg)
 	return nil
@@ -112,8 +108,7 @@ func (t *Tenant) provisionWebhook(w *Webhook) (*events.Webhook, error) {
 	if err != nil {
 		return nil, fmt.Errorf("webhook url: %v", err)
 	}
-	pu, err := outboundURL("webhook url", u, "", t.logger)
-	if err != nil {
+	if _, err := outboundURL("webhook url", u, "", t.logger); err != nil {
 		return nil, err
 	}
 	w.url = u
@@ -156,8 +151,9 @@ func (t *Tenant) provisionWebhook(w *Webhook) (*events.Webhook, error) {
 		w.ClaimAfter = 3 * w.Timeout
 	}
 	return &events.Webhook{
-		URL: u, Origin: pu.Scheme + "://" + pu.Host, Secrets: w.secrets, MaxAttempts: w.MaxAttempts,
+		URL: u, Secrets: w.secrets, MaxAttempts: w.MaxAttempts,
 		MaxAge: time.Duration(w.MaxAge), Timeout: time.Duration(w.Timeout), Concurrency: w.Concurrency,
+		BackoffBase: time.Duration(w.BackoffBase), BackoffMax: time.Duration(w.BackoffMax),
 		PollInterval: time.Duration(w.PollInterval), ClaimAfter: time.Duration(w.ClaimAfter),
 	}, nil
 }

@@ -192,7 +192,7 @@ func (o *Outbox) deadLetter(e *store.OutboxEntry, reason, lastErr string) {
 	if o.warnNow() {
 		o.Logger.Warn("webhook event moved to the dead letters",
 			zap.String("event_id", e.EventID()), zap.String("deadletter_id", id), zap.String("reason", reason),
-			zap.Int("attempts", e.Attempts), zap.String("last_error", lastErr), zap.String("webhook", o.wh.Origin))
+			zap.Int("attempts", e.Attempts), zap.String("last_error", lastErr), zap.String("webhook", o.origin))
 	}
 }
 

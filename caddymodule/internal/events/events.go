@@ -8,7 +8,9 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	mrand "math/rand/v2"
 	"net/http"
+	"net/url"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -53,13 +55,14 @@ const (
 // Webhook is where a tenant's events are delivered, with its defaults
 // applied (see the module's Webhook for each option).
 type Webhook struct {
-	URL          string
-	Origin       string // scheme://host of URL, for logs
+	URL          string // absolute http(s), checked by the caller
 	Secrets      []string
 	MaxAttempts  int
 	MaxAge       time.Duration
 	Timeout      time.Duration
 	Concurrency  int
+	BackoffBase  time.Duration // the wait after the first failed attempt, doubled after each next one
+	BackoffMax   time.Duration
 	PollInterval time.Duration
 	ClaimAfter   time.Duration
 }
@@ -88,8 +91,6 @@ type Config struct {
 	Logger    *zap.Logger
 	// StoreError hears every store failure (it rate-limits its own log).
 	StoreError func(error)
-	// Backoff is the wait after the attempt-th failed attempt.
-	Backoff func(attempt int) time.Duration
 }
 
 // Tuning holds what tests shorten; New sets the production values.
@@ -97,8 +98,8 @@ type Tuning struct {
 	PollMin       time.Duration // the least wait between two rounds
 	MaintainEvery time.Duration
 	StopGrace     time.Duration
-	Backoff       func(attempt int) time.Duration
-	Crash         bool // stop without releasing leases, as a killed process would
+	Backoff       func(attempt int) time.Duration // the wait after the attempt-th failed attempt
+	Crash         bool                            // stop without releasing leases, as a killed process would
 }
 
 // Outbox is a tenant's events machinery: delivery to its webhook (if
@@ -111,6 +112,7 @@ type Outbox struct {
 	cfg      Config
 	wh       *Webhook // nil: no delivery, upkeep only
 	client   *http.Client
+	origin   string // scheme://host of the webhook, for logs (its URL may hold a token)
 	consumer string
 	slots    chan struct{} // shared by the app's tenants: see eventsRedisSlots
 
@@ -129,8 +131,14 @@ type Outbox struct {
 // New returns the events machinery of cfg.
 func New(cfg Config) *Outbox {
 	o := &Outbox{cfg: cfg, wh: cfg.Webhook, Logger: cfg.Logger, wake: make(chan struct{}, 1),
-		Tuning: Tuning{MaintainEvery: MaintainInterval, StopGrace: stopGrace, Backoff: cfg.Backoff}}
+		Tuning: Tuning{MaintainEvery: MaintainInterval, StopGrace: stopGrace}}
 	if w := o.wh; w != nil {
+		if u, err := url.Parse(w.URL); err == nil {
+			o.origin = u.Scheme + "://" + u.Host
+		}
+		o.Backoff = func(attempt int) time.Duration {
+			return Jittered(BackoffDelay(w.BackoffBase, w.BackoffMax, attempt), mrand.Float64())
+		}
 		o.PollMin = max(w.PollInterval/20, 5*time.Millisecond)
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.MaxIdleConnsPerHost = w.Concurrency
