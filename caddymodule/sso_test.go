@@ -54,12 +54,6 @@ func (s *tokenInfoServer) answer(token string, f func(w http.ResponseWriter)) {
 	s.mu.Unlock()
 }
 
-func (s *tokenInfoServer) callsFor(token string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.calls[token]
-}
-
 func jsonAnswer(status int, body any) func(http.ResponseWriter) {
 	return func(w http.ResponseWriter) {
 		w.Header().Set("Content-Type", "application/json")

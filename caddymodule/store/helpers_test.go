@@ -21,11 +21,6 @@ type backend struct {
 	store func(t *testing.T) *Store
 }
 
-var (
-	clusterOnce sync.Once
-	clusterURL  string
-)
-
 // backends are every selected deployment (testenv.DeploymentNames: a real
 // standalone Redis, the shared 3-master+replica Redis Cluster, which
 // proves every script stays in one slot, and a Sentinel setup) and the
