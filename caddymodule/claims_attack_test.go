@@ -141,6 +141,16 @@ func TestClaimsAPI(t *testing.T) {
 	if status, b := put(claimsWriteKey, "u_0aNoSuchUserAAAAAAAAAAAAAAAAAAAAA", `{"claims":{"contact_id":"c"}}`); status != 404 || !strings.Contains(b, "user_not_found") {
 		t.Fatalf("PUT claims of an unknown user: %d %s", status, b)
 	}
+	// An install's anonymous user expires (install_ttl) until a link names
+	// it: it takes no claims, which would outlive it.
+	status, ib, _ := e.do("POST", "/idlink/installs", "")
+	var created map[string]any
+	if status != 201 || json.Unmarshal([]byte(ib), &created) != nil {
+		t.Fatalf("POST /installs: %d %s", status, ib)
+	}
+	if status, b := put(claimsWriteKey, str(created, "user_id"), `{"claims":{"contact_id":"c-anon"}}`); status != 409 || !strings.Contains(b, "user_expires") {
+		t.Fatalf("PUT claims of an expiring anonymous user: %d %s", status, b)
+	}
 
 	// Written: the answer shows them, the next token carries them.
 	status, b := put(claimsWriteKey, userID, `{"claims":{"contact_id":"c-alice","predict_external_id":"p-alice","tier":3}}`)
