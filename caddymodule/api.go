@@ -10,6 +10,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/idlink/idlink/caddymodule/internal/apierr"
 	"go.uber.org/zap"
 )
 
@@ -57,7 +58,7 @@ func (API) CaddyModule() caddy.ModuleInfo {
 // apiRoutes is the API: every endpoint, as an http.ServeMux pattern, and
 // the method that answers it (in the file of its concern).
 var apiRoutes = map[string]func(a *API, w http.ResponseWriter, r *http.Request){
-	"POST /installs":                (*API).createInstall,       // installs.go
+	"POST /installs":                (*API).createInstall,       // links.go
 	"POST /users/{install_id}/link": (*API).link,                // links.go
 	"GET /users/{user_id}":          (*API).getUser,             // links.go
 	"PUT /users/{user_id}/claims":   (*API).putClaims,           // claims.go
@@ -134,8 +135,8 @@ func (a *API) fail(w http.ResponseWriter, err error) {
 		writeError(w, ae)
 		return
 	}
-	a.tenant.logStoreError(err)
-	writeError(w, errStoreUnavailable())
+	a.tenant.id.LogStoreError(err)
+	writeError(w, apierr.StoreUnavailable())
 }
 
 // readJSON decodes a JSON object body of at most maxBodyBytes into v.
@@ -150,19 +151,19 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) *apiError {
 			return newError(http.StatusRequestEntityTooLarge, "body_too_large",
 				fmt.Sprintf("the body must be at most %d bytes", maxBodyBytes))
 		}
-		return errInvalidRequest("the body could not be read")
+		return apierr.InvalidRequest("the body could not be read")
 	}
 	if len(body) == 0 {
-		return errInvalidRequest("a JSON object body is required")
+		return apierr.InvalidRequest("a JSON object body is required")
 	}
 	dec := json.NewDecoder(strings.NewReader(string(body)))
 	if err := dec.Decode(v); err != nil {
-		return errInvalidRequest("the body is not a valid JSON object of the expected shape")
+		return apierr.InvalidRequest("the body is not a valid JSON object of the expected shape")
 	}
 	// Only white space may follow (dec.More is false before a stray '}'
 	// or ']', which a second Token call reports).
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return errInvalidRequest("the body holds more than one JSON value")
+		return apierr.InvalidRequest("the body holds more than one JSON value")
 	}
 	return nil
 }

@@ -124,7 +124,7 @@ func (t *Tenant) requireScope(r *http.Request, scope string) *apiError {
 		}
 	}
 	if match == nil {
-		t.debug("api key refused")
+		t.logger.Debug("api key refused")
 		return newError(http.StatusUnauthorized, "invalid_api_key", "the API key is not valid for this tenant")
 	}
 	for _, s := range match.Scopes {
@@ -132,6 +132,6 @@ func (t *Tenant) requireScope(r *http.Request, scope string) *apiError {
 			return nil
 		}
 	}
-	t.debug("api key lacks scope", zap.String("scope", scope), zap.String("key", redactDigest(match.SHA256)))
+	t.logger.Debug("api key lacks scope", zap.String("scope", scope), zap.String("key", redactDigest(match.SHA256)))
 	return newError(http.StatusForbidden, "insufficient_scope", "the API key does not grant "+scope)
 }

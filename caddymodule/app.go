@@ -239,3 +239,22 @@ var (
 	_ caddy.Validator    = (*App)(nil)
 	_ caddy.CleanerUpper = (*App)(nil)
 )
+
+// listen runs until ctx is done: it hears invalidation messages and
+// dispatches them to the tenants. Whenever the subscription is
+// (re)established, every tenant flushes its invalidatable caches, since
+// messages sent while it was down are lost.
+func (a *App) listen(ctx context.Context) {
+	a.store.Listen(ctx,
+		func() {
+			for _, t := range a.Tenants {
+				t.id.Flush()
+			}
+		},
+		func(tenant, kind, key string) {
+			if t := a.Tenants[tenant]; t != nil {
+				t.id.Invalidate(kind, key)
+			}
+		},
+		func(err error) { a.logger.Debug("invalidation subscription interrupted", zap.Error(err)) })
+}

@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/idlink/idlink/caddymodule/internal/apierr"
 	"github.com/idlink/idlink/caddymodule/internal/verify"
 	"github.com/idlink/idlink/caddymodule/store"
 )
@@ -93,7 +93,7 @@ func (a *API) putClaims(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if len(bytes.TrimSpace(req.Claims)) == 0 || string(bytes.TrimSpace(req.Claims)) == "null" {
-		writeError(w, errInvalidRequest(`the body must be {"claims": {...}, "merge": true|false}`))
+		writeError(w, apierr.InvalidRequest(`the body must be {"claims": {...}, "merge": true|false}`))
 		return
 	}
 	update, e := parseObjectUpdate("claims", req.Claims, req.Merge, maxClaimsBytes)
@@ -105,7 +105,7 @@ func (a *API) putClaims(w http.ResponseWriter, r *http.Request) {
 		var name string
 		_ = json.Unmarshal([]byte(f[0]), &name)
 		if verify.RegisteredClaims[name] {
-			writeError(w, errInvalidRequest(fmt.Sprintf("claim %q is set by idlink itself", name)))
+			writeError(w, apierr.InvalidRequest(fmt.Sprintf("claim %q is set by idlink itself", name)))
 			return
 		}
 		if f[1] == "null" {
@@ -114,13 +114,13 @@ func (a *API) putClaims(w http.ResponseWriter, r *http.Request) {
 		var v any
 		_ = json.Unmarshal([]byte(f[1]), &v)
 		if s, ok := verify.ClaimString(v); !ok || !verify.HeaderValue(s, verify.MaxClaimHeaderValue) {
-			writeError(w, errInvalidRequest(fmt.Sprintf(
+			writeError(w, apierr.InvalidRequest(fmt.Sprintf(
 				"claim %q must be a string, number or boolean of at most %d bytes without control characters", name, verify.MaxClaimHeaderValue)))
 			return
 		}
 	}
 	userID := r.PathValue("user_id")
-	claims, changed, err := t.app.store.SetUserClaims(r.Context(), t.keys, userID, *update, t.now())
+	claims, changed, err := t.app.store.SetUserClaims(r.Context(), t.id.Keys(), userID, *update, t.now())
 	var tooLarge *store.ClaimsTooLargeError
 	switch {
 	case errors.Is(err, store.ErrUserNotFound):
@@ -134,7 +134,7 @@ func (a *API) putClaims(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		a.fail(w, err)
 	default:
-		t.debug("claims set", zap.String("user_id", userID), zap.Bool("changed", changed))
+		t.logger.Debug("claims set", zap.String("user_id", userID), zap.Bool("changed", changed))
 		writeJSON(w, http.StatusOK, struct {
 			UserID string          `json:"user_id"`
 			Claims json.RawMessage `json:"claims"`
@@ -155,7 +155,7 @@ func parseObjectUpdate(field string, raw json.RawMessage, merge *bool, limit int
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, nil
 	}
-	bad := errInvalidRequest(field + " must be a JSON object")
+	bad := apierr.InvalidRequest(field + " must be a JSON object")
 	if raw[0] != '{' || !utf8.Valid(raw) {
 		return nil, bad
 	}
@@ -175,7 +175,7 @@ func parseObjectUpdate(field string, raw json.RawMessage, merge *bool, limit int
 			return nil, bad
 		}
 		if _, dup := m[key]; dup {
-			return nil, errInvalidRequest(fmt.Sprintf("%s: key %q appears more than once", field, key))
+			return nil, apierr.InvalidRequest(fmt.Sprintf("%s: key %q appears more than once", field, key))
 		}
 		m[key] = v
 	}
@@ -205,44 +205,4 @@ func parseObjectUpdate(field string, raw json.RawMessage, merge *bool, limit int
 		u.Fields = append(u.Fields, [2]string{key, v.String()})
 	}
 	return u, nil
-}
-
-// --- Claims of issued tokens -------------------------------------------------
-
-// tokenClaims returns the claims a token issued for the user carries: for
-// every claim a claim_header maps, the value the customer backend vouches
-// for, from the claims it wrote (PUT /users/{user_id}/claims) and, with a
-// claims_url, the resolver's answer, which wins. Both are read now, so no
-// token is issued without the claims its tenant maps and the backend
-// knows; a resolver that cannot answer is 503 claims_unavailable and no
-// token at all. A mapped claim the backend has none of is absent.
-func (t *Tenant) tokenClaims(ctx context.Context, userID, externalID string) (map[string]string, error) {
-	c := t.ContactToken
-	if len(c.mapped) == 0 {
-		return nil, nil
-	}
-	raw, err := t.app.store.UserClaims(ctx, t.keys, userID)
-	if err != nil {
-		return nil, err
-	}
-	var stored map[string]any
-	if err := json.Unmarshal([]byte(raw), &stored); err != nil {
-		return nil, fmt.Errorf("%w: user %s: stored claims are not a JSON object", store.ErrUnavailable, userID)
-	}
-	out := map[string]string{}
-	for _, n := range c.mapped {
-		if s, ok := verify.ClaimString(stored[n]); ok {
-			out[n] = s
-		}
-	}
-	if c.ClaimsURL != nil {
-		answer, aerr := c.ClaimsURL.claims(ctx, userID, externalID)
-		if aerr != nil {
-			return nil, aerr
-		}
-		for n, s := range answer {
-			out[n] = s
-		}
-	}
-	return out, nil
 }

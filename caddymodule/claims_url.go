@@ -94,7 +94,7 @@ func (c *ClaimsResolver) provision(t *Tenant) error {
 
 // claims returns the mapped claims the resolver answers for a user:
 // cached, or from one call shared by every concurrent lookup of the user.
-func (c *ClaimsResolver) claims(ctx context.Context, userID, externalID string) (map[string]string, *apiError) {
+func (c *ClaimsResolver) claims(ctx context.Context, userID, externalID string) (map[string]string, error) {
 	m, err := c.cache.Load(ctx, userID, func(ctx context.Context) (map[string]string, time.Duration, error) {
 		m, err := c.lookup(ctx, userID, externalID)
 		if err != nil {

@@ -24,6 +24,7 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 
+	"github.com/idlink/idlink/caddymodule/internal/identity"
 	"github.com/idlink/idlink/caddymodule/internal/verify"
 )
 
@@ -211,7 +212,7 @@ dropped), never from a flag value, which would land in shell history.`,
 				if !verify.HeaderValue(f.value, f.max) {
 					return fmt.Errorf("the %s must be 1 to %d bytes of UTF-8 without control characters", f.field, f.max)
 				}
-				msg = attributeMessage(SignedAttributesBound, f.field, args[0], f.value)
+				msg = identity.AttributeMessage(SignedAttributesBound, f.field, args[0], f.value)
 			}
 			// The same computation the handler verifies against.
 			var sum [sha256.Size]byte

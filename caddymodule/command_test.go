@@ -72,12 +72,12 @@ func TestKeygen(t *testing.T) {
 			}})
 			tn := a.Tenants["acme"]
 			ctx := context.Background()
-			uid, _ := tn.resolveExternal(ctx, "alice")
-			tok, _, err := tn.issueToken(uid, "", "alice", nil, time.Time{})
+			uid, _ := resolveExternal(tn, "alice")
+			tok, _, err := tn.ContactToken.v.Issue(uid, "", "alice", nil, time.Time{})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := tn.ContactToken.verify(ctx, tok); err != nil {
+			if _, err := tn.ContactToken.v.Verify(ctx, tok); err != nil {
 				t.Fatal(err)
 			}
 			// The printed JWK verifies the token.

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/idlink/idlink/caddymodule/internal/apierr"
 	"github.com/idlink/idlink/caddymodule/store"
 )
 
@@ -46,7 +47,7 @@ func (a *API) listDeadLetters(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > maxDeadLetterPage {
-			writeError(w, errInvalidRequest("limit must be a number from 1 to "+strconv.Itoa(maxDeadLetterPage)))
+			writeError(w, apierr.InvalidRequest("limit must be a number from 1 to "+strconv.Itoa(maxDeadLetterPage)))
 			return
 		}
 		limit = n
@@ -55,7 +56,7 @@ func (a *API) listDeadLetters(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("after"); v != "" {
 		shard, entry, err := store.ParseEventID(v)
 		if err != nil {
-			writeError(w, errInvalidRequest("after must be a dead letter id"))
+			writeError(w, apierr.InvalidRequest("after must be a dead letter id"))
 			return
 		}
 		startShard, after = shard, entry
@@ -68,7 +69,7 @@ func (a *API) listDeadLetters(w http.ResponseWriter, r *http.Request) {
 		if shard == startShard {
 			from = after
 		}
-		list, err := t.app.store.DeadLetters(ctx, t.keys, shard, from, limit-len(out))
+		list, err := t.app.store.DeadLetters(ctx, t.id.Keys(), shard, from, limit-len(out))
 		if err != nil {
 			a.fail(w, err)
 			return
@@ -104,7 +105,7 @@ func (a *API) deadLetterTotal(r *http.Request) (int64, error) {
 	t := a.tenant
 	var total int64
 	for shard := range store.Shards {
-		n, err := t.app.store.DeadLetterCount(r.Context(), t.keys, shard)
+		n, err := t.app.store.DeadLetterCount(r.Context(), t.id.Keys(), shard)
 		if err != nil {
 			return 0, err
 		}
@@ -134,14 +135,14 @@ func (a *API) replayDeadLetters(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if body.All == (len(body.IDs) > 0) {
-		writeError(w, errInvalidRequest(`send either {"ids": [...]} or {"all": true}`))
+		writeError(w, apierr.InvalidRequest(`send either {"ids": [...]} or {"all": true}`))
 		return
 	}
 	ctx := r.Context()
 	if body.All {
 		replayed := 0
 		for shard := 0; shard < store.Shards && replayed < maxReplayAll; {
-			n, err := t.app.store.ReplayOldestDeadLetters(ctx, t.keys, shard, min(replayBatch, maxReplayAll-replayed))
+			n, err := t.app.store.ReplayOldestDeadLetters(ctx, t.id.Keys(), shard, min(replayBatch, maxReplayAll-replayed))
 			if err != nil {
 				a.fail(w, err)
 				return
@@ -161,14 +162,14 @@ func (a *API) replayDeadLetters(w http.ResponseWriter, r *http.Request) {
 	}
 
 	if len(body.IDs) > maxReplayIDs {
-		writeError(w, errInvalidRequest("at most "+strconv.Itoa(maxReplayIDs)+" ids per request"))
+		writeError(w, apierr.InvalidRequest("at most "+strconv.Itoa(maxReplayIDs)+" ids per request"))
 		return
 	}
 	var byShard [store.Shards][]string
 	for _, id := range body.IDs {
 		shard, entry, err := store.ParseEventID(id)
 		if err != nil {
-			writeError(w, errInvalidRequest("ids must be dead letter ids as GET /deadletters lists them"))
+			writeError(w, apierr.InvalidRequest("ids must be dead letter ids as GET /deadletters lists them"))
 			return
 		}
 		byShard[shard] = append(byShard[shard], entry)
@@ -178,7 +179,7 @@ func (a *API) replayDeadLetters(w http.ResponseWriter, r *http.Request) {
 		if len(ids) == 0 {
 			continue
 		}
-		n, missing, err := t.app.store.ReplayDeadLetters(ctx, t.keys, shard, ids)
+		n, missing, err := t.app.store.ReplayDeadLetters(ctx, t.id.Keys(), shard, ids)
 		if err != nil {
 			a.fail(w, err)
 			return

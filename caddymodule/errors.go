@@ -5,19 +5,16 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+
+	"github.com/idlink/idlink/caddymodule/internal/apierr"
 )
 
 // Error codes of the JSON error bodies, as SPEC.md names them.
+// The codes the identity domain answers too are apierr's.
 const (
-	codeInvalidRequest     = "invalid_request"
-	codeInvalidSignature   = "invalid_signature"
-	codeAuthRequired       = "authentication_required"
-	codeStoreUnavailable   = "store_unavailable"
-	codeIdentityMismatch   = "identity_mismatch"
 	codeNotFound           = "not_found"
 	codeMethodNotAllowed   = "method_not_allowed"
 	codeInternal           = "internal_error"
-	retryAfterStoreOutage  = 1 // seconds
 	maxErrorMessageLength  = 200
 	contentTypeJSON        = "application/json"
 	headerRetryAfter       = "Retry-After"
@@ -30,35 +27,10 @@ const (
 )
 
 // apiError is an error answered to the client as
-// {"error": code, "message": message} with its status. Its message is
-// written by us, never copied from client input, a Redis error or a token.
-type apiError struct {
-	Status     int
-	Code       string
-	Message    string
-	RetryAfter int    // seconds; 0: no Retry-After header
-	Challenge  string // WWW-Authenticate value, if any
-	Reason     string // answered as "reason" when set (session_ended)
-}
+// {"error": code, "message": message} with its status.
+type apiError = apierr.Error
 
-func (e *apiError) Error() string { return e.Code + ": " + e.Message }
-
-func newError(status int, code, message string) *apiError {
-	return &apiError{Status: status, Code: code, Message: message}
-}
-
-func errInvalidRequest(msg string) *apiError {
-	return newError(http.StatusBadRequest, codeInvalidRequest, msg)
-}
-
-func errStoreUnavailable() *apiError {
-	return &apiError{
-		Status:     http.StatusServiceUnavailable,
-		Code:       codeStoreUnavailable,
-		Message:    "the identity store is unavailable; retry shortly",
-		RetryAfter: retryAfterStoreOutage,
-	}
-}
+func newError(status int, code, message string) *apiError { return apierr.New(status, code, message) }
 
 // writeError answers e as JSON.
 func writeError(w http.ResponseWriter, e *apiError) {

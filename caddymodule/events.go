@@ -86,8 +86,8 @@ func (t *Tenant) provisionEvents() error {
 		return fmt.Errorf("events_retention must not be negative")
 	}
 	cfg := events.Config{
-		Tenant: t.name, Keys: t.keys, Store: t.app.store, Retention: time.Duration(t.EventsRetention),
-		Now: t.now, Logger: t.logger, StoreError: t.logStoreError,
+		Tenant: t.name, Keys: t.id.Keys(), Store: t.app.store, Retention: time.Duration(t.EventsRetention),
+		Now: t.now, Logger: t.logger, StoreError: t.id.LogStoreError,
 	}
 	if w := t.Webhook; w != nil {
 		wh, err := t.provisionWebhook(w)

@@ -126,7 +126,7 @@ func TestMeasureWebhookDelivery(t *testing.T) {
 		pipe := producer.store.Client().Pipeline()
 		for i := range n {
 			shard := i % store.Shards
-			pipe.XAdd(context.Background(), &redis.XAddArgs{Stream: tn.keys.Events(shard), Values: []any{
+			pipe.XAdd(context.Background(), &redis.XAddArgs{Stream: tn.id.Keys().Events(shard), Values: []any{
 				"type", "user.created", "tenant", "acme", "occurred_at", strconv.FormatInt(time.Now().UnixMilli(), 10), "data", `{"n":` + strconv.Itoa(i) + `}`,
 			}})
 		}

@@ -262,11 +262,11 @@ func produce(tb testing.TB, a *App, prefix string, n int) []string {
 	var ids []string
 	for i := range n {
 		ext := fmt.Sprintf("%s-%d", prefix, i)
-		if _, created, err := a.store.ResolveExternal(context.Background(), t.keys, ext, t.now()); err != nil || !created {
+		if _, created, err := a.store.ResolveExternal(context.Background(), t.id.Keys(), ext, t.now()); err != nil || !created {
 			tb.Fatalf("resolve %s: created=%v err=%v", ext, created, err)
 		}
 		shard := store.ExternalShard(ext)
-		last, err := a.store.Client().XRevRangeN(context.Background(), t.keys.Events(shard), "+", "-", 1).Result()
+		last, err := a.store.Client().XRevRangeN(context.Background(), t.id.Keys().Events(shard), "+", "-", 1).Result()
 		if err != nil || len(last) != 1 {
 			tb.Fatalf("outbox of shard %d: %v %v", shard, last, err)
 		}
@@ -299,12 +299,12 @@ func outboxState(tb testing.TB, a *App) (pending, due, dead int64) {
 	ctx := context.Background()
 	c := a.store.Client()
 	for shard := range store.Shards {
-		if p, err := c.XPending(ctx, t.keys.Events(shard), store.EventsGroup).Result(); err == nil {
+		if p, err := c.XPending(ctx, t.id.Keys().Events(shard), store.EventsGroup).Result(); err == nil {
 			pending += p.Count
 		}
-		n, _ := c.ZCard(ctx, t.keys.EventsDue(shard)).Result()
+		n, _ := c.ZCard(ctx, t.id.Keys().EventsDue(shard)).Result()
 		due += n
-		d, _ := c.XLen(ctx, t.keys.Deadletter(shard)).Result()
+		d, _ := c.XLen(ctx, t.id.Keys().Deadletter(shard)).Result()
 		dead += d
 	}
 	return
@@ -349,7 +349,7 @@ func testWebhookDelivery(t *testing.T, redisURL string) {
 	// Any type another feature appends in the same format is delivered as is.
 	tn := a.Tenants["acme"]
 	entry, err := a.store.Client().XAdd(context.Background(), &redis.XAddArgs{
-		Stream: tn.keys.Events(9),
+		Stream: tn.id.Keys().Events(9),
 		Values: []any{"type", "session.ended", "tenant", "acme", "occurred_at", "1718000000123", "data", `{"session_id":"s_09x","reason":"logout"}`},
 	}).Result()
 	if err != nil {
@@ -462,7 +462,7 @@ func testWebhookDeadLetterThenReplay(t *testing.T, redisURL string) {
 	tn := a.Tenants["acme"]
 	var all []store.DeadLetter
 	for shard := range store.Shards {
-		l, _ := a.store.DeadLetters(context.Background(), tn.keys, shard, "", 100)
+		l, _ := a.store.DeadLetters(context.Background(), tn.id.Keys(), shard, "", 100)
 		all = append(all, l...)
 	}
 	seen := map[string]bool{}
@@ -481,7 +481,7 @@ func testWebhookDeadLetterThenReplay(t *testing.T, redisURL string) {
 	// The receiver is back; replaying delivers every event, under its id.
 	up.Store(true)
 	for shard := range store.Shards {
-		if _, err := a.store.ReplayOldestDeadLetters(context.Background(), tn.keys, shard, 100); err != nil {
+		if _, err := a.store.ReplayOldestDeadLetters(context.Background(), tn.id.Keys(), shard, 100); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -519,7 +519,7 @@ func testWebhookMaxAge(t *testing.T, redisURL string) {
 	})
 	tn := a.Tenants["acme"]
 	for shard := range store.Shards {
-		l, _ := a.store.DeadLetters(context.Background(), tn.keys, shard, "", 100)
+		l, _ := a.store.DeadLetters(context.Background(), tn.id.Keys(), shard, "", 100)
 		for _, d := range l {
 			if d.Reason != events.ReasonMaxAge || d.Attempts < 3 || d.Attempts > 20 {
 				t.Errorf("dead letter %+v", d)
@@ -535,7 +535,7 @@ func testWebhookMalformedEntry(t *testing.T, redisURL string) {
 	tn := a.Tenants["acme"]
 	for _, data := range []string{`not json`, `[1]`, ``} {
 		if err := a.store.Client().XAdd(context.Background(), &redis.XAddArgs{
-			Stream: tn.keys.Events(4),
+			Stream: tn.id.Keys().Events(4),
 			Values: []any{"type", "user.created", "tenant", "acme", "occurred_at", "1", "data", data},
 		}).Err(); err != nil {
 			t.Fatal(err)
@@ -545,7 +545,7 @@ func testWebhookMalformedEntry(t *testing.T, redisURL string) {
 		_, _, dl := outboxState(t, a)
 		return dl == 3
 	})
-	l, _ := a.store.DeadLetters(context.Background(), tn.keys, 4, "", 10)
+	l, _ := a.store.DeadLetters(context.Background(), tn.id.Keys(), 4, "", 10)
 	for _, d := range l {
 		if d.Reason != events.ReasonMalformed || d.Attempts != 1 {
 			t.Errorf("dead letter %+v", d)

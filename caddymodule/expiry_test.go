@@ -33,8 +33,8 @@ func TestInstallTTLConfig(t *testing.T) {
 			t.Errorf("install_ttl %v: %v, want refused", time.Duration(c.ttl), err)
 		case !c.refused && err != nil:
 			t.Errorf("install_ttl %v: %v", time.Duration(c.ttl), err)
-		case !c.refused && a.Tenants["acme"].expiry.policy.TTL != c.want:
-			t.Errorf("install_ttl %v: expiry %v, want %v", time.Duration(c.ttl), a.Tenants["acme"].expiry.policy.TTL, c.want)
+		case !c.refused && a.Tenants["acme"].id.Expiry().TTL != c.want:
+			t.Errorf("install_ttl %v: expiry %v, want %v", time.Duration(c.ttl), a.Tenants["acme"].id.Expiry().TTL, c.want)
 		}
 		_ = a.Cleanup()
 		cancel()

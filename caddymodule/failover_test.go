@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/idlink/idlink/caddymodule/internal/apierr"
 	"github.com/idlink/idlink/caddymodule/store"
 	"github.com/idlink/idlink/testenv"
 )
@@ -344,7 +345,7 @@ func failoverUnderLoad(t *testing.T, url string, client func() redis.UniversalCl
 			}
 		case s.status == http.StatusServiceUnavailable:
 			rep.unavailable++
-			if s.instance != "closed" || s.code != codeStoreUnavailable || s.retry == "" || s.reached {
+			if s.instance != "closed" || s.code != apierr.CodeStoreUnavailable || s.retry == "" || s.reached {
 				t.Errorf("a 503: %+v", s)
 			}
 			if first503.IsZero() || s.start.Before(first503) {
@@ -447,7 +448,7 @@ func TestSlowRedisHitsTheDeadline(t *testing.T) {
 			}
 			switch inst {
 			case "closed":
-				if s.status != 503 || s.code != codeStoreUnavailable || s.retry == "" {
+				if s.status != 503 || s.code != apierr.CodeStoreUnavailable || s.retry == "" {
 					t.Errorf("fail_closed: %+v", s)
 				}
 			case "open":

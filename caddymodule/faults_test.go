@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/idlink/idlink/caddymodule/internal/apierr"
 	"github.com/idlink/idlink/testenv"
 )
 
@@ -28,7 +29,7 @@ func TestStoreOutage(t *testing.T) {
 				if w.Code != http.StatusServiceUnavailable || next.called {
 					t.Fatalf("fail_closed: %d, upstream %v", w.Code, next.called)
 				}
-				if code, _ := errorBody(t, w); code != codeStoreUnavailable {
+				if code, _ := errorBody(t, w); code != apierr.CodeStoreUnavailable {
 					t.Fatalf("code %q", code)
 				}
 				if w.Header().Get("Retry-After") == "" {

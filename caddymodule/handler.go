@@ -11,6 +11,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/idlink/idlink/caddymodule/internal/identity"
 	"go.uber.org/zap"
 )
 
@@ -18,14 +19,14 @@ func init() {
 	caddy.RegisterModule(Handler{})
 }
 
-// Identity sources, the values of X-Identity-Source.
+// Identity sources, the values of X-Identity-Source (identity.Source*).
 const (
-	SourceContactToken = "contact_token"
-	SourceHMAC         = "hmac"
-	SourceSSO          = "sso"
-	SourceSession      = "session"
-	SourceInstall      = "install"
-	SourceAnonymous    = "anonymous"
+	SourceContactToken = identity.SourceContactToken
+	SourceHMAC         = identity.SourceHMAC
+	SourceSSO          = identity.SourceSSO
+	SourceSession      = identity.SourceSession
+	SourceInstall      = identity.SourceInstall
+	SourceAnonymous    = identity.SourceAnonymous
 )
 
 // Handler is the "idlink" HTTP handler: it verifies the identity a request
@@ -213,7 +214,7 @@ func underPrefix(p, prefix string) (string, bool) {
 // presented is what the client sent, as the first idlink handler of the
 // request read it (before stripping), for idlink handlers further in.
 type presented struct {
-	creds credentials
+	creds identity.Credentials
 	bad   *apiError
 }
 
@@ -238,7 +239,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// idlink handler, which may have removed it), then delete every
 	// identity header (and, unless forwarded, every credential) before
 	// anything can fail.
-	var creds credentials
+	var creds identity.Credentials
 	var bad *apiError
 	if p, ok := r.Context().Value(presentedKey{}).(*presented); ok {
 		creds, bad = p.creds, p.bad
@@ -249,7 +250,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	h.strip.strip(r.Header)
 	h.hop.stripTokens(r.Header, "Connection")
 	h.trailers.stripTrailers(r)
-	if creds.bearer != "" && h.tenant.ContactToken != nil && !h.ForwardCredentials {
+	if creds.Bearer != "" && h.tenant.ContactToken != nil && !h.ForwardCredentials {
 		// The bearer token is this tenant's contact token: a credential.
 		delete(r.Header, hdrAuthorization)
 	}
@@ -260,11 +261,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.refuse(w, repl, bad)
 	}
 
-	id, aerr := h.tenant.authenticate(r.Context(), &creds)
+	id, aerr := h.tenant.id.Authenticate(r.Context(), &creds)
 	if aerr != nil {
 		return h.refuse(w, repl, aerr)
 	}
-	id.apply(r.Header, repl)
+	applyIdentity(&id, r.Header, repl)
 	return next.ServeHTTP(w, r)
 }
 
@@ -280,3 +281,39 @@ var (
 	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )
+
+// applyIdentity sets the identity headers on the request to the upstream
+// (which were all deleted before) and the placeholders.
+func applyIdentity(id *identity.Identity, h http.Header, repl *caddy.Replacer) {
+	verified := "false"
+	if id.Verified {
+		verified = "true"
+	}
+	h[hdrIdentitySource] = []string{id.Source}
+	h[hdrIdentityVerified] = []string{verified}
+	setIf(h, hdrPlatformUserID, id.UserID)
+	setIf(h, hdrExternalID, id.ExternalID)
+	setIf(h, hdrInstallID, id.InstallID)
+	setIf(h, hdrSessionID, id.SessionID)
+	setIf(h, hdrVerifiedEmail, id.VerifiedEmail)
+	setIf(h, hdrVerifiedPhone, id.VerifiedPhone)
+	for _, hv := range id.ClaimHeaders {
+		h[hv.Name] = []string{hv.Value}
+	}
+
+	repl.Set("idlink.source", id.Source)
+	repl.Set("idlink.verified", verified)
+	repl.Set("idlink.user_id", id.UserID)
+	repl.Set("idlink.external_id", id.ExternalID)
+	repl.Set("idlink.install_id", id.InstallID)
+	repl.Set("idlink.session_id", id.SessionID)
+	if id.UserID != "" {
+		repl.Set("http.auth.user.id", id.UserID)
+	}
+}
+
+func setIf(h http.Header, name, v string) {
+	if v != "" {
+		h[name] = []string{v}
+	}
+}

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/idlink/idlink/caddymodule/internal/apierr"
 )
 
 func signedRequest(ext, platform, secret string) *http.Request {
@@ -42,10 +44,10 @@ func testHandlerHMAC(t *testing.T, redisURL string) {
 		{"default platform", signedRequest("alice", "", testSecret), want{200, "", SourceHMAC, "true", true}},
 		{"rotation: new secret", signedRequest("alice", "android", "new-"+testSecret), want{200, "", SourceHMAC, "true", true}},
 		{"rotation: old secret", signedRequest("alice", "android", testSecret), want{200, "", SourceHMAC, "true", true}},
-		{"enforce, wrong secret", signedRequest("alice", "ios", "wrong-secret-012345"), want{401, codeInvalidSignature, "", "", false}},
-		{"enforce, no signature", signedRequest("alice", "ios", ""), want{401, codeInvalidSignature, "", "", false}},
-		{"wrong platform's secret", signedRequest("alice", "android", "other-"+testSecret), want{401, codeInvalidSignature, "", "", false}},
-		{"unknown platform: strictest mode", signedRequest("alice", "nope", testSecret), want{401, codeInvalidSignature, "", "", false}},
+		{"enforce, wrong secret", signedRequest("alice", "ios", "wrong-secret-012345"), want{401, apierr.CodeInvalidSignature, "", "", false}},
+		{"enforce, no signature", signedRequest("alice", "ios", ""), want{401, apierr.CodeInvalidSignature, "", "", false}},
+		{"wrong platform's secret", signedRequest("alice", "android", "other-"+testSecret), want{401, apierr.CodeInvalidSignature, "", "", false}},
+		{"unknown platform: strictest mode", signedRequest("alice", "nope", testSecret), want{401, apierr.CodeInvalidSignature, "", "", false}},
 		{"report, valid", signedRequest("alice", "web", testSecret), want{200, "", SourceHMAC, "true", true}},
 		{"report, wrong secret passes unverified", signedRequest("alice", "web", "wrong-secret-012345"), want{200, "", SourceHMAC, "false", true}},
 		{"report, no signature passes unverified", signedRequest("alice", "web", ""), want{200, "", SourceHMAC, "false", true}},
@@ -169,7 +171,7 @@ func testHandlerAnonymousDeny(t *testing.T, redisURL string) {
 	if w.Code != 401 || next.called {
 		t.Fatalf("status %d", w.Code)
 	}
-	if code, _ := errorBody(t, w); code != codeAuthRequired {
+	if code, _ := errorBody(t, w); code != apierr.CodeAuthRequired {
 		t.Fatalf("code %q", code)
 	}
 	w, next, _ = serve(h, signedRequest("carol", "ios", testSecret))
@@ -203,7 +205,7 @@ func TestHandlerBadInput(t *testing.T) {
 			t.Errorf("%s: status %d, upstream %v", name, w.Code, next.called)
 			continue
 		}
-		if code, msg := errorBody(t, w); code != codeInvalidRequest || strings.Contains(msg, "mallory") || strings.Contains(msg, "\n") {
+		if code, msg := errorBody(t, w); code != apierr.CodeInvalidRequest || strings.Contains(msg, "mallory") || strings.Contains(msg, "\n") {
 			t.Errorf("%s: %q %q", name, code, msg)
 		}
 	}

@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/idlink/idlink/caddymodule/internal/apierr"
+	"github.com/idlink/idlink/caddymodule/internal/identity"
 	"github.com/idlink/idlink/caddymodule/internal/verify"
 )
 
@@ -189,27 +191,11 @@ const (
 	maxSignatureLen = 256 // longer values are rejected before decoding
 )
 
-// credentials is what a request presented, read before stripping.
-type credentials struct {
-	platform      string
-	externalID    string
-	externalIDSig string
-	email         string
-	emailSig      string
-	phone         string
-	phoneSig      string
-	installID     string
-	sessionID     string
-	contactToken  string // X-Contact-Token, unvalidated: the token check refuses what is not a JWS
-	bearer        string // the token of Authorization: Bearer, unvalidated likewise
-	ssoToken      string
-}
-
 // readCredentials reads the credential headers. A header sent more than
 // once, or a value too long or holding a control character, is a bad
 // request: identity must never be ambiguous.
-func readCredentials(h http.Header) (credentials, *apiError) {
-	var c credentials
+func readCredentials(h http.Header) (identity.Credentials, *apiError) {
+	var c identity.Credentials
 	var e *apiError
 	get := func(name string, max int, what string) string {
 		vs := h[name]
@@ -217,26 +203,26 @@ func readCredentials(h http.Header) (credentials, *apiError) {
 		case len(vs) == 0 || e != nil:
 			return ""
 		case len(vs) > 1:
-			e = errInvalidRequest(name + " was sent more than once")
+			e = apierr.InvalidRequest(name + " was sent more than once")
 			return ""
 		case !verify.HeaderValue(vs[0], max):
-			e = errInvalidRequest(what + " must be 1 to " + itoa(max) + " bytes of UTF-8 without control characters")
+			e = apierr.InvalidRequest(what + " must be 1 to " + itoa(max) + " bytes of UTF-8 without control characters")
 			return ""
 		}
 		return vs[0]
 	}
-	c.platform = get(hdrPlatform, 64, "X-Platform")
-	c.externalID = get(hdrExternalID, verify.MaxExternalIDLen, "the external id")
-	c.externalIDSig = get(hdrExternalIDSig, maxSignatureLen, "the external id signature")
-	c.email = get(hdrUserEmail, verify.MaxEmailLen, "the email")
-	c.emailSig = get(hdrUserEmailSig, maxSignatureLen, "the email signature")
-	c.phone = get(hdrUserPhone, maxPhoneLen, "the phone")
-	c.phoneSig = get(hdrUserPhoneSig, maxSignatureLen, "the phone signature")
-	c.installID = get(hdrInstallID, maxIDLen, "the install id")
-	c.sessionID = get(hdrSessionID, maxIDLen, "the session id")
-	c.ssoToken = get(hdrSSOToken, 8192, "the SSO token")
-	c.contactToken = getRaw(h, hdrContactToken, &e)
-	c.bearer = bearerToken(h, &e)
+	c.Platform = get(hdrPlatform, 64, "X-Platform")
+	c.ExternalID = get(hdrExternalID, verify.MaxExternalIDLen, "the external id")
+	c.ExternalIDSig = get(hdrExternalIDSig, maxSignatureLen, "the external id signature")
+	c.Email = get(hdrUserEmail, verify.MaxEmailLen, "the email")
+	c.EmailSig = get(hdrUserEmailSig, maxSignatureLen, "the email signature")
+	c.Phone = get(hdrUserPhone, maxPhoneLen, "the phone")
+	c.PhoneSig = get(hdrUserPhoneSig, maxSignatureLen, "the phone signature")
+	c.InstallID = get(hdrInstallID, maxIDLen, "the install id")
+	c.SessionID = get(hdrSessionID, maxIDLen, "the session id")
+	c.SSOToken = get(hdrSSOToken, 8192, "the SSO token")
+	c.ContactToken = getRaw(h, hdrContactToken, &e)
+	c.Bearer = bearerToken(h, &e)
 	return c, e
 }
 
@@ -249,7 +235,7 @@ func getRaw(h http.Header, name string, e **apiError) string {
 	case len(vs) == 0 || *e != nil:
 		return ""
 	case len(vs) > 1:
-		*e = errInvalidRequest(name + " was sent more than once")
+		*e = apierr.InvalidRequest(name + " was sent more than once")
 		return ""
 	}
 	return vs[0]
@@ -267,7 +253,7 @@ func bearerToken(h http.Header, e **apiError) string {
 		}
 	}
 	if bearer != "" && len(vs) > 1 && *e == nil {
-		*e = errInvalidRequest("Authorization was sent more than once")
+		*e = apierr.InvalidRequest("Authorization was sent more than once")
 		return ""
 	}
 	return bearer

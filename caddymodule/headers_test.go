@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/idlink/idlink/caddymodule/internal/apierr"
 	"github.com/idlink/idlink/caddymodule/internal/verify"
 )
 
@@ -70,14 +71,14 @@ func TestReadCredentials(t *testing.T) {
 	h.Set("X-External-Id-Signature", "ab")
 	h.Set("X-Platform", "ios")
 	c, err := readCredentials(h)
-	if err != nil || c.externalID != "alice" || c.externalIDSig != "ab" || c.platform != "ios" {
+	if err != nil || c.ExternalID != "alice" || c.ExternalIDSig != "ab" || c.Platform != "ios" {
 		t.Fatalf("readCredentials = %+v, %v", c, err)
 	}
 
 	dup := http.Header{}
 	dup.Add("X-External-Id", "alice")
 	dup.Add("X-External-Id", "mallory")
-	if _, err := readCredentials(dup); err == nil || err.Code != codeInvalidRequest {
+	if _, err := readCredentials(dup); err == nil || err.Code != apierr.CodeInvalidRequest {
 		t.Fatalf("a duplicated credential must be invalid_request, got %v", err)
 	}
 
@@ -101,12 +102,12 @@ func FuzzReadCredentials(f *testing.F) {
 		if err != nil {
 			return
 		}
-		for _, v := range []string{c.externalID, c.externalIDSig, c.platform} {
+		for _, v := range []string{c.ExternalID, c.ExternalIDSig, c.Platform} {
 			if strings.ContainsAny(v, "\r\n\x00") {
 				t.Fatalf("control character accepted: %q", v)
 			}
 		}
-		if len(c.externalID) > verify.MaxExternalIDLen {
+		if len(c.ExternalID) > verify.MaxExternalIDLen {
 			t.Fatalf("over-long external id accepted")
 		}
 	})

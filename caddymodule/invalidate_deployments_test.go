@@ -20,7 +20,7 @@ type busProbe struct {
 
 func listenBus(t *Tenant) *busProbe {
 	p := &busProbe{keys: make(chan string, 1000)}
-	t.onInvalidate("bus-probe", func(key string) {
+	t.id.OnInvalidate("bus-probe", func(key string) {
 		select {
 		case p.keys <- key:
 		default:
@@ -50,7 +50,7 @@ func awaitBus(t *testing.T, from *Tenant, probe *busProbe, within time.Duration)
 	start := time.Now()
 	for i := 0; ; i++ {
 		key := "k-" + strconv.Itoa(i)
-		_ = from.publish(context.Background(), "bus-probe", key)
+		_ = from.app.store.Publish(context.Background(), from.name, "bus-probe", key)
 		select {
 		case got := <-probe.keys:
 			for got != key { // earlier keys that arrived late

@@ -2,15 +2,13 @@ package caddymodule
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"time"
 	"unicode/utf8"
 
-	"go.uber.org/zap"
-
+	"github.com/idlink/idlink/caddymodule/internal/apierr"
 	"github.com/idlink/idlink/caddymodule/internal/verify"
 	"github.com/idlink/idlink/caddymodule/store"
 )
@@ -21,8 +19,9 @@ import (
 
 // Error codes of linking.
 const (
-	codeLinkInProgress = "link_in_progress"
-	codeUserNotFound   = "user_not_found"
+	codeUserNotFound       = "user_not_found"
+	codeInstallNotFound    = "install_not_found"
+	codeInstallWrongTenant = "install_wrong_tenant"
 )
 
 // linkResponse is the answer of POST /users/{install_id}/link.
@@ -54,16 +53,14 @@ func (a *API) link(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	res, err := t.link(r.Context(), installID, externalID)
+	res, err := t.id.Link(r.Context(), installID, externalID)
 	switch {
 	case errors.Is(err, store.ErrInstallNotFound):
 		writeError(w, errInstallNotFound())
 	case errors.Is(err, store.ErrInstallWrongTenant):
 		writeError(w, newError(http.StatusForbidden, codeInstallWrongTenant, "the install belongs to another app"))
 	case errors.Is(err, store.ErrLinkInProgress):
-		e := newError(http.StatusConflict, codeLinkInProgress, "another link of this install is in progress; retry shortly")
-		e.RetryAfter = 1
-		writeError(w, e)
+		writeError(w, apierr.LinkInProgress())
 	case err != nil:
 		a.fail(w, err)
 	default:
@@ -84,9 +81,9 @@ func readLinkBody(w http.ResponseWriter, r *http.Request) (string, *apiError) {
 		return "", e
 	}
 	if !utf8.Valid(raw) {
-		return "", errInvalidRequest("the body is not valid UTF-8")
+		return "", apierr.InvalidRequest("the body is not valid UTF-8")
 	}
-	bad := errInvalidRequest(`the body must be a JSON object {"external_id": "<string>"}`)
+	bad := apierr.InvalidRequest(`the body must be a JSON object {"external_id": "<string>"}`)
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
 		return "", bad
@@ -107,7 +104,7 @@ func readLinkBody(w http.ResponseWriter, r *http.Request) (string, *apiError) {
 			continue
 		}
 		if seen {
-			return "", errInvalidRequest("external_id appears more than once")
+			return "", apierr.InvalidRequest("external_id appears more than once")
 		}
 		seen = true
 		if string(v) == "null" {
@@ -115,48 +112,20 @@ func readLinkBody(w http.ResponseWriter, r *http.Request) (string, *apiError) {
 		}
 		ext = new(string)
 		if err := json.Unmarshal(v, ext); err != nil {
-			return "", errInvalidRequest("external_id must be a string")
+			return "", apierr.InvalidRequest("external_id must be a string")
 		}
 	}
 	if ext == nil {
-		return "", errInvalidRequest("external_id is required")
+		return "", apierr.InvalidRequest("external_id is required")
 	}
 	if !verify.HeaderValue(*ext, verify.MaxExternalIDLen) {
-		return "", errInvalidRequest("external_id must be 1 to 256 bytes of UTF-8 without control characters")
+		return "", apierr.InvalidRequest("external_id must be 1 to 256 bytes of UTF-8 without control characters")
 	}
 	return *ext, nil
 }
 
 func errInstallNotFound() *apiError {
 	return newError(http.StatusNotFound, codeInstallNotFound, "no such install")
-}
-
-// link links an install to an external id. The call is detached from the
-// client's cancellation (each Redis call still has its deadline), so a
-// client that hangs up does not leave a link half done more often than a
-// crash would.
-func (t *Tenant) link(ctx context.Context, installID, externalID string) (store.LinkResult, error) {
-	var opts store.LinkOptions
-	if o := t.linkOpts.Load(); o != nil {
-		opts = *o
-	}
-	res, err := t.app.store.Link(context.WithoutCancel(ctx), t.keys, store.LinkRequest{
-		InstallID:  installID,
-		ExternalID: externalID,
-		Now:        t.now(),
-		Channel:    store.InvalidationChannel,
-		Message:    store.InvalidationMessage(t.name, invalidateInstall, installID),
-	}, opts)
-	if res.Moved {
-		// Every instance drops it when the script's message arrives; this
-		// one need not wait for the round trip.
-		t.dropInstall(installID)
-	}
-	if err == nil && !res.Repeat {
-		t.debug("install linked", zap.String("user_id", res.UserID), zap.Bool("created", res.Created),
-			zap.Bool("merged", res.MergedFrom != ""))
-	}
-	return res, err
 }
 
 // userResponse is the answer of GET /users/{user_id}.
@@ -182,7 +151,7 @@ func (a *API) getUser(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
-	u, err := t.app.store.GetUser(r.Context(), t.keys, r.PathValue("user_id"))
+	u, err := t.app.store.GetUser(r.Context(), t.id.Keys(), r.PathValue("user_id"))
 	if errors.Is(err, store.ErrUserNotFound) {
 		writeError(w, newError(http.StatusNotFound, codeUserNotFound, "no such user"))
 		return
@@ -191,12 +160,12 @@ func (a *API) getUser(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	sessions, err := t.userSessions(r.Context(), u.ID)
+	sessions, err := userSessions(r.Context(), t.id, u.ID)
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
-	claims, err := t.app.store.UserClaims(r.Context(), t.keys, u.ID)
+	claims, err := t.app.store.UserClaims(r.Context(), t.id.Keys(), u.ID)
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -207,4 +176,20 @@ func (a *API) getUser(w http.ResponseWriter, r *http.Request) {
 		resp.ExternalID = &u.ExternalID
 	}
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// createInstall is POST /installs: the SDK's first call on a device. It
+// issues an install id with a new anonymous user, both expiring after the
+// tenant's install_ttl unless used or linked, and answers 201
+// {install_id, user_id}. The body, if any, is ignored.
+func (a *API) createInstall(w http.ResponseWriter, r *http.Request) {
+	installID, userID, err := a.tenant.id.CreateInstall(r.Context())
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, struct {
+		InstallID string `json:"install_id"`
+		UserID    string `json:"user_id"`
+	}{installID, userID})
 }

@@ -45,7 +45,7 @@ func TestLinkLoad(t *testing.T) {
 	for range 16 {
 		wg.Go(func() {
 			for i := next.Add(1) - 1; i < int64(len(installs)); i = next.Add(1) - 1 {
-				in, _, err := ten.app.store.CreateInstall(context.Background(), ten.keys, time.Now(), ten.expiry.policy)
+				in, _, err := ten.id.CreateInstall(context.Background())
 				if err != nil {
 					t.Error(err)
 					return

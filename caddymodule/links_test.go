@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -408,33 +407,6 @@ func TestLinkE2E(t *testing.T) {
 			t.Fatalf("hmac + the now linked install: %d %v", code, h)
 		}
 	})
-
-	t.Run("interrupted and retried", func(t *testing.T) {
-		ten := e.tenant("acme")
-		for _, step := range []string{"locked", "claimed", "adopted", "moved"} {
-			i, anon := e.install("/idlink")
-			var once sync.Once
-			ten.linkOpts.Store(&store.LinkOptions{Hook: func(name string) error {
-				var err error
-				if name == step {
-					once.Do(func() { err = errors.New("injected: " + store.ErrUnavailable.Error()) })
-				}
-				if err != nil {
-					return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
-				}
-				return nil
-			}})
-			code, m, h := e.do("POST", "/idlink/users/"+i+"/link", map[string]string{"external_id": "alice"}, "X-Api-Key", linkKeyLink)
-			if code != 503 || errCode(m) != "store_unavailable" || h.Get("Retry-After") == "" {
-				t.Fatalf("interrupted after %s: %d %v", step, code, m)
-			}
-			code, m = e.link(i, "alice")
-			if code != 200 || m["user_id"] != a1 || m["merged_from"] != anon || m["created"] != false {
-				t.Fatalf("retry after %s: %d %v", step, code, m)
-			}
-		}
-		ten.linkOpts.Store(nil)
-	})
 }
 
 // TestLinkE2EConcurrent links one external id from 200 installs at once
@@ -586,67 +558,4 @@ func FuzzLinkBody(f *testing.F) {
 			t.Fatalf("accepted %q from %q (%v)", ext, body, err)
 		}
 	})
-}
-
-// TestInstallCacheInvalidation: an install's cached user is dropped by an
-// invalidation message and by a flush, and a lookup that started before a
-// drop does not store what it read.
-func TestInstallCacheInvalidation(t *testing.T) {
-	app := &App{Tenants: map[string]*Tenant{"acme": {}}}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	t.Cleanup(cancel)
-	if err := app.Provision(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = app.Cleanup() })
-	ten := app.Tenants["acme"]
-	i, a, err := app.store.CreateInstall(context.Background(), ten.keys, time.Now(), ten.expiry.policy)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if u, err := ten.installUser(context.Background(), i); err != nil || u != a {
-		t.Fatalf("installUser = %q, %v", u, err)
-	}
-	if u, ok := ten.installs.users.Get(i); !ok || u != a {
-		t.Fatal("not cached")
-	}
-	ten.invalidate(invalidateInstall, i)
-	if _, ok := ten.installs.users.Get(i); ok {
-		t.Fatal("invalidation did not drop the entry")
-	}
-	_, _ = ten.installUser(context.Background(), i)
-	ten.flushInvalidatable()
-	if ten.installs.users.Len() != 0 {
-		t.Fatal("flush did not purge")
-	}
-	// A drop while a lookup is in flight: the lookup answers what it
-	// read, but does not cache it (it may predate the move).
-	fetch := ten.installs.fetch
-	reading, moved := make(chan struct{}), make(chan struct{})
-	ten.installs.fetch = func(ctx context.Context, id string) (string, time.Duration, error) {
-		u, left, err := fetch(ctx, id)
-		close(reading)
-		<-moved
-		return u, left, err
-	}
-	done := make(chan string)
-	go func() {
-		u, _ := ten.installUser(context.Background(), i)
-		done <- u
-	}()
-	<-reading
-	ten.dropInstall(i) // as the link's invalidation message would
-	close(moved)
-	if u := <-done; u != a {
-		t.Fatalf("in-flight lookup answered %q", u)
-	}
-	if _, ok := ten.installs.users.Get(i); ok {
-		t.Fatal("a lookup that raced an invalidation cached its answer")
-	}
-	ten.installs.fetch = fetch
-	for _, bad := range []string{"", "x", a, "i_00" + strings.Repeat("A", 24)} {
-		if _, err := ten.installUser(context.Background(), bad); !errors.Is(err, store.ErrInstallNotFound) {
-			t.Errorf("installUser(%q) = %v", bad, err)
-		}
-	}
 }

@@ -16,12 +16,8 @@ import (
 // never log at error level and that no entry holds a secret or signature.
 func TestNoSecretsInLogs(t *testing.T) {
 	core, logs := observer.New(zapcore.DebugLevel)
-	app := newTestApp(t, testRedisURL(t), nil)
 	logger := zap.New(core)
-	app.logger = logger
-	for _, tn := range app.Tenants {
-		tn.logger = logger
-	}
+	app := newTestApp(t, testRedisURL(t), func(a *App) { a.logger = logger })
 	h := newTestHandler(t, app, nil)
 
 	goodSig := sign(testSecret, "alice")

@@ -3,13 +3,12 @@ package caddymodule
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"time"
 
-	"go.uber.org/zap"
-
+	"github.com/idlink/idlink/caddymodule/internal/apierr"
+	"github.com/idlink/idlink/caddymodule/internal/identity"
 	"github.com/idlink/idlink/caddymodule/store"
 )
 
@@ -76,160 +75,18 @@ func (a *API) startSession(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr)
 		return
 	}
-
-	// A login starts a session: a session id sent along (the SDK's
-	// previous one, maybe evicted) does not take part, and the install is
-	// linked to the user rather than checked against its current user.
-	installID := creds.installID
-	creds.sessionID, creds.installID = "", ""
-	if installID != "" {
-		if _, err := store.ParseID(store.KindInstall, installID); err != nil {
-			writeError(w, errUnknownInstall())
-			return
-		}
-	}
-	ctx := r.Context()
-	linked := ""
-	if installID != "" && creds.externalID != "" && len(t.Platforms) > 0 && creds.contactToken == "" && creds.ssoToken == "" {
-		// A signed external id alone: link before resolving it, so that
-		// an external id seen for the first time takes the install's
-		// anonymous user (data continuity) instead of a new user that
-		// the install's one would be merged into. Only once everything
-		// the login presents verifies.
-		// An unverified one (report, off) links nothing: see below.
-		ok, mode, why := t.verifyExternalID(&creds)
-		if !ok && mode == ModeEnforce {
-			writeError(w, t.badSignature(why))
-			return
-		}
-		if ok {
-			if _, _, err := t.verifyAttributes(&creds, creds.externalID); err != nil {
-				a.fail(w, err)
-				return
-			}
-			res, err := t.link(ctx, installID, creds.externalID)
-			if err != nil {
-				a.fail(w, linkError(err))
-				return
-			}
-			linked = res.UserID
-		}
-	}
-	id, err := t.identify(ctx, &creds)
+	res, err := t.id.Login(r.Context(), creds, update)
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
-	if id.userID == "" {
-		writeError(w, newError(http.StatusUnauthorized, codeAuthRequired,
-			"a login needs a user credential: a signed external id, a contact token or an SSO token"))
-		return
+	resp := startSessionResponse{UserID: res.UserID, SessionID: res.SessionID, ContactToken: res.ContactToken,
+		Evicted: res.Evicted, Verified: res.Verified}
+	if !res.ExpiresAt.IsZero() {
+		s := res.ExpiresAt.Format(time.RFC3339Nano)
+		resp.ExpiresAt = &s
 	}
-	id.installID = ""
-	if !id.verified {
-		// Report and off modes observe, they never bind: an unverified
-		// login holds an unverified session of the user it names, and
-		// that is all. It links no install (nor adopts its anonymous
-		// user), writes no attributes (nor email or phone: identify
-		// accepts those only beside a verified external id), gets no
-		// contact token and evicts no verified session.
-		if installID != "" || update != nil {
-			t.logger.Info("report mode: unverified login binds nothing",
-				zap.Bool("install_ignored", installID != ""), zap.Bool("attributes_ignored", update != nil))
-		}
-		installID, update = "", nil
-		id.verifiedEmail, id.verifiedPhone = "", ""
-	}
-	if installID != "" {
-		if linked == "" && id.externalID != "" {
-			res, err := t.link(ctx, installID, id.externalID)
-			if err != nil {
-				a.fail(w, linkError(err))
-				return
-			}
-			linked = res.UserID
-		}
-		if linked != id.userID {
-			// An identity without an external id (nothing to link to),
-			// or, defensively, a link that disagrees with it.
-			writeError(w, newError(http.StatusUnauthorized, codeIdentityMismatch,
-				"the install cannot be linked to this login's user"))
-			return
-		}
-		id.installID = installID
-	}
-
-	res, err := t.startSession(ctx, id, update)
-	if err != nil {
-		a.fail(w, err)
-		return
-	}
-	writeJSON(w, http.StatusCreated, res)
-}
-
-// linkError maps the errors of linking an install at login.
-func linkError(err error) error {
-	switch {
-	case errors.Is(err, store.ErrInstallNotFound), errors.Is(err, store.ErrInstallWrongTenant):
-		return errUnknownInstall()
-	case errors.Is(err, store.ErrLinkInProgress):
-		e := newError(http.StatusConflict, codeLinkInProgress, "another link of this install is in progress; retry shortly")
-		e.RetryAfter = 1
-		return e
-	}
-	return err
-}
-
-func errUnknownInstall() *apiError {
-	return newError(http.StatusUnauthorized, codeUnknownInstall, "the install id is not known")
-}
-
-// startSession admits a session for an identified user.
-func (t *Tenant) startSession(ctx context.Context, id identity, attrs *store.AttributeUpdate) (*startSessionResponse, error) {
-	shard, err := store.ParseID(store.KindUser, id.userID)
-	if err != nil {
-		return nil, fmt.Errorf("%w: user id %q: %v", store.ErrUnavailable, id.userID, err)
-	}
-	sign, err := t.prepareSessionToken(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	ns := store.NewSession{
-		ID: store.NewID(store.KindSession, shard), UserID: id.userID, InstallID: id.installID,
-		Verified: id.verified, Email: id.verifiedEmail, Phone: id.verifiedPhone, Attributes: attrs,
-	}
-	// Detached from the client's cancellation (the call keeps its
-	// deadline): a client that hangs up mid-login gets no answer, but the
-	// admission is not left to chance.
-	started := t.now()
-	evicted, err := t.app.store.AdmitSession(context.WithoutCancel(ctx), t.keys, t.sess.policy, ns, started)
-	var tooLarge *store.AttributesTooLargeError
-	if errors.As(err, &tooLarge) {
-		return nil, newError(http.StatusRequestEntityTooLarge, codeAttributesTooLarge,
-			fmt.Sprintf("the external attributes would be %d bytes of JSON after merging; the limit is %d", tooLarge.Size, tooLarge.Limit))
-	}
-	if err != nil {
-		return nil, err
-	}
-	// This instance refuses the evicted sessions from now on; the others
-	// hear it on the invalidation channel.
-	for _, sid := range evicted {
-		t.dropSession(sid)
-	}
-	res := &startSessionResponse{UserID: id.userID, SessionID: ns.ID, Evicted: evicted, Verified: id.verified}
-	var expires time.Time
-	if lt := t.sess.policy.Lifetime; lt > 0 {
-		expires = started.Add(lt).UTC().Truncate(time.Millisecond)
-		s := expires.Format(time.RFC3339Nano)
-		res.ExpiresAt = &s
-	}
-	if sign != nil {
-		if res.ContactToken, err = sign(ns.ID, expires); err != nil {
-			return nil, err
-		}
-	}
-	t.debug("session started", zap.String("user_id", id.userID), zap.Int("evicted", len(evicted)))
-	return res, nil
+	writeJSON(w, http.StatusCreated, resp)
 }
 
 // --- DELETE /sessions/current -------------------------------------------
@@ -239,30 +96,20 @@ func (t *Tenant) startSession(ctx context.Context, id identity, attrs *store.Att
 // idempotent: a session that had already ended answers 200 too, with the
 // reason it ended for.
 func (a *API) endCurrentSession(w http.ResponseWriter, r *http.Request) {
-	t := a.tenant
 	creds, bad := readCredentials(r.Header)
 	if bad != nil {
 		writeError(w, bad)
 		return
 	}
-	if creds.sessionID == "" {
-		writeError(w, newError(http.StatusUnauthorized, codeAuthRequired, "send the session to end as X-Session-Id"))
+	if creds.SessionID == "" {
+		writeError(w, apierr.AuthRequired("send the session to end as X-Session-Id"))
 		return
 	}
-	if _, err := store.ParseID(store.KindSession, creds.sessionID); err != nil {
-		writeError(w, errUnknownSession())
-		return
-	}
-	why, _, known, err := t.app.store.EndSession(context.WithoutCancel(r.Context()), t.keys, t.sess.policy, creds.sessionID, store.ReasonLoggedOut, t.now())
+	why, err := a.tenant.id.Logout(r.Context(), creds.SessionID)
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
-	if !known {
-		writeError(w, errUnknownSession())
-		return
-	}
-	t.dropSession(creds.sessionID)
 	writeJSON(w, http.StatusOK, struct {
 		Ended  bool   `json:"ended"`
 		Reason string `json:"reason"`
@@ -291,8 +138,8 @@ type sessionView struct {
 
 // userSessions reads a user's live sessions and attributes in one round
 // trip. The GET /users/{user_id} handler embeds the result.
-func (t *Tenant) userSessions(ctx context.Context, userID string) (userSessionsView, error) {
-	attrs, live, err := t.app.store.UserSessions(ctx, t.keys, t.sess.policy, userID, t.now())
+func userSessions(ctx context.Context, d *identity.Domain, userID string) (userSessionsView, error) {
+	attrs, live, err := d.UserSessions(ctx, userID)
 	if err != nil {
 		return userSessionsView{}, err
 	}

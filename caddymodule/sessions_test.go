@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/idlink/idlink/caddymodule/internal/apierr"
 	"github.com/idlink/idlink/caddymodule/store"
 )
 
@@ -147,7 +148,7 @@ func TestSessionLoginAndCheck(t *testing.T) {
 	r.Header.Set(hdrSessionID, res.SessionID)
 	if w, _, _ := serve(h, r); w.Code != 401 {
 		t.Fatalf("mismatch: %d", w.Code)
-	} else if code, _ := errorBody(t, w); code != codeIdentityMismatch {
+	} else if code, _ := errorBody(t, w); code != apierr.CodeIdentityMismatch {
 		t.Fatalf("mismatch: %s", code)
 	}
 	// Unknown and malformed ids.
@@ -156,7 +157,7 @@ func TestSessionLoginAndCheck(t *testing.T) {
 		if w.Code != 401 || next.called {
 			t.Fatalf("%s: %d", sid, w.Code)
 		}
-		if code, _ := errorBody(t, w); code != codeUnknownSession {
+		if code, _ := errorBody(t, w); code != apierr.CodeUnknownSession {
 			t.Fatalf("%s: %s", sid, code)
 		}
 	}
@@ -175,13 +176,13 @@ func TestSessionLoginRefusals(t *testing.T) {
 		status int
 		code   string
 	}{
-		"anonymous":         {loginRequest("", ""), 401, codeAuthRequired},
-		"a session only":    {sessionOnly, 401, codeAuthRequired},
-		"bad signature":     {bad, 401, codeInvalidSignature},
-		"array attributes":  {badBody, 400, codeInvalidRequest},
-		"string attributes": {loginRequest("alice", `{"external_attributes": "x"}`), 400, codeInvalidRequest},
-		"not JSON":          {loginRequest("alice", `{"external_attributes": {`), 400, codeInvalidRequest},
-		"bad UTF-8":         {loginRequest("alice", "{\"external_attributes\": {\"a\": \"\xff\"}}"), 400, codeInvalidRequest},
+		"anonymous":         {loginRequest("", ""), 401, apierr.CodeAuthRequired},
+		"a session only":    {sessionOnly, 401, apierr.CodeAuthRequired},
+		"bad signature":     {bad, 401, apierr.CodeInvalidSignature},
+		"array attributes":  {badBody, 400, apierr.CodeInvalidRequest},
+		"string attributes": {loginRequest("alice", `{"external_attributes": "x"}`), 400, apierr.CodeInvalidRequest},
+		"not JSON":          {loginRequest("alice", `{"external_attributes": {`), 400, apierr.CodeInvalidRequest},
+		"bad UTF-8":         {loginRequest("alice", "{\"external_attributes\": {\"a\": \"\xff\"}}"), 400, apierr.CodeInvalidRequest},
 	} {
 		w, _, _ := serve(api, tc.r)
 		if w.Code != tc.status {
@@ -245,7 +246,7 @@ func testSessionLimit(t *testing.T, url string) {
 					if w.Code != 401 {
 						t.Fatalf("evicted session %d: %d", i, w.Code)
 					}
-					if code, reason := sessionError(t, w); code != codeSessionEnded || reason != store.ReasonEvicted {
+					if code, reason := sessionError(t, w); code != apierr.CodeSessionEnded || reason != store.ReasonEvicted {
 						t.Fatalf("evicted session %d: %s %s", i, code, reason)
 					}
 				} else if w.Code != 200 {
@@ -346,7 +347,7 @@ func testSessionEvictionSeenByOtherInstance(t *testing.T, url string) {
 	for {
 		w, _, _ := serve(hB, sessionRequest(first.SessionID))
 		if w.Code == 401 {
-			if code, reason := sessionError(t, w); code != codeSessionEnded || reason != store.ReasonEvicted {
+			if code, reason := sessionError(t, w); code != apierr.CodeSessionEnded || reason != store.ReasonEvicted {
 				t.Fatalf("%s %s", code, reason)
 			}
 			break
@@ -359,7 +360,7 @@ func testSessionEvictionSeenByOtherInstance(t *testing.T, url string) {
 	t.Logf("refused on the other instance after %v", time.Since(start))
 
 	shard, _ := store.ParseID(store.KindUser, first.UserID)
-	msgs, err := a.store.Client().XRange(context.Background(), a.Tenants["acme"].keys.Events(shard), "-", "+").Result()
+	msgs, err := a.store.Client().XRange(context.Background(), a.Tenants["acme"].id.Keys().Events(shard), "-", "+").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -412,7 +413,7 @@ func testSessionLogout(t *testing.T, url string) {
 		for {
 			w, _, _ := serve(h, sessionRequest(res.SessionID))
 			if w.Code == 401 {
-				if code, reason := sessionError(t, w); code != codeSessionEnded || reason != store.ReasonLoggedOut {
+				if code, reason := sessionError(t, w); code != apierr.CodeSessionEnded || reason != store.ReasonLoggedOut {
 					t.Fatalf("%s %s", code, reason)
 				}
 				break
@@ -461,7 +462,7 @@ func TestSessionIdleAndLifetime(t *testing.T) {
 	c.Add(6 * time.Minute)
 	for range 2 {
 		w, _, _ := serve(h, sessionRequest(res.SessionID))
-		if code, reason := sessionError(t, w); w.Code != 401 || code != codeSessionEnded || reason != store.ReasonExpired {
+		if code, reason := sessionError(t, w); w.Code != 401 || code != apierr.CodeSessionEnded || reason != store.ReasonExpired {
 			t.Fatalf("after the lifetime: %d %s %s", w.Code, code, reason)
 		}
 	}
@@ -473,7 +474,7 @@ func TestSessionIdleAndLifetime(t *testing.T) {
 	c.Add(10 * time.Minute)
 	for range 2 {
 		w, _, _ := serve(h, sessionRequest(idle.SessionID))
-		if code, reason := sessionError(t, w); w.Code != 401 || code != codeSessionEnded || reason != store.ReasonIdle {
+		if code, reason := sessionError(t, w); w.Code != 401 || code != apierr.CodeSessionEnded || reason != store.ReasonIdle {
 			t.Fatalf("after the idle timeout: %d %s %s", w.Code, code, reason)
 		}
 	}
@@ -517,7 +518,7 @@ func waitSubscribed(tb testing.TB, app *App) {
 	tb.Helper()
 	heard := make(chan struct{}, 1)
 	for _, tn := range app.Tenants {
-		tn.onInvalidate("probe", func(string) {
+		tn.id.OnInvalidate("probe", func(string) {
 			select {
 			case heard <- struct{}{}:
 			default:
@@ -525,7 +526,7 @@ func waitSubscribed(tb testing.TB, app *App) {
 		}, nil)
 		deadline := time.Now().Add(5 * time.Second)
 		for {
-			if err := tn.publish(context.Background(), "probe", "x"); err != nil {
+			if err := tn.app.store.Publish(context.Background(), tn.name, "probe", "x"); err != nil {
 				tb.Fatal(err)
 			}
 			select {
@@ -613,7 +614,7 @@ func TestSessionCheckWarmNoRoundTrip(t *testing.T) {
 		t.Fatalf("after a touch interval: %d commands, want exactly one more", n-1)
 	}
 	shard, _ := store.ParseID(store.KindSession, res.SessionID)
-	last, _ := app.store.Client().HGet(context.Background(), app.Tenants["acme"].keys.Session(shard, res.SessionID), "last").Int64()
+	last, _ := app.store.Client().HGet(context.Background(), app.Tenants["acme"].id.Keys().Session(shard, res.SessionID), "last").Int64()
 	if last != c.Now().UnixMilli() {
 		t.Fatalf("last activity %d, want %d", last, c.Now().UnixMilli())
 	}
@@ -670,7 +671,7 @@ func TestSessionAttributes(t *testing.T) {
 		return w, res
 	}
 	attrs := func(user string) string {
-		v, err := tn.userSessions(ctx, user)
+		v, err := userSessions(ctx, tn.id, user)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -704,9 +705,9 @@ func TestSessionAttributes(t *testing.T) {
 	if len(stored) != maxAttributesBytes {
 		t.Fatalf("stored %d bytes", len(stored))
 	}
-	live, _ := tn.userSessions(ctx, user)
+	live, _ := userSessions(ctx, tn.id, user)
 	shard, _ := store.ParseID(store.KindUser, user)
-	eventsBefore, _ := app.store.Client().XLen(ctx, tn.keys.Events(shard)).Result()
+	eventsBefore, _ := app.store.Client().XLen(ctx, tn.id.Keys().Events(shard)).Result()
 
 	for name, body := range map[string]string{
 		"one byte over, replacing": `{"external_attributes": {"k": "` + strings.Repeat("x", maxAttributesBytes-7) + `"}, "merge_external_attributes": false}`,
@@ -716,7 +717,7 @@ func TestSessionAttributes(t *testing.T) {
 		if w.Code != http.StatusRequestEntityTooLarge {
 			t.Fatalf("%s: %d %s", name, w.Code, w.Body)
 		}
-		if code, _ := errorBody(t, w); code != codeAttributesTooLarge {
+		if code, _ := errorBody(t, w); code != apierr.CodeAttributesTooLarge {
 			t.Fatalf("%s: %s", name, code)
 		}
 	}
@@ -724,11 +725,11 @@ func TestSessionAttributes(t *testing.T) {
 	if got := attrs(user); got != stored {
 		t.Fatal("attributes changed by a refused login")
 	}
-	after, _ := tn.userSessions(ctx, user)
+	after, _ := userSessions(ctx, tn.id, user)
 	if len(after.Sessions) != 1 || after.Sessions[0] != live.Sessions[0] {
 		t.Fatalf("sessions changed by a refused login: %+v vs %+v", after.Sessions, live.Sessions)
 	}
-	if n, _ := app.store.Client().XLen(ctx, tn.keys.Events(shard)).Result(); n != eventsBefore {
+	if n, _ := app.store.Client().XLen(ctx, tn.id.Keys().Events(shard)).Result(); n != eventsBefore {
 		t.Fatalf("%d events appended by a refused login", n-eventsBefore)
 	}
 }
@@ -754,7 +755,7 @@ func TestSessionAttributesConcurrentMerges(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	v, err := app.Tenants["acme"].userSessions(context.Background(), user.Load().(string))
+	v, err := userSessions(context.Background(), app.Tenants["acme"].id, user.Load().(string))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -773,7 +774,7 @@ func TestUserSessionsView(t *testing.T) {
 	second := login(t, api, "viewed")
 	c.Add(10 * time.Minute) // the touch interval: the request writes its activity
 	serve(h, sessionRequest(first.SessionID))
-	v, err := app.Tenants["acme"].userSessions(context.Background(), first.UserID)
+	v, err := userSessions(context.Background(), app.Tenants["acme"].id, first.UserID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -912,16 +913,13 @@ func TestSessionsCaddyfile(t *testing.T) {
 func TestSessionsDefaultsAndValidation(t *testing.T) {
 	app := newTestApp(t, "", nil)
 	tn := app.Tenants["acme"]
-	p := tn.sess.policy
+	p := tn.id.Sessions()
 	if p.Max != 1 || p.Idle != 72*time.Hour || p.Lifetime != 0 || p.Channel != store.InvalidationChannel {
 		t.Fatalf("defaults: %+v", p)
 	}
-	if tn.sess.touchEvery != maxTouchEvery.Milliseconds() {
-		t.Fatalf("touch interval %d", tn.sess.touchEvery)
-	}
 	off := newTestApp(t, "", withSessions(&Sessions{Idle: -1}, nil)).Tenants["acme"]
-	if off.sess.policy.Idle != 0 {
-		t.Fatalf("idle off: %+v", off.sess.policy)
+	if off.id.Sessions().Idle != 0 {
+		t.Fatalf("idle off: %+v", off.id.Sessions())
 	}
 	var fromJSON Sessions
 	if err := json.Unmarshal([]byte(`{"max": 2, "idle": "30m", "lifetime": "24h"}`), &fromJSON); err != nil ||
@@ -1041,7 +1039,7 @@ func TestSessionLoginLinksInstall(t *testing.T) {
 	if w.Code != 201 || second.UserID != anon || len(second.Evicted) != 0 {
 		t.Fatalf("second device: %d %s", w.Code, w.Body)
 	}
-	if u, _ := app.Tenants["acme"].installUser(context.Background(), tablet); u != anon || u == tabletAnon {
+	if u, _ := installUserOf(app.Tenants["acme"], tablet); u != anon || u == tabletAnon {
 		t.Fatalf("tablet points to %s, want %s", u, anon)
 	}
 	// Logging in again on the phone replaces the phone's session only.
@@ -1063,7 +1061,7 @@ func TestSessionLoginLinksInstall(t *testing.T) {
 		"malformed": func() *http.Request { r := loginRequest("newbie", ""); r.Header.Set(hdrInstallID, "i_nope"); return r }(),
 	} {
 		w, _, _ := serve(api, r)
-		if code, _ := errorBody(t, w); w.Code != 401 || code != codeUnknownInstall {
+		if code, _ := errorBody(t, w); w.Code != 401 || code != apierr.CodeUnknownInstall {
 			t.Errorf("%s install: %d %s", name, w.Code, code)
 		}
 	}
@@ -1071,7 +1069,7 @@ func TestSessionLoginLinksInstall(t *testing.T) {
 	r.Header.Set(hdrInstallID, phone)
 	if w, _, _ := serve(api, r); w.Code != 401 {
 		t.Fatalf("install-only login: %d", w.Code)
-	} else if code, _ := errorBody(t, w); code != codeAuthRequired {
+	} else if code, _ := errorBody(t, w); code != apierr.CodeAuthRequired {
 		t.Fatalf("install-only login: %s", code)
 	}
 	// A bad signature links nothing.
@@ -1082,7 +1080,7 @@ func TestSessionLoginLinksInstall(t *testing.T) {
 	if w, _, _ := serve(api, r); w.Code != 401 {
 		t.Fatalf("bad signature: %d", w.Code)
 	}
-	if u, _ := app.Tenants["acme"].installUser(context.Background(), other); u != otherAnon {
+	if u, _ := installUserOf(app.Tenants["acme"], other); u != otherAnon {
 		t.Fatal("a refused login linked the install")
 	}
 }

@@ -1,10 +1,7 @@
 package caddymodule
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"net/http"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -20,8 +17,6 @@ const (
 	defaultSSOTimeout    = 3 * time.Second
 	defaultSSOLeeway     = 30 * time.Second
 	defaultSSOTokenParam = "token"
-	retryAfterSSO        = 2 // seconds
-	codeSSOUnavailable   = "sso_unavailable"
 )
 
 // SSO lookups by tenant and outcome, exported as idlink_sso_lookups_total.
@@ -100,41 +95,4 @@ func (s *SSO) provision(t *Tenant) error {
 		return fmt.Errorf("sso: %v", err)
 	}
 	return nil
-}
-
-func errSSOUnavailable() *apiError {
-	return &apiError{
-		Status:     http.StatusServiceUnavailable,
-		Code:       codeSSOUnavailable,
-		Message:    "the SSO token cannot be checked right now; retry shortly",
-		RetryAfter: retryAfterSSO,
-	}
-}
-
-// checkSSO verifies X-Sso-Token against the tenant's token-info URL. Its
-// sub is the user's external id (resolved like the HMAC path); its email
-// counts as verified when the answer says email_verified: true.
-func (t *Tenant) checkSSO(ctx context.Context, c *credentials) (*identity, error) {
-	if c.ssoToken == "" {
-		return nil, nil
-	}
-	if t.SSO == nil {
-		return nil, tokenError("this tenant does not accept SSO tokens")
-	}
-	res, err := t.SSO.v.Check(ctx, c.ssoToken)
-	var refused *verify.Refusal
-	switch {
-	case err == nil: // first: errors.As's target would escape, an allocation on every hit
-	case errors.As(err, &refused):
-		t.debug("SSO token refused", zap.String("reason", refused.Reason))
-		return nil, tokenError(refused.Reason)
-	case err != nil:
-		return nil, errSSOUnavailable()
-	}
-	userID, err := t.resolveExternal(ctx, res.ExternalID)
-	if err != nil {
-		return nil, err
-	}
-	return &identity{source: SourceSSO, verified: true, userID: userID,
-		externalID: res.ExternalID, verifiedEmail: res.Email}, nil
 }

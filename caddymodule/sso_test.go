@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/idlink/idlink/caddymodule/internal/apierr"
+	"github.com/idlink/idlink/caddymodule/internal/identity"
 )
 
 // tokenInfoServer is a real local token-info endpoint: each token gets the
@@ -110,24 +112,24 @@ func TestSSOOutcomes(t *testing.T) {
 			}},
 		{"aud array", jsonAnswer(200, map[string]any{"sub": "a", "aud": []string{"x", "sdk"}, "exp": exp}), 200, "", nil},
 		{"active true", jsonAnswer(200, map[string]any{"sub": "a", "aud": "sdk", "exp": exp, "active": true}), 200, "", nil},
-		{"endpoint 401", jsonAnswer(401, `{"error":"bad"}`), 401, codeInvalidToken, nil},
-		{"endpoint 403", jsonAnswer(403, `{}`), 401, codeInvalidToken, nil},
-		{"endpoint 404", jsonAnswer(404, `{}`), 401, codeInvalidToken, nil},
-		{"endpoint redirect", func(w http.ResponseWriter) { w.Header().Set("Location", "/elsewhere"); w.WriteHeader(302) }, 401, codeInvalidToken, nil},
-		{"endpoint 500", jsonAnswer(500, `{}`), 503, codeSSOUnavailable, nil},
-		{"endpoint 502", jsonAnswer(502, `{}`), 503, codeSSOUnavailable, nil},
-		{"endpoint 429", jsonAnswer(429, `{}`), 503, codeSSOUnavailable, nil},
-		{"endpoint too slow", func(w http.ResponseWriter) { time.Sleep(500 * time.Millisecond); jsonAnswer(200, `{}`)(w) }, 503, codeSSOUnavailable, nil},
-		{"200 not JSON", jsonAnswer(200, `<html>`), 503, codeSSOUnavailable, nil},
-		{"200 huge", jsonAnswer(200, `{"sub":"`+strings.Repeat("a", 70<<10)+`"}`), 503, codeSSOUnavailable, nil},
-		{"wrong aud", jsonAnswer(200, map[string]any{"sub": "a", "aud": "other-app", "exp": exp}), 401, codeInvalidToken, nil},
-		{"no aud", jsonAnswer(200, map[string]any{"sub": "a", "exp": exp}), 401, codeInvalidToken, nil},
-		{"exp past", jsonAnswer(200, map[string]any{"sub": "a", "aud": "sdk", "exp": now.Add(-time.Hour).Unix()}), 401, codeInvalidToken, nil},
-		{"no exp", jsonAnswer(200, map[string]any{"sub": "a", "aud": "sdk"}), 401, codeInvalidToken, nil},
-		{"iat future", jsonAnswer(200, map[string]any{"sub": "a", "aud": "sdk", "exp": exp, "iat": now.Add(time.Hour).Unix()}), 401, codeInvalidToken, nil},
-		{"no sub", jsonAnswer(200, map[string]any{"aud": "sdk", "exp": exp}), 401, codeInvalidToken, nil},
-		{"sub with CRLF", jsonAnswer(200, map[string]any{"sub": "a\r\nX-Platform-User-Id: u", "aud": "sdk", "exp": exp}), 401, codeInvalidToken, nil},
-		{"active false", jsonAnswer(200, map[string]any{"sub": "a", "aud": "sdk", "exp": exp, "active": false}), 401, codeInvalidToken, nil},
+		{"endpoint 401", jsonAnswer(401, `{"error":"bad"}`), 401, apierr.CodeInvalidToken, nil},
+		{"endpoint 403", jsonAnswer(403, `{}`), 401, apierr.CodeInvalidToken, nil},
+		{"endpoint 404", jsonAnswer(404, `{}`), 401, apierr.CodeInvalidToken, nil},
+		{"endpoint redirect", func(w http.ResponseWriter) { w.Header().Set("Location", "/elsewhere"); w.WriteHeader(302) }, 401, apierr.CodeInvalidToken, nil},
+		{"endpoint 500", jsonAnswer(500, `{}`), 503, apierr.CodeSSOUnavailable, nil},
+		{"endpoint 502", jsonAnswer(502, `{}`), 503, apierr.CodeSSOUnavailable, nil},
+		{"endpoint 429", jsonAnswer(429, `{}`), 503, apierr.CodeSSOUnavailable, nil},
+		{"endpoint too slow", func(w http.ResponseWriter) { time.Sleep(500 * time.Millisecond); jsonAnswer(200, `{}`)(w) }, 503, apierr.CodeSSOUnavailable, nil},
+		{"200 not JSON", jsonAnswer(200, `<html>`), 503, apierr.CodeSSOUnavailable, nil},
+		{"200 huge", jsonAnswer(200, `{"sub":"`+strings.Repeat("a", 70<<10)+`"}`), 503, apierr.CodeSSOUnavailable, nil},
+		{"wrong aud", jsonAnswer(200, map[string]any{"sub": "a", "aud": "other-app", "exp": exp}), 401, apierr.CodeInvalidToken, nil},
+		{"no aud", jsonAnswer(200, map[string]any{"sub": "a", "exp": exp}), 401, apierr.CodeInvalidToken, nil},
+		{"exp past", jsonAnswer(200, map[string]any{"sub": "a", "aud": "sdk", "exp": now.Add(-time.Hour).Unix()}), 401, apierr.CodeInvalidToken, nil},
+		{"no exp", jsonAnswer(200, map[string]any{"sub": "a", "aud": "sdk"}), 401, apierr.CodeInvalidToken, nil},
+		{"iat future", jsonAnswer(200, map[string]any{"sub": "a", "aud": "sdk", "exp": exp, "iat": now.Add(time.Hour).Unix()}), 401, apierr.CodeInvalidToken, nil},
+		{"no sub", jsonAnswer(200, map[string]any{"aud": "sdk", "exp": exp}), 401, apierr.CodeInvalidToken, nil},
+		{"sub with CRLF", jsonAnswer(200, map[string]any{"sub": "a\r\nX-Platform-User-Id: u", "aud": "sdk", "exp": exp}), 401, apierr.CodeInvalidToken, nil},
+		{"active false", jsonAnswer(200, map[string]any{"sub": "a", "aud": "sdk", "exp": exp, "active": false}), 401, apierr.CodeInvalidToken, nil},
 	}
 	for i, c := range answers {
 		t.Run(c.name, func(t *testing.T) {
@@ -145,10 +147,10 @@ func TestSSOOutcomes(t *testing.T) {
 				if strings.Contains(w.Body.String(), token) {
 					t.Fatal("the answer echoes the token")
 				}
-				if c.code == codeInvalidToken && w.Header().Get("WWW-Authenticate") == "" {
+				if c.code == apierr.CodeInvalidToken && w.Header().Get("WWW-Authenticate") == "" {
 					t.Fatal("no WWW-Authenticate")
 				}
-				if c.code == codeSSOUnavailable && w.Header().Get("Retry-After") == "" {
+				if c.code == apierr.CodeSSOUnavailable && w.Header().Get("Retry-After") == "" {
 					t.Fatal("no Retry-After")
 				}
 			} else if c.check != nil {
@@ -166,7 +168,7 @@ func TestSSOServerDown(t *testing.T) {
 	_ = a
 	srv.Close()
 	w := h.do(t, hdr(hdrSSOToken, "any"))
-	if code, _ := errorBody(t, w); w.Code != 503 || code != codeSSOUnavailable {
+	if code, _ := errorBody(t, w); w.Code != 503 || code != apierr.CodeSSOUnavailable {
 		t.Fatalf("%d %s", w.Code, code)
 	}
 }
@@ -183,7 +185,7 @@ func TestSSOWithHMAC(t *testing.T) {
 		t.Fatalf("agreeing: %d %v", w.Code, h.seen)
 	}
 	w = h.do(t, hdr(hdrSSOToken, "alice-token", hdrPlatform, "ios", hdrExternalID, "bob", hdrExternalIDSig, sig("bob")))
-	if code, _ := errorBody(t, w); w.Code != 401 || code != codeIdentityMismatch {
+	if code, _ := errorBody(t, w); w.Code != 401 || code != apierr.CodeIdentityMismatch {
 		t.Fatalf("disagreeing: %d %s", w.Code, code)
 	}
 }
@@ -192,7 +194,7 @@ func TestSSORefusedWithoutConfig(t *testing.T) {
 	a := startTestApp(t, nil, map[string]*Tenant{"plain": {}})
 	h := newTokenHandler(a, "plain", false)
 	w := h.do(t, hdr(hdrSSOToken, "x"))
-	if code, _ := errorBody(t, w); w.Code != 401 || code != codeInvalidToken {
+	if code, _ := errorBody(t, w); w.Code != 401 || code != apierr.CodeInvalidToken {
 		t.Fatalf("%d %s", w.Code, code)
 	}
 }
@@ -203,15 +205,15 @@ func BenchmarkSSOCacheHit(b *testing.B) {
 	srv.answer("tok", jsonAnswer(200, map[string]any{"sub": "alice", "aud": "sdk", "exp": time.Now().Add(time.Hour).Unix()}))
 	a := startTestApp(b, nil, map[string]*Tenant{"acme": {SSO: &SSO{TokenInfoURL: srv.URL, Audience: []string{"sdk"}}}})
 	tn := a.Tenants["acme"]
-	c := &credentials{ssoToken: "tok"}
+	c := &identity.Credentials{SSOToken: "tok"}
 	ctx := context.Background()
-	if _, err := tn.checkSSO(ctx, c); err != nil {
+	if _, err := tn.id.Identify(ctx, c); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		if _, err := tn.checkSSO(ctx, c); err != nil {
+		if _, err := tn.id.Identify(ctx, c); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -2,32 +2,35 @@ package caddymodule
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"regexp"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
-	"github.com/idlink/idlink/caddymodule/internal/cache"
-	"github.com/idlink/idlink/caddymodule/internal/lograte"
+	"github.com/idlink/idlink/caddymodule/internal/identity"
 	"github.com/idlink/idlink/caddymodule/internal/verify"
 	"github.com/idlink/idlink/caddymodule/store"
 
 	"github.com/idlink/idlink/caddymodule/internal/events"
 )
 
-// Platform modes.
+// Platform modes (identity.Mode*).
 const (
-	ModeOff     = "off"     // signatures ignored; the external id is taken as claimed, unverified
-	ModeReport  = "report"  // signatures checked; failures pass unverified and are logged
-	ModeEnforce = "enforce" // signatures checked; failures are 401 invalid_signature
+	ModeOff     = identity.ModeOff     // signatures ignored; the external id is taken as claimed, unverified
+	ModeReport  = identity.ModeReport  // signatures checked; failures pass unverified and are logged
+	ModeEnforce = identity.ModeEnforce // signatures checked; failures are 401 invalid_signature
+)
+
+// Signed attribute formats (identity.SignedAttributes*).
+const (
+	SignedAttributesBound = identity.SignedAttributesBound
+	SignedAttributesPlain = identity.SignedAttributesPlain
 )
 
 // Anonymous policies.
@@ -106,22 +109,16 @@ type Tenant struct {
 	// to the dead letters after the webhook's max_age).
 	EventsRetention caddy.Duration `json:"events_retention,omitempty"`
 
-	name           string
-	app            *App
-	keys           *store.Keys
-	strictest      string                        // the strictest mode among platforms: used for unknown platforms
-	users          *cache.Loader[string, string] // external id → user, of verified ids
-	strip          headerSet                     // identity, claim and credential headers
-	identityStrip  headerSet                     // identity and claim headers (forward_credentials)
-	now            func() time.Time
-	logger         *zap.Logger
-	storeErrorLogs lograte.Limiter
-	inval          invalidators
-	installs       installCache
-	expiry         expiryRuntime
-	linkOpts       atomic.Pointer[store.LinkOptions] // tests shorten the lock and hook into steps
-	sess           sessionRuntime
-	outbox         *events.Outbox
+	name          string
+	app           *App
+	now           func() time.Time
+	logger        *zap.Logger
+	strip         headerSet // identity, claim and credential headers
+	identityStrip headerSet // identity and claim headers (forward_credentials)
+	outbox        *events.Outbox
+	// id is the tenant's identity domain, built at provision from the
+	// config above.
+	id *identity.Domain
 }
 
 // Platform is one client platform's trusted-identity settings.
@@ -133,8 +130,6 @@ type Platform struct {
 
 	// Mode is "off", "report" or "enforce" (default).
 	Mode string `json:"mode,omitempty"`
-
-	keys []*verify.HMACKey
 }
 
 func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
@@ -142,7 +137,6 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 		return err
 	}
 	t.name, t.app = name, app
-	t.keys = store.NewKeys(name)
 	t.now = app.now
 	t.logger = app.logger.With(zap.String("tenant", name))
 	if t.Anonymous == "" {
@@ -157,9 +151,10 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 	if t.CacheTTL <= 0 {
 		t.CacheTTL = caddy.Duration(10 * time.Minute)
 	}
-	t.users = cache.NewLoader[string, string](t.CacheSize, time.Duration(t.CacheTTL), t.now, func(id string) string { return id })
-	t.provisionSessions()
-	t.provisionExpiry()
+	if t.Sessions == nil {
+		t.Sessions = new(Sessions)
+	}
+	sessions, expiry := t.Sessions.provision(), t.provisionExpiry()
 	if t.ContactToken != nil {
 		if err := t.ContactToken.provision(t); err != nil {
 			return err
@@ -173,7 +168,6 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 	claimHeaders := t.ContactToken.stripHeaders()
 	t.strip = newHeaderSet(identityHeaders, credentialHeaders, claimHeaders)
 	t.identityStrip = newHeaderSet(identityHeaders, claimHeaders)
-	t.provisionInstalls()
 
 	for i := range t.APIKeys {
 		if err := t.APIKeys[i].provision(); err != nil {
@@ -185,33 +179,75 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 		}
 	}
 
+	platforms, err := t.provisionPlatforms()
+	if err != nil {
+		return err
+	}
+	cfg := identity.Config{
+		Tenant: name, Store: app.store, Now: t.now, Logger: t.logger,
+		Platforms: platforms, DefaultPlatform: t.DefaultPlatform,
+		AnonymousDeny:    t.Anonymous == AnonymousDeny,
+		SignedAttributes: t.SignedAttributes,
+		FailOpen:         app.OnStoreError == FailOpen,
+		CacheSize:        t.CacheSize, CacheTTL: time.Duration(t.CacheTTL),
+		Sessions: sessions, Expiry: expiry,
+	}
+	if c := t.ContactToken; c != nil {
+		cfg.Tokens, cfg.MappedClaims = c.v, c.mapped
+		if c.ClaimsURL != nil {
+			cfg.ClaimsURL = c.ClaimsURL.claims
+		}
+	}
+	if t.SSO != nil {
+		cfg.SSO = t.SSO.v
+	}
+	t.id = identity.New(cfg)
+	return t.provisionEvents()
+}
+
+// provisionExpiry fills install_ttl's default and answers the expiry
+// policy of installs and of users made for unverified ids.
+func (t *Tenant) provisionExpiry() store.Expiry {
+	if t.InstallTTL == 0 {
+		t.InstallTTL = caddy.Duration(defaultInstallTTL)
+	}
+	if t.InstallTTL > 0 {
+		return store.Expiry{TTL: time.Duration(t.InstallTTL)}
+	}
+	return store.Expiry{}
+}
+
+// provisionPlatforms fills the platforms' default mode and reads their
+// secrets (placeholders replaced).
+func (t *Tenant) provisionPlatforms() (map[string]*identity.Platform, error) {
+	out := make(map[string]*identity.Platform, len(t.Platforms))
 	repl := caddy.NewReplacer()
 	for _, pname := range slices.Sorted(maps.Keys(t.Platforms)) {
 		p := t.Platforms[pname]
 		if p == nil {
-			return fmt.Errorf("platform %q: empty", pname)
+			return nil, fmt.Errorf("platform %q: empty", pname)
 		}
 		if p.Mode == "" {
 			p.Mode = ModeEnforce
 		}
-		p.keys = p.keys[:0]
+		ip := &identity.Platform{Mode: p.Mode}
 		for i, s := range p.Secrets {
 			secret, err := repl.ReplaceOrErr(s, true, true)
 			if err != nil {
-				return fmt.Errorf("platform %q: secret %d: %v", pname, i+1, err)
+				return nil, fmt.Errorf("platform %q: secret %d: %v", pname, i+1, err)
 			}
 			if secret == "" {
-				return fmt.Errorf("platform %q: secret %d is empty", pname, i+1)
+				return nil, fmt.Errorf("platform %q: secret %d is empty", pname, i+1)
 			}
 			if len(secret) < 16 {
 				t.logger.Warn("platform secret is shorter than 16 bytes; use a long random secret",
 					zap.String("platform", pname), zap.Int("secret", i+1))
 			}
-			p.keys = append(p.keys, verify.NewHMACKey([]byte(secret)))
+			ip.Keys = append(ip.Keys, verify.NewHMACKey([]byte(secret)))
 		}
-		t.strictest = stricter(t.strictest, p.Mode)
+		out[pname] = ip
 	}
-	return t.provisionEvents()
+	return out, nil
 }
 
 func (t *Tenant) validate() error {
@@ -237,11 +273,11 @@ func (t *Tenant) validate() error {
 			return err
 		}
 	}
-	if err := t.validateSessions(); err != nil {
+	if err := t.Sessions.validate(t.name); err != nil {
 		return err
 	}
-	if err := t.validateExpiry(); err != nil {
-		return err
+	if t.InstallTTL > 0 && time.Duration(t.InstallTTL) < minInstallTTL {
+		return fmt.Errorf("tenant %q: install_ttl must be at least %v (or off)", t.name, minInstallTTL)
 	}
 	return t.validateEvents()
 }
@@ -253,43 +289,6 @@ func (t *Tenant) start(ctx context.Context, wg *sync.WaitGroup) {
 		t.ContactToken.v.Source().Start(ctx, wg)
 	}
 }
-
-func stricter(a, b string) string {
-	rank := map[string]int{"": 0, ModeOff: 1, ModeReport: 2, ModeEnforce: 3}
-	if rank[b] > rank[a] {
-		return b
-	}
-	return a
-}
-
-// resolveExternal returns the platform user id of a verified external id:
-// from the in-process cache when warm (no Redis round trip), else from
-// Redis in one round trip, creating the user on first sight (one made
-// earlier for the id unverified becomes permanent: a second round trip,
-// once). Concurrent cold lookups of one external id in this process share
-// one call. Unverified ids go through resolveUnverified (expiry.go).
-func (t *Tenant) resolveExternal(ctx context.Context, externalID string) (string, error) {
-	if u, ok := t.users.Get(externalID); ok {
-		return u, nil // before the loader's closure is made: no allocation when warm
-	}
-	return t.users.Load(ctx, externalID, func(ctx context.Context) (string, time.Duration, error) {
-		u, created, err := t.app.store.ResolveExternal(ctx, t.keys, externalID, t.now())
-		if err == nil && created {
-			t.logger.Debug("user created", zap.String("user_id", u))
-		}
-		return u, 0, err
-	})
-}
-
-// logStoreError logs a store failure at error level, at most once a second
-// per tenant, so an outage does not flood the log.
-func (t *Tenant) logStoreError(err error) {
-	if t.storeErrorLogs.Allow(t.now(), time.Second) {
-		t.logger.Error("identity store unavailable", zap.Error(err))
-	}
-}
-
-func isStoreError(err error) bool { return errors.Is(err, store.ErrUnavailable) }
 
 // oneOf checks an option that takes one of a few words. The Caddyfile
 // parser and the config's validation both call it, so a value is refused

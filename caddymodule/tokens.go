@@ -21,10 +21,6 @@ const (
 	defaultJWKSRefresh    = 15 * time.Minute
 	defaultJWKSRefetchMin = 30 * time.Second
 	defaultJWKSTimeout    = 5 * time.Second
-	retryAfterKeySource   = 5 // seconds
-	codeInvalidToken      = "invalid_token"
-	codeKeySourceDown     = "key_source_unavailable"
-	bearerInvalidToken    = `Bearer error="invalid_token"`
 	defaultUserClaim      = "sub"
 )
 
@@ -299,7 +295,7 @@ func (c *ContactToken) provision(t *Tenant) error {
 		UnknownKIDTTL: time.Duration(c.JWKSRefetchMin), UserClaim: c.UserClaim, Headers: headers,
 		UserID:    func(s string) bool { _, err := store.ParseID(store.KindUser, s); return err == nil },
 		SessionID: func(s string) bool { _, err := store.ParseID(store.KindSession, s); return err == nil },
-		CacheSize: t.CacheSize, CacheTTL: time.Duration(t.CacheTTL), Now: t.now, Debug: t.debug,
+		CacheSize: t.CacheSize, CacheTTL: time.Duration(t.CacheTTL), Now: t.now, Debug: t.logger.Debug,
 	})
 	if err != nil {
 		return fmt.Errorf("contact_token: %v", err)
@@ -367,18 +363,4 @@ func (c *ContactToken) stripHeaders() []string {
 		names[i] = h.Header
 	}
 	return names
-}
-
-// tokenError is a refused token: 401 invalid_token with the reason.
-func tokenError(reason string) *apiError {
-	return &apiError{Status: http.StatusUnauthorized, Code: codeInvalidToken, Message: reason, Challenge: bearerInvalidToken}
-}
-
-func errKeySourceUnavailable() *apiError {
-	return &apiError{
-		Status:     http.StatusServiceUnavailable,
-		Code:       codeKeySourceDown,
-		Message:    "the key that signed this token cannot be fetched right now; retry shortly",
-		RetryAfter: retryAfterKeySource,
-	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/MicahParks/jwkset"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/idlink/idlink/caddymodule/internal/identity"
 	"go.uber.org/zap"
 )
 
@@ -247,4 +248,18 @@ func hdr(kv ...string) http.Header {
 		h[kv[i]] = append(h[kv[i]], kv[i+1])
 	}
 	return h
+}
+
+// installUserOf is the user an install points to, as a request with the
+// install id alone is identified ("" if refused).
+func installUserOf(tn *Tenant, installID string) (string, error) {
+	id, err := tn.id.Identify(context.Background(), &identity.Credentials{InstallID: installID})
+	return id.UserID, err
+}
+
+// resolveExternal is the user of an external id, made on first sight, as a
+// verified credential naming it resolves it.
+func resolveExternal(tn *Tenant, externalID string) (string, error) {
+	u, _, err := tn.app.store.ResolveExternal(context.Background(), tn.id.Keys(), externalID, time.Now())
+	return u, err
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/idlink/idlink/caddymodule/internal/apierr"
 	"github.com/idlink/idlink/caddymodule/store"
 )
 
@@ -88,7 +89,7 @@ func TestContactTokenSessionRoundTrip(t *testing.T) {
 		t.Fatalf("external attributes became claims: %v", claims)
 	}
 	// The backend's claims: the session's next token carries them.
-	if _, _, err := a.store.SetUserClaims(t.Context(), a.Tenants["acme"].keys, res.UserID, claimsUpdate(t, "contact_id", "c-9", "predict_external_id", "p-9"), time.Now()); err != nil {
+	if _, _, err := a.store.SetUserClaims(t.Context(), a.Tenants["acme"].id.Keys(), res.UserID, claimsUpdate(t, "contact_id", "c-9", "predict_external_id", "p-9"), time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	bySid := httptest.NewRequest("POST", "/contact-token", nil)
@@ -160,10 +161,10 @@ func TestContactTokenSessionRoundTrip(t *testing.T) {
 		r    *http.Request
 		code string
 	}{
-		"no credential":             {httptest.NewRequest("POST", "/contact-token", nil), codeAuthRequired},
-		"token and another session": {mixed, codeIdentityMismatch},
-		"forged token":              {bearerRequest("POST", "/contact-token", ext), codeInvalidToken},
-		"garbage":                   {bearerRequest("POST", "/contact-token", "a.b.c"), codeInvalidToken},
+		"no credential":             {httptest.NewRequest("POST", "/contact-token", nil), apierr.CodeAuthRequired},
+		"token and another session": {mixed, apierr.CodeIdentityMismatch},
+		"forged token":              {bearerRequest("POST", "/contact-token", ext), apierr.CodeInvalidToken},
+		"garbage":                   {bearerRequest("POST", "/contact-token", "a.b.c"), apierr.CodeInvalidToken},
 	} {
 		w, _ := refresh(c.r)
 		if code, _ := errorBody(t, w); w.Code != 401 || code != c.code {
@@ -185,7 +186,7 @@ func TestContactTokenSessionRoundTrip(t *testing.T) {
 				w, next, _ := serve(h, bearerRequest("GET", "/app", tok))
 				if w.Code == 401 {
 					code, reason := sessionError(t, w)
-					if code != codeSessionEnded || reason != store.ReasonLoggedOut || next.called ||
+					if code != apierr.CodeSessionEnded || reason != store.ReasonLoggedOut || next.called ||
 						w.Header().Get("WWW-Authenticate") != `Bearer error="invalid_token"` {
 						t.Fatalf("after logout: %s %s %v", code, reason, w.Header())
 					}
@@ -218,7 +219,7 @@ func TestContactTokenEvictedSession(t *testing.T) {
 	}
 	second := login(t, api, "roamer")
 	w, _, _ := serve(h, bearerRequest("GET", "/app", first.ContactToken))
-	if code, reason := sessionError(t, w); w.Code != 401 || code != codeSessionEnded || reason != store.ReasonEvicted {
+	if code, reason := sessionError(t, w); w.Code != 401 || code != apierr.CodeSessionEnded || reason != store.ReasonEvicted {
 		t.Fatalf("evicted: %d %s %s", w.Code, code, reason)
 	}
 	if w, _, _ := serve(h, bearerRequest("GET", "/app", second.ContactToken)); w.Code != 200 {

@@ -19,6 +19,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 
+	"github.com/idlink/idlink/caddymodule/internal/apierr"
+	"github.com/idlink/idlink/caddymodule/internal/identity"
 	"github.com/idlink/idlink/caddymodule/store"
 )
 
@@ -116,48 +118,48 @@ func TestContactTokenAttackCatalogue(t *testing.T) {
 		{"valid EdDSA", env.ed.sign(t, good, nil), "", 200, "", ""},
 		{"valid, Authorization Bearer", valid, "Authorization", 200, "", ""},
 		{"valid, second audience", env.es.sign(t, with(good, "aud", []string{"x", "other-app"}), nil), "", 200, "", ""},
-		{"alg none, empty signature", unsigned(`{"alg":"none","kid":"es-1"}`, string(goodJSON), nil), "", 401, codeInvalidToken, "compact JWS"},
-		{"alg none, some signature", unsigned(`{"alg":"none","kid":"es-1"}`, string(goodJSON), []byte("x")), "", 401, codeInvalidToken, "algorithm is not accepted"},
-		{"alg NONE", unsigned(`{"alg":"NONE","kid":"es-1"}`, string(goodJSON), []byte("x")), "", 401, codeInvalidToken, "algorithm is not accepted"},
-		{"HS256 signed with the RSA public key", confused, "", 401, codeInvalidToken, "algorithm is not accepted"},
-		{"RS256 token naming the EC key", env.rs.sign(t, good, map[string]any{"kid": "es-1"}), "", 401, codeInvalidToken, "not the one of its key"},
-		{"ES256 token naming the RSA key", env.es.sign(t, good, map[string]any{"kid": "rs-1"}), "", 401, codeInvalidToken, "not the one of its key"},
-		{"kid unknown", env.es.sign(t, good, map[string]any{"kid": "nope"}), "", 401, codeInvalidToken, "no key has the token's kid"},
-		{"kid empty", env.es.sign(t, good, map[string]any{"kid": ""}), "", 401, codeInvalidToken, "no kid"},
-		{"kid missing", env.es.sign(t, good, map[string]any{"kid": nil}), "", 401, codeInvalidToken, "no kid"},
-		{"kid a path", env.es.sign(t, good, map[string]any{"kid": "../../../../etc/passwd"}), "", 401, codeInvalidToken, "no key has the token's kid"},
-		{"kid a URL", env.es.sign(t, good, map[string]any{"kid": "http://127.0.0.1:1/evil.json"}), "", 401, codeInvalidToken, "no key has the token's kid"},
-		{"kid huge", env.es.sign(t, good, map[string]any{"kid": strings.Repeat("k", 4000)}), "", 401, codeInvalidToken, "kid is too long"},
-		{"kid not a string", env.es.sign(t, good, map[string]any{"kid": 7}), "", 401, codeInvalidToken, "header is not a JSON object"},
-		{"jku header ignored", env.es.sign(t, good, map[string]any{"jku": "http://127.0.0.1:1/keys", "kid": "evil"}), "", 401, codeInvalidToken, "no key has the token's kid"},
-		{"crit header", env.es.sign(t, good, map[string]any{"crit": []string{"exp"}}), "", 401, codeInvalidToken, "critical"},
-		{"expired", env.es.sign(t, with(good, "iat", now.Add(-2*time.Hour).Unix(), "exp", now.Add(-time.Hour).Unix()), nil), "", 401, codeInvalidToken, "expired"},
-		{"nbf in the future", env.es.sign(t, with(good, "nbf", now.Add(time.Hour).Unix()), nil), "", 401, codeInvalidToken, "not valid yet"},
-		{"iat in the future", env.es.sign(t, with(good, "iat", now.Add(time.Hour).Unix(), "exp", now.Add(time.Hour+time.Minute).Unix()), nil), "", 401, codeInvalidToken, "issued in the future"},
-		{"no exp", env.es.sign(t, with(good, "exp", nil), nil), "", 401, codeInvalidToken, "no exp"},
-		{"exp a string", env.es.sign(t, with(good, "exp", "tomorrow"), nil), "", 401, codeInvalidToken, "wrong type"},
-		{"wrong issuer", env.es.sign(t, with(good, "iss", "https://evil.test"), nil), "", 401, codeInvalidToken, "issuer"},
-		{"no issuer", env.es.sign(t, with(good, "iss", nil), nil), "", 401, codeInvalidToken, "no iss claim"},
-		{"wrong audience", env.es.sign(t, with(good, "aud", "someone-else"), nil), "", 401, codeInvalidToken, "audience"},
-		{"no audience", env.es.sign(t, with(good, "aud", nil), nil), "", 401, codeInvalidToken, "no aud claim"},
-		{"lifetime over max_lifetime", env.es.sign(t, with(good, "exp", now.Add(2*time.Hour).Unix()), nil), "", 401, codeInvalidToken, "max_lifetime"},
-		{"lifetime over max_lifetime, no iat", env.es.sign(t, with(good, "iat", nil, "exp", now.Add(2*time.Hour).Unix()), nil), "", 401, codeInvalidToken, "max_lifetime"},
-		{"100 KB token", env.es.sign(t, with(good, "pad", strings.Repeat("p", 100<<10)), nil), "", 401, codeInvalidToken, "longer than 8192"},
-		{"100 KB token as Bearer", env.es.sign(t, with(good, "pad", strings.Repeat("p", 100<<10)), nil), "Authorization", 401, codeInvalidToken, "longer than 8192"},
-		{"many dots", strings.Repeat(".", 5000), "", 401, codeInvalidToken, "compact JWS"},
-		{"four parts", valid + ".x", "", 401, codeInvalidToken, "compact JWS"},
-		{"padding", valid + "==", "", 401, codeInvalidToken, "compact JWS"},
-		{"spaces", " " + valid, "", 401, codeInvalidToken, "compact JWS"},
-		{"header not base64", "!!!." + parts[1] + "." + parts[2], "", 401, codeInvalidToken, "compact JWS"},
-		{"header not JSON", base64.RawURLEncoding.EncodeToString([]byte("nope")) + "." + parts[1] + "." + parts[2], "", 401, codeInvalidToken, "not a JSON object"},
-		{"signature of another key", other.sign(t, good, nil), "", 401, codeInvalidToken, "signature does not verify"},
-		{"tampered claims", tampered, "", 401, codeInvalidToken, "signature does not verify"},
-		{"truncated signature", valid[:len(valid)-4], "", 401, codeInvalidToken, ""},
-		{"no sub", env.es.sign(t, with(good, "sub", nil), nil), "", 401, codeInvalidToken, "no sub claim"},
-		{"sub with a newline", env.es.sign(t, with(good, "sub", "alice\nX-Platform-User-Id: u"), nil), "", 401, codeInvalidToken, "not a valid external id"},
-		{"sub a number", env.es.sign(t, with(good, "sub", 42), nil), "", 401, codeInvalidToken, ""},
-		{"claim header from an object", env.es.sign(t, with(good, "contact_id", map[string]any{"a": 1}), nil), "", 401, codeInvalidToken, "contact_id"},
-		{"claim header with CRLF", env.es.sign(t, with(good, "contact_id", "x\r\nEvil: 1"), nil), "", 401, codeInvalidToken, "contact_id"},
+		{"alg none, empty signature", unsigned(`{"alg":"none","kid":"es-1"}`, string(goodJSON), nil), "", 401, apierr.CodeInvalidToken, "compact JWS"},
+		{"alg none, some signature", unsigned(`{"alg":"none","kid":"es-1"}`, string(goodJSON), []byte("x")), "", 401, apierr.CodeInvalidToken, "algorithm is not accepted"},
+		{"alg NONE", unsigned(`{"alg":"NONE","kid":"es-1"}`, string(goodJSON), []byte("x")), "", 401, apierr.CodeInvalidToken, "algorithm is not accepted"},
+		{"HS256 signed with the RSA public key", confused, "", 401, apierr.CodeInvalidToken, "algorithm is not accepted"},
+		{"RS256 token naming the EC key", env.rs.sign(t, good, map[string]any{"kid": "es-1"}), "", 401, apierr.CodeInvalidToken, "not the one of its key"},
+		{"ES256 token naming the RSA key", env.es.sign(t, good, map[string]any{"kid": "rs-1"}), "", 401, apierr.CodeInvalidToken, "not the one of its key"},
+		{"kid unknown", env.es.sign(t, good, map[string]any{"kid": "nope"}), "", 401, apierr.CodeInvalidToken, "no key has the token's kid"},
+		{"kid empty", env.es.sign(t, good, map[string]any{"kid": ""}), "", 401, apierr.CodeInvalidToken, "no kid"},
+		{"kid missing", env.es.sign(t, good, map[string]any{"kid": nil}), "", 401, apierr.CodeInvalidToken, "no kid"},
+		{"kid a path", env.es.sign(t, good, map[string]any{"kid": "../../../../etc/passwd"}), "", 401, apierr.CodeInvalidToken, "no key has the token's kid"},
+		{"kid a URL", env.es.sign(t, good, map[string]any{"kid": "http://127.0.0.1:1/evil.json"}), "", 401, apierr.CodeInvalidToken, "no key has the token's kid"},
+		{"kid huge", env.es.sign(t, good, map[string]any{"kid": strings.Repeat("k", 4000)}), "", 401, apierr.CodeInvalidToken, "kid is too long"},
+		{"kid not a string", env.es.sign(t, good, map[string]any{"kid": 7}), "", 401, apierr.CodeInvalidToken, "header is not a JSON object"},
+		{"jku header ignored", env.es.sign(t, good, map[string]any{"jku": "http://127.0.0.1:1/keys", "kid": "evil"}), "", 401, apierr.CodeInvalidToken, "no key has the token's kid"},
+		{"crit header", env.es.sign(t, good, map[string]any{"crit": []string{"exp"}}), "", 401, apierr.CodeInvalidToken, "critical"},
+		{"expired", env.es.sign(t, with(good, "iat", now.Add(-2*time.Hour).Unix(), "exp", now.Add(-time.Hour).Unix()), nil), "", 401, apierr.CodeInvalidToken, "expired"},
+		{"nbf in the future", env.es.sign(t, with(good, "nbf", now.Add(time.Hour).Unix()), nil), "", 401, apierr.CodeInvalidToken, "not valid yet"},
+		{"iat in the future", env.es.sign(t, with(good, "iat", now.Add(time.Hour).Unix(), "exp", now.Add(time.Hour+time.Minute).Unix()), nil), "", 401, apierr.CodeInvalidToken, "issued in the future"},
+		{"no exp", env.es.sign(t, with(good, "exp", nil), nil), "", 401, apierr.CodeInvalidToken, "no exp"},
+		{"exp a string", env.es.sign(t, with(good, "exp", "tomorrow"), nil), "", 401, apierr.CodeInvalidToken, "wrong type"},
+		{"wrong issuer", env.es.sign(t, with(good, "iss", "https://evil.test"), nil), "", 401, apierr.CodeInvalidToken, "issuer"},
+		{"no issuer", env.es.sign(t, with(good, "iss", nil), nil), "", 401, apierr.CodeInvalidToken, "no iss claim"},
+		{"wrong audience", env.es.sign(t, with(good, "aud", "someone-else"), nil), "", 401, apierr.CodeInvalidToken, "audience"},
+		{"no audience", env.es.sign(t, with(good, "aud", nil), nil), "", 401, apierr.CodeInvalidToken, "no aud claim"},
+		{"lifetime over max_lifetime", env.es.sign(t, with(good, "exp", now.Add(2*time.Hour).Unix()), nil), "", 401, apierr.CodeInvalidToken, "max_lifetime"},
+		{"lifetime over max_lifetime, no iat", env.es.sign(t, with(good, "iat", nil, "exp", now.Add(2*time.Hour).Unix()), nil), "", 401, apierr.CodeInvalidToken, "max_lifetime"},
+		{"100 KB token", env.es.sign(t, with(good, "pad", strings.Repeat("p", 100<<10)), nil), "", 401, apierr.CodeInvalidToken, "longer than 8192"},
+		{"100 KB token as Bearer", env.es.sign(t, with(good, "pad", strings.Repeat("p", 100<<10)), nil), "Authorization", 401, apierr.CodeInvalidToken, "longer than 8192"},
+		{"many dots", strings.Repeat(".", 5000), "", 401, apierr.CodeInvalidToken, "compact JWS"},
+		{"four parts", valid + ".x", "", 401, apierr.CodeInvalidToken, "compact JWS"},
+		{"padding", valid + "==", "", 401, apierr.CodeInvalidToken, "compact JWS"},
+		{"spaces", " " + valid, "", 401, apierr.CodeInvalidToken, "compact JWS"},
+		{"header not base64", "!!!." + parts[1] + "." + parts[2], "", 401, apierr.CodeInvalidToken, "compact JWS"},
+		{"header not JSON", base64.RawURLEncoding.EncodeToString([]byte("nope")) + "." + parts[1] + "." + parts[2], "", 401, apierr.CodeInvalidToken, "not a JSON object"},
+		{"signature of another key", other.sign(t, good, nil), "", 401, apierr.CodeInvalidToken, "signature does not verify"},
+		{"tampered claims", tampered, "", 401, apierr.CodeInvalidToken, "signature does not verify"},
+		{"truncated signature", valid[:len(valid)-4], "", 401, apierr.CodeInvalidToken, ""},
+		{"no sub", env.es.sign(t, with(good, "sub", nil), nil), "", 401, apierr.CodeInvalidToken, "no sub claim"},
+		{"sub with a newline", env.es.sign(t, with(good, "sub", "alice\nX-Platform-User-Id: u"), nil), "", 401, apierr.CodeInvalidToken, "not a valid external id"},
+		{"sub a number", env.es.sign(t, with(good, "sub", 42), nil), "", 401, apierr.CodeInvalidToken, ""},
+		{"claim header from an object", env.es.sign(t, with(good, "contact_id", map[string]any{"a": 1}), nil), "", 401, apierr.CodeInvalidToken, "contact_id"},
+		{"claim header with CRLF", env.es.sign(t, with(good, "contact_id", "x\r\nEvil: 1"), nil), "", 401, apierr.CodeInvalidToken, "contact_id"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -255,7 +257,7 @@ func TestJWKSRotation(t *testing.T) {
 	// The retired key is gone from the set: a fresh token naming it is
 	// refused (the refetch budget is spent, the source is healthy).
 	w := env.h.do(t, hdr(hdrContactToken, env.es.sign(t, goodClaims("c", now), nil)))
-	if code, _ := errorBody(t, w); w.Code != 401 || code != codeInvalidToken {
+	if code, _ := errorBody(t, w); w.Code != 401 || code != apierr.CodeInvalidToken {
 		t.Fatalf("retired kid: %d %s", w.Code, code)
 	}
 	if n := env.srv.fetches.Load() - base; n != 1 {
@@ -300,14 +302,14 @@ func TestJWKSDown(t *testing.T) {
 	// Unknown kid while down: 503 with Retry-After, and not remembered.
 	unknown := newTestKey(t, "es-new", "ES256").sign(t, claims, nil)
 	w := h.do(t, hdr(hdrContactToken, unknown))
-	if code, _ := errorBody(t, w); w.Code != 503 || code != codeKeySourceDown || w.Header().Get("Retry-After") == "" {
+	if code, _ := errorBody(t, w); w.Code != 503 || code != apierr.CodeKeySourceUnavailable || w.Header().Get("Retry-After") == "" {
 		t.Fatalf("unknown kid while down: %d %s %v", w.Code, code, w.Header())
 	}
 
 	srv.failing.Store(false)
 	waitFor(t, "recovery", src.Healthy)
 	w = h.do(t, hdr(hdrContactToken, unknown))
-	if code, _ := errorBody(t, w); w.Code != 401 || code != codeInvalidToken {
+	if code, _ := errorBody(t, w); w.Code != 401 || code != apierr.CodeInvalidToken {
 		t.Fatalf("unknown kid after recovery: %d %s", w.Code, code)
 	}
 	if successes()-ok0 < 1 || failures()-fails < 1 {
@@ -327,7 +329,7 @@ func TestJWKSUnreachableFromStart(t *testing.T) {
 	now := time.Now()
 	tok := newTestKey(t, "k", "ES256").sign(t, jwt.MapClaims{"iss": testIssuer, "aud": testAudience, "sub": "a", "exp": now.Add(time.Minute).Unix()}, nil)
 	w := h.do(t, hdr(hdrContactToken, tok))
-	if code, _ := errorBody(t, w); w.Code != 503 || code != codeKeySourceDown {
+	if code, _ := errorBody(t, w); w.Code != 503 || code != apierr.CodeKeySourceUnavailable {
 		t.Fatalf("%d %s", w.Code, code)
 	}
 }
@@ -447,7 +449,7 @@ func TestAuthorizationHandling(t *testing.T) {
 	// Two different tokens: ambiguous.
 	other := env.es.sign(t, goodClaims("bob", time.Now()), nil)
 	w := env.h.do(t, hdr("Authorization", "Bearer "+tok, hdrContactToken, other))
-	if code, _ := errorBody(t, w); w.Code != 400 || code != codeInvalidRequest {
+	if code, _ := errorBody(t, w); w.Code != 400 || code != apierr.CodeInvalidRequest {
 		t.Fatalf("two tokens: %d %s", w.Code, code)
 	}
 	// The same token twice is fine.
@@ -483,7 +485,7 @@ func TestContactTokenAndHMACMustAgree(t *testing.T) {
 	}
 	diff := hdr(hdrContactToken, tok, hdrPlatform, "ios", hdrExternalID, "bob", hdrExternalIDSig, sign("secret-0123456789abcdef", "bob"))
 	w := h.do(t, diff)
-	if code, _ := errorBody(t, w); w.Code != 401 || code != codeIdentityMismatch {
+	if code, _ := errorBody(t, w); w.Code != 401 || code != apierr.CodeIdentityMismatch {
 		t.Fatalf("disagreeing: %d %s", w.Code, code)
 	}
 }
@@ -494,7 +496,7 @@ func TestContactTokenRefusedWithoutConfig(t *testing.T) {
 	a := startTestApp(t, nil, map[string]*Tenant{"plain": {}})
 	h := newTokenHandler(a, "plain", false)
 	w := h.do(t, hdr(hdrContactToken, "a.b.c"))
-	if code, _ := errorBody(t, w); w.Code != 401 || code != codeInvalidToken {
+	if code, _ := errorBody(t, w); w.Code != 401 || code != apierr.CodeInvalidToken {
 		t.Fatalf("%d %s", w.Code, code)
 	}
 }
@@ -516,12 +518,15 @@ func FuzzContactToken(f *testing.F) {
 	a := startTestApp(f, nil, map[string]*Tenant{"acme": {
 		ContactToken: &ContactToken{Issuer: testIssuer, Audience: []string{testAudience}, Keys: []TokenKey{{KID: "ec", File: ec.writePEM(f, false)}}},
 	}})
-	c := a.Tenants["acme"].ContactToken
+	d := a.Tenants["acme"].id
 	f.Fuzz(func(t *testing.T, tok string) {
-		vt, err := c.verify(context.Background(), tok)
+		if tok == "" {
+			return // no token at all
+		}
+		vt, err := d.Identify(context.Background(), &identity.Credentials{ContactToken: tok})
 		if err != nil {
 			ae, ok := err.(*apiError)
-			if !ok || ae.Status != 401 || ae.Code != codeInvalidToken || strings.Contains(ae.Message, tok) && len(tok) > 8 {
+			if !ok || ae.Status != 401 || ae.Code != apierr.CodeInvalidToken || strings.Contains(ae.Message, tok) && len(tok) > 8 {
 				t.Fatalf("unexpected error %v", err)
 			}
 			return
@@ -603,12 +608,11 @@ func TestIssuedTokens(t *testing.T) {
 	}})
 	tn := a.Tenants["acme"]
 	h := newTokenHandler(a, "acme", false)
-	ctx := context.Background()
-	userID, err := tn.resolveExternal(ctx, "alice")
+	userID, err := resolveExternal(tn, "alice")
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, exp, err := tn.issueToken(userID, "", "alice", map[string]string{"contact_id": "c-1", "predict_external_id": "p-1", "sub": "evil"}, time.Time{})
+	tok, exp, err := tn.ContactToken.v.Issue(userID, "", "alice", map[string]string{"contact_id": "c-1", "predict_external_id": "p-1", "sub": "evil"}, time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -641,7 +645,7 @@ func TestIssuedTokens(t *testing.T) {
 		"bad sid":           {"iss": "idlink/acme", "aud": "acme", "sub": userID, "sid": "nope", "exp": time.Now().Add(time.Minute).Unix()},
 	} {
 		w := h.do(t, hdr(hdrContactToken, cur.sign(t, c, nil)))
-		if code, _ := errorBody(t, w); w.Code != 401 || code != codeInvalidToken {
+		if code, _ := errorBody(t, w); w.Code != 401 || code != apierr.CodeInvalidToken {
 			t.Errorf("%s: %d %s", name, w.Code, code)
 		}
 	}
@@ -671,16 +675,16 @@ func BenchmarkContactTokenCacheHit(b *testing.B) {
 	}})
 	tn := a.Tenants["acme"]
 	ctx := context.Background()
-	userID, _ := tn.resolveExternal(ctx, "alice")
-	tok, _, _ := tn.issueToken(userID, "", "alice", map[string]string{"contact_id": "c-1"}, time.Time{})
-	creds := &credentials{contactToken: tok}
-	if _, err := tn.checkContactToken(ctx, creds); err != nil {
+	userID, _ := resolveExternal(tn, "alice")
+	tok, _, _ := tn.ContactToken.v.Issue(userID, "", "alice", map[string]string{"contact_id": "c-1"}, time.Time{})
+	creds := &identity.Credentials{ContactToken: tok}
+	if _, err := tn.id.Identify(ctx, creds); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		if _, err := tn.checkContactToken(ctx, creds); err != nil {
+		if _, err := tn.id.Identify(ctx, creds); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -731,15 +735,15 @@ func BenchmarkContactTokenCacheHitExternal(b *testing.B) {
 	}})
 	tn := a.Tenants["acme"]
 	now := time.Now()
-	creds := &credentials{bearer: ec.sign(b, jwt.MapClaims{"iss": testIssuer, "aud": testAudience, "sub": "alice", "contact_id": "c-1", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}, nil)}
+	creds := &identity.Credentials{Bearer: ec.sign(b, jwt.MapClaims{"iss": testIssuer, "aud": testAudience, "sub": "alice", "contact_id": "c-1", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}, nil)}
 	ctx := context.Background()
-	if _, err := tn.checkContactToken(ctx, creds); err != nil {
+	if _, err := tn.id.Identify(ctx, creds); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		if _, err := tn.checkContactToken(ctx, creds); err != nil {
+		if _, err := tn.id.Identify(ctx, creds); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -757,9 +761,8 @@ func BenchmarkHandlerContactTokenWarm(b *testing.B) {
 		},
 	}})
 	tn := a.Tenants["acme"]
-	ctx := context.Background()
-	userID, _ := tn.resolveExternal(ctx, "alice")
-	tok, _, _ := tn.issueToken(userID, "", "alice", map[string]string{"contact_id": "c-1"}, time.Time{})
+	userID, _ := resolveExternal(tn, "alice")
+	tok, _, _ := tn.ContactToken.v.Issue(userID, "", "alice", map[string]string{"contact_id": "c-1"}, time.Time{})
 	h := newTokenHandler(a, "acme", false).h
 	r := httptest.NewRequest(http.MethodGet, "/", nil)
 	r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))

@@ -1,0 +1,373 @@
+package identity
+
+import (
+	"context"
+	"errors"
+
+	"go.uber.org/zap"
+
+	"github.com/idlink/idlink/caddymodule/internal/apierr"
+	"github.com/idlink/idlink/caddymodule/internal/verify"
+	"github.com/idlink/idlink/caddymodule/store"
+)
+
+// A credentialCheck verifies one kind of credential of a request. It
+// returns nil, nil when the request does not present that kind; a claim
+// when it verified (or, in report/off mode, accepted) it; an error when
+// the request must be refused.
+type credentialCheck func(d *Domain, ctx context.Context, c *Credentials) (*Identity, error)
+
+// credentialChecks in SPEC.md's order of precedence: contact token, HMAC
+// external id, SSO token, session id, install id. The first that is
+// present names the user; every other one present must name the same user.
+var credentialChecks = []credentialCheck{
+	(*Domain).checkContactToken,
+	(*Domain).checkHMAC,
+	(*Domain).checkSSO,
+	(*Domain).checkSession,
+	(*Domain).checkInstall,
+}
+
+// Authenticate verifies the credentials of a request and resolves the
+// user. Store failures are turned into the on_store_error policy here:
+// the answer is an identity or a refusal, never another error.
+func (d *Domain) Authenticate(ctx context.Context, c *Credentials) (Identity, *apierr.Error) {
+	id, err := d.Identify(ctx, c)
+	if err == nil {
+		return id, nil
+	}
+	if ae, ok := err.(*apierr.Error); ok {
+		return Identity{}, ae
+	}
+	// The on_store_error policy: fail_closed answers 503
+	// store_unavailable; fail_open passes the request as anonymous, never
+	// with an identity it did not verify (and not at all if anonymous is
+	// denied).
+	d.LogStoreError(err)
+	if d.cfg.FailOpen && !d.cfg.AnonymousDeny {
+		return Identity{Source: SourceAnonymous}, nil
+	}
+	return Identity{}, apierr.StoreUnavailable()
+}
+
+// Identify verifies the credentials of a request and resolves the user;
+// errors are refusals (*apierr.Error) or store failures.
+func (d *Domain) Identify(ctx context.Context, c *Credentials) (Identity, error) {
+	var id *Identity
+	for _, check := range credentialChecks {
+		claim, err := check(d, ctx, c)
+		if err != nil {
+			return Identity{}, err
+		}
+		if claim == nil {
+			continue
+		}
+		if id == nil {
+			id = claim
+			continue
+		}
+		if claim.UserID != id.UserID {
+			d.debug("credentials disagree", zap.String("primary", id.Source), zap.String("other", claim.Source))
+			return Identity{}, apierr.IdentityMismatch("the credentials presented name different users")
+		}
+		// Secondary credentials add what they know (install, session).
+		if id.InstallID == "" {
+			id.InstallID = claim.InstallID
+		}
+		if id.SessionID == "" {
+			id.SessionID = claim.SessionID
+		}
+		if id.ExternalID == "" && claim.Verified {
+			id.ExternalID = claim.ExternalID
+		}
+		if id.VerifiedEmail == "" && id.VerifiedPhone == "" {
+			id.VerifiedEmail, id.VerifiedPhone = claim.VerifiedEmail, claim.VerifiedPhone
+		}
+		if id.ClaimHeaders == nil {
+			id.ClaimHeaders = claim.ClaimHeaders
+		}
+	}
+	if id == nil {
+		if d.cfg.AnonymousDeny {
+			return Identity{}, apierr.AuthRequired("this endpoint needs an identified user")
+		}
+		id = &Identity{Source: SourceAnonymous}
+	}
+	// Signed email/phone on the request win over the ones a session's
+	// login stored for the user; they count only beside a verified
+	// external id.
+	if id.Verified && id.ExternalID != "" {
+		email, phone, err := d.verifyAttributes(c, id.ExternalID)
+		if err != nil {
+			return Identity{}, err
+		}
+		if email != "" || phone != "" {
+			id.VerifiedEmail, id.VerifiedPhone = email, phone
+		}
+	} else if c.EmailSig != "" || c.PhoneSig != "" {
+		d.debug("signed email/phone ignored: no verified external id on the request")
+	}
+	return *id, nil
+}
+
+// --- HMAC -----------------------------------------------------------------
+
+// AttributeMessage is the message an email or phone signature signs: in
+// the bound format, the field, the external id and the value separated by
+// newlines (which neither an external id nor a header value can contain,
+// so the message names them unambiguously, and never equals an external
+// id, which an external-id signature signs).
+func AttributeMessage(format, field, externalID, value string) string {
+	if format == SignedAttributesPlain {
+		return value
+	}
+	return field + "\n" + externalID + "\n" + value
+}
+
+// verifyAttributes checks the signed email and phone of a request whose
+// verified external id is externalID. They are injected only when their
+// signature verifies; a bad one is refused in enforce mode and dropped
+// otherwise.
+func (d *Domain) verifyAttributes(c *Credentials, externalID string) (email, phone string, err error) {
+	platform, mode := d.platformFor(c.Platform)
+	if platform == nil || mode == ModeOff {
+		return "", "", nil
+	}
+	check := func(v, sig, what string) (string, error) {
+		if v == "" || sig == "" {
+			return "", nil
+		}
+		if verify.HMAC(platform.Keys, AttributeMessage(d.cfg.SignedAttributes, what, externalID, v), sig) {
+			return v, nil
+		}
+		if mode == ModeEnforce {
+			return "", d.badSignature("the " + what + " signature does not match")
+		}
+		return "", nil
+	}
+	if email, err = check(c.Email, c.EmailSig, "email"); err != nil {
+		return "", "", err
+	}
+	phone, err = check(c.Phone, c.PhoneSig, "phone")
+	return email, phone, err
+}
+
+// checkHMAC verifies X-External-Id with X-External-Id-Signature under the
+// platform's secrets and resolves the user of the external id. A tenant
+// without platforms does not accept external ids.
+func (d *Domain) checkHMAC(ctx context.Context, c *Credentials) (*Identity, error) {
+	if c.ExternalID == "" || len(d.cfg.Platforms) == 0 {
+		return nil, nil
+	}
+	verified, mode, why := d.verifyExternalID(c)
+	if !verified && mode == ModeEnforce {
+		return nil, d.badSignature(why)
+	}
+	if !verified && mode == ModeReport {
+		d.logger.Info("report mode: unverified external id passed", zap.String("reason", why))
+	}
+	resolve := d.users.resolve
+	if !verified {
+		resolve = d.users.resolveUnverified // its user expires until a verified credential names it
+	}
+	userID, err := resolve(ctx, c.ExternalID)
+	if err != nil {
+		return nil, err
+	}
+	return &Identity{Source: SourceHMAC, Verified: verified, UserID: userID, ExternalID: c.ExternalID}, nil
+}
+
+// verifyExternalID checks the signature of X-External-Id under its
+// platform: whether it verified, the mode that applies, and why not.
+func (d *Domain) verifyExternalID(c *Credentials) (verified bool, mode, why string) {
+	platform, mode := d.platformFor(c.Platform)
+	switch {
+	case mode == ModeOff:
+	case platform == nil:
+		why = "unknown platform"
+	case c.ExternalIDSig == "":
+		why = "the external id has no signature"
+	case !verify.HMAC(platform.Keys, c.ExternalID, c.ExternalIDSig):
+		why = "the external id signature does not match"
+	default:
+		verified = true
+	}
+	return verified, mode, why
+}
+
+// platformFor returns the platform a request names (or the default one)
+// and the mode that applies: the platform's own, or for an unknown or
+// missing platform the strictest mode of the tenant, so that naming a
+// platform that does not exist never weakens enforcement.
+func (d *Domain) platformFor(name string) (*Platform, string) {
+	if name == "" {
+		name = d.cfg.DefaultPlatform
+	}
+	if p := d.cfg.Platforms[name]; p != nil {
+		return p, p.Mode
+	}
+	return nil, d.strictest
+}
+
+func (d *Domain) badSignature(why string) *apierr.Error {
+	d.debug("signature refused", zap.String("reason", why))
+	return apierr.New(401, apierr.CodeInvalidSignature, why)
+}
+
+// --- Contact tokens -------------------------------------------------------
+
+// checkContactToken verifies the contact token of a request, if any: from
+// X-Contact-Token, or Authorization: Bearer when the tenant verifies
+// contact tokens. A token signed by the tenant's own key names the platform
+// user in "sub" and its session in "sid"; another issuer's token names an
+// external id (user_claim), resolved like the HMAC path.
+func (d *Domain) checkContactToken(ctx context.Context, c *Credentials) (*Identity, error) {
+	raw := c.ContactToken
+	if c.Bearer != "" && d.cfg.Tokens != nil {
+		if raw != "" && raw != c.Bearer {
+			return nil, apierr.InvalidRequest("Authorization and X-Contact-Token carry different tokens")
+		}
+		raw = c.Bearer
+	}
+	if raw == "" {
+		return nil, nil
+	}
+	if d.cfg.Tokens == nil {
+		return nil, apierr.Token("this tenant does not accept contact tokens")
+	}
+	vt, err := d.verifyToken(ctx, raw)
+	if err != nil {
+		return nil, err
+	}
+	id := &Identity{
+		Source: SourceContactToken, Verified: true,
+		UserID: vt.UserID, ExternalID: vt.ExternalID, SessionID: vt.SessionID,
+		ClaimHeaders: vt.Headers,
+	}
+	if !vt.Own {
+		if id.UserID, err = d.users.resolve(ctx, vt.ExternalID); err != nil {
+			return nil, err
+		}
+	}
+	if vt.SessionID != "" {
+		e, err := d.tokenSession(ctx, vt)
+		if err != nil {
+			return nil, err
+		}
+		id.InstallID = e.installID
+		// A token says no more than its session knows.
+		id.Verified = e.verified
+	}
+	return id, nil
+}
+
+// tokenSession refuses a token bound to a session (sid) that has ended,
+// through the sessions' liveness check: warm, it costs no Redis round
+// trip, and an end (logout, eviction) reaches every instance over the
+// invalidation channel. It counts as activity on the session.
+func (d *Domain) tokenSession(ctx context.Context, vt *verify.Token) (*sessionEntry, error) {
+	e, err := d.sessions.live(ctx, vt.SessionID)
+	if err != nil {
+		var ae *apierr.Error
+		if errors.As(err, &ae) {
+			withChallenge := *ae
+			withChallenge.Challenge = apierr.BearerInvalidToken
+			return nil, &withChallenge
+		}
+		return nil, err
+	}
+	if e.userID != vt.UserID {
+		return nil, apierr.Token("the token's session belongs to another user")
+	}
+	return e, nil
+}
+
+// verifyToken checks a token with the tenant's verifier, answering its
+// refusals as 401 invalid_token and an unreachable key source as 503.
+func (d *Domain) verifyToken(ctx context.Context, raw string) (*verify.Token, error) {
+	vt, err := d.cfg.Tokens.Verify(ctx, raw)
+	if err == nil {
+		return vt, nil // before errors.As, whose target would escape: no allocation on a hit
+	}
+	var refused *verify.Refusal
+	switch {
+	case errors.As(err, &refused):
+		return nil, apierr.Token(refused.Reason)
+	case errors.Is(err, verify.ErrKeySourceUnavailable):
+		return nil, apierr.KeySourceUnavailable()
+	}
+	return nil, err
+}
+
+// --- SSO ------------------------------------------------------------------
+
+// checkSSO verifies X-Sso-Token against the tenant's token-info URL. Its
+// sub is the user's external id (resolved like the HMAC path); its email
+// counts as verified when the answer says email_verified: true.
+func (d *Domain) checkSSO(ctx context.Context, c *Credentials) (*Identity, error) {
+	if c.SSOToken == "" {
+		return nil, nil
+	}
+	if d.cfg.SSO == nil {
+		return nil, apierr.Token("this tenant does not accept SSO tokens")
+	}
+	res, err := d.cfg.SSO.Check(ctx, c.SSOToken)
+	var refused *verify.Refusal
+	switch {
+	case err == nil: // first: errors.As's target would escape, an allocation on every hit
+	case errors.As(err, &refused):
+		d.debug("SSO token refused", zap.String("reason", refused.Reason))
+		return nil, apierr.Token(refused.Reason)
+	default:
+		return nil, apierr.SSOUnavailable()
+	}
+	userID, err := d.users.resolve(ctx, res.ExternalID)
+	if err != nil {
+		return nil, err
+	}
+	return &Identity{Source: SourceSSO, Verified: true, UserID: userID,
+		ExternalID: res.ExternalID, VerifiedEmail: res.Email}, nil
+}
+
+// --- Sessions and installs ------------------------------------------------
+
+// checkSession verifies X-Session-Id: it must name a live session. Alone
+// it identifies the session's user (X-Identity-Source: session); with
+// other credentials the pipeline checks that they name the same user.
+//
+// X-Identity-Verified is the session's own: true when the login that
+// started it verified its credential (a session id is an unguessable
+// bearer credential that idlink issued only after that verification),
+// false for a session started by an unverified report-mode login.
+func (d *Domain) checkSession(ctx context.Context, c *Credentials) (*Identity, error) {
+	if c.SessionID == "" {
+		return nil, nil
+	}
+	e, err := d.sessions.live(ctx, c.SessionID)
+	if err != nil {
+		return nil, err
+	}
+	return &Identity{
+		Source: SourceSession, Verified: e.verified, UserID: e.userID,
+		ExternalID: e.externalID, InstallID: e.installID, SessionID: c.SessionID,
+		VerifiedEmail: e.email, VerifiedPhone: e.phone,
+	}, nil
+}
+
+// checkInstall identifies a request by X-Install-Id: the install's user,
+// unverified (an install id is a device's bearer id, not a proof of who
+// uses it). With a stronger credential it only has to agree with it.
+func (d *Domain) checkInstall(ctx context.Context, c *Credentials) (*Identity, error) {
+	if c.InstallID == "" {
+		return nil, nil
+	}
+	u, err := d.installs.user(ctx, c.InstallID)
+	if errors.Is(err, store.ErrInstallNotFound) {
+		d.debug("unknown install id refused")
+		return nil, apierr.UnknownInstall()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &Identity{Source: SourceInstall, UserID: u, InstallID: c.InstallID}, nil
+}
