@@ -198,10 +198,16 @@ dropped), never from a flag value, which would land in shell history.`,
 			if err != nil {
 				return err
 			}
-			if !verify.HeaderValue(args[0], verify.MaxExternalIDLen) {
+			// The id may be given as text or in its header encoding
+			// (utf-8''...); what is signed is the text.
+			ext, ok := verify.DecodeText(args[0], verify.MaxExternalIDLen)
+			if !ok {
 				return fmt.Errorf("the external id must be 1 to %d bytes of UTF-8 without control characters", verify.MaxExternalIDLen)
 			}
-			msg := args[0]
+			if enc := verify.EncodeText(ext); enc != ext {
+				fmt.Fprintf(cmd.ErrOrStderr(), "a browser sends this id as X-External-Id: %s\n", enc)
+			}
+			msg := ext
 			for _, f := range []struct {
 				field, value string
 				max          int
@@ -212,7 +218,7 @@ dropped), never from a flag value, which would land in shell history.`,
 				if !verify.HeaderValue(f.value, f.max) {
 					return fmt.Errorf("the %s must be 1 to %d bytes of UTF-8 without control characters", f.field, f.max)
 				}
-				msg = identity.AttributeMessage(SignedAttributesBound, f.field, args[0], f.value)
+				msg = identity.AttributeMessage(SignedAttributesBound, f.field, ext, f.value)
 			}
 			// The same computation the handler verifies against.
 			var sum [sha256.Size]byte

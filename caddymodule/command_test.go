@@ -128,6 +128,14 @@ func TestSignCommand(t *testing.T) {
 			t.Fatalf("--%s: %q %v, want %q", f, out, err, want)
 		}
 	}
+	// A non-ASCII id, as text or in its header encoding: the signature of
+	// the text, and the encoding a browser must send.
+	for _, arg := range []string{"zoë", "utf-8''zo%C3%AB"} {
+		out, errOut, err := runIdlink(t, "", "sign", "--secret-env", "IDLINK_TEST_SECRET", arg)
+		if err != nil || out != sign("secret-0123456789abcdef", "zoë")+"\n" || !strings.Contains(errOut, "X-External-Id: utf-8''zo%C3%AB") {
+			t.Fatalf("sign %s: %q %q %v", arg, out, errOut, err)
+		}
+	}
 	if _, _, err := runIdlink(t, "", "sign", "--secret-env", "IDLINK_TEST_SECRET", "--email", "a@b", "--phone", "1", "alice"); err == nil {
 		t.Fatal("--email with --phone: no error")
 	}

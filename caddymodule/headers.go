@@ -198,23 +198,33 @@ func readCredentials(h http.Header) (identity.Credentials, *apiError) {
 	var c identity.Credentials
 	var e *apiError
 	get := func(name string, max int, what string) string {
-		vs := h[name]
-		switch {
-		case len(vs) == 0 || e != nil:
-			return ""
-		case len(vs) > 1:
-			e = apierr.InvalidRequest(name + " was sent more than once")
-			return ""
-		case !verify.HeaderValue(vs[0], max):
+		v, sent := single(h, name, &e)
+		if sent && !verify.HeaderValue(v, max) {
 			e = apierr.InvalidRequest(what + " must be 1 to " + itoa(max) + " bytes of UTF-8 without control characters")
 			return ""
 		}
-		return vs[0]
+		return v
+	}
+	// The external id and the email may come in RFC 8187's encoded form
+	// (verify.DecodeText): what a browser must send for non-ASCII text.
+	// What is verified, stored and forwarded is the decoded text.
+	text := func(name string, max int, what string) string {
+		v, sent := single(h, name, &e)
+		if !sent {
+			return ""
+		}
+		t, ok := verify.DecodeText(v, max)
+		if !ok {
+			e = apierr.InvalidRequest(what + " must be 1 to " + itoa(max) + " bytes of UTF-8 without control characters," +
+				" sent as is or encoded as utf-8''<percent-encoded UTF-8>")
+			return ""
+		}
+		return t
 	}
 	c.Platform = get(hdrPlatform, 64, "X-Platform")
-	c.ExternalID = get(hdrExternalID, verify.MaxExternalIDLen, "the external id")
+	c.ExternalID = text(hdrExternalID, verify.MaxExternalIDLen, "the external id")
 	c.ExternalIDSig = get(hdrExternalIDSig, maxSignatureLen, "the external id signature")
-	c.Email = get(hdrUserEmail, verify.MaxEmailLen, "the email")
+	c.Email = text(hdrUserEmail, verify.MaxEmailLen, "the email")
 	c.EmailSig = get(hdrUserEmailSig, maxSignatureLen, "the email signature")
 	c.Phone = get(hdrUserPhone, maxPhoneLen, "the phone")
 	c.PhoneSig = get(hdrUserPhoneSig, maxSignatureLen, "the phone signature")
@@ -230,15 +240,23 @@ func readCredentials(h http.Header) (identity.Credentials, *apiError) {
 // that an over-long or malformed token is 401 invalid_token, not 400); only
 // a repeated header is a bad request here.
 func getRaw(h http.Header, name string, e **apiError) string {
+	v, _ := single(h, name, e)
+	return v
+}
+
+// single is the one value of header name, and whether it was sent; a
+// header sent more than once is a bad request (*e), as is any header
+// once *e is set.
+func single(h http.Header, name string, e **apiError) (string, bool) {
 	vs := h[name]
 	switch {
 	case len(vs) == 0 || *e != nil:
-		return ""
+		return "", false
 	case len(vs) > 1:
 		*e = apierr.InvalidRequest(name + " was sent more than once")
-		return ""
+		return "", false
 	}
-	return vs[0]
+	return vs[0], true
 }
 
 // bearerToken returns the token of "Authorization: Bearer <token>" (scheme

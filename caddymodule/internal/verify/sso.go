@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 	"unsafe"
 
 	"github.com/idlink/idlink/caddymodule/internal/cache"
@@ -46,21 +45,6 @@ func refuse(reason string) error { return &Refusal{Reason: reason} }
 // right now (a token-info URL or key source that is down or answers
 // nonsense): a technical failure, to retry.
 var ErrUnavailable = errors.New("the credential cannot be checked right now")
-
-// HeaderValue reports whether v may be sent as a header value: 1 to max
-// bytes of UTF-8 with no control character (C0, DEL, C1) and no line or
-// paragraph separator.
-func HeaderValue(v string, max int) bool {
-	if len(v) == 0 || len(v) > max || !utf8.ValidString(v) {
-		return false
-	}
-	for _, r := range v {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == '\u2028' || r == '\u2029' {
-			return false
-		}
-	}
-	return true
-}
 
 // SSOUser is what a valid SSO token says.
 type SSOUser struct {
