@@ -182,8 +182,8 @@ func (a *App) Validate() error {
 }
 
 // Start starts the app's background work: the invalidation listener, the
-// tenants' JWKS refresh, and the events work of every tenant (outbox
-// upkeep, webhook delivery). Everything started here stops in Stop, so
+// tenants' session-activity writes and JWKS refresh, and the events work
+// of every tenant (outbox upkeep, webhook delivery). Everything started here stops in Stop, so
 // nothing outlives a reload.
 func (a *App) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())

@@ -282,9 +282,10 @@ func (t *Tenant) validate() error {
 	return t.validateEvents()
 }
 
-// start starts the tenant's background work (the JWKS refresh), which
-// stops when ctx is done.
+// start starts the tenant's background work (session-activity writes,
+// the JWKS refresh), which stops when ctx is done.
 func (t *Tenant) start(ctx context.Context, wg *sync.WaitGroup) {
+	wg.Go(func() { t.id.Run(ctx) })
 	if t.ContactToken != nil && t.ContactToken.v.Source() != nil {
 		t.ContactToken.v.Source().Start(ctx, wg)
 	}

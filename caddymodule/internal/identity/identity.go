@@ -106,6 +106,7 @@ type Store interface {
 	Link(ctx context.Context, k *store.Keys, req store.LinkRequest, o store.LinkOptions) (store.LinkResult, error)
 	AdmitSession(ctx context.Context, k *store.Keys, p store.SessionPolicy, ns store.NewSession, now time.Time) (evicted []string, err error)
 	TouchSession(ctx context.Context, k *store.Keys, p store.SessionPolicy, sessionID string, now time.Time) (store.SessionState, error)
+	RecordActivity(ctx context.Context, k *store.Keys, p store.SessionPolicy, acts []store.Activity, now time.Time) (int, error)
 	EndSession(ctx context.Context, k *store.Keys, p store.SessionPolicy, sessionID, reason string, now time.Time) (why string, endedNow, known bool, err error)
 	UserSessions(ctx context.Context, k *store.Keys, p store.SessionPolicy, userID string, now time.Time) (attrs string, live []store.LiveSession, err error)
 	UserClaims(ctx context.Context, k *store.Keys, userID string) (string, error)

@@ -16,9 +16,9 @@ import (
 	"github.com/idlink/idlink/caddymodule/store"
 )
 
-// maxTouchEvery caps the interval between two writes of a session's last
-// activity by one instance, so that "least recently active" stays accurate
-// to a few minutes whatever the idle timeout.
+// maxTouchEvery caps the interval between two lookups of a cached session
+// by one instance: a safety net for an end announcement it missed (the
+// activity itself is written every second: activity.go).
 const maxTouchEvery = 5 * time.Minute
 
 // sessions is the per-request session check: what this instance knows of
@@ -28,9 +28,9 @@ const maxTouchEvery = 5 * time.Minute
 type sessions struct {
 	d      *Domain
 	policy store.SessionPolicy
-	// touchEvery is how often one instance writes a session's last
-	// activity while requests keep coming: a tenth of the idle timeout,
-	// at most maxTouchEvery.
+	// touchEvery is how often one instance looks a cached session up again
+	// while requests keep coming: a tenth of the idle timeout, at most
+	// maxTouchEvery.
 	touchEvery int64 // ms
 	// cache maps a session id to what this instance knows of it: live
 	// (with its user) or ended (with the reason). Entries are dropped on
@@ -42,6 +42,8 @@ type sessions struct {
 	// does not cache the stale answer it read before.
 	gen  [64]atomic.Uint64
 	seed maphash.Seed
+	// activity is what requests saw since the last flush (activity.go).
+	activity activityLog
 }
 
 // sessionEntry is what the per-request check knows of a session.
@@ -57,7 +59,9 @@ type sessionEntry struct {
 
 	seen     atomic.Int64 // unix ms of the latest activity known here
 	wrote    atomic.Int64 // unix ms of the latest activity written to Redis
-	touching atomic.Bool  // a request of this instance is writing it
+	checked  atomic.Int64 // unix ms of this instance's latest lookup in Redis
+	touching atomic.Bool  // a request of this instance is looking it up
+	queued   atomic.Bool  // in the activity log, to be flushed
 }
 
 func (s *sessions) init(d *Domain) {
@@ -73,9 +77,10 @@ func (s *sessions) init(d *Domain) {
 
 // live returns the live session sid, or the error to answer: 401
 // session_ended (with the reason) or 401 unknown_session. A warm answer
-// costs no Redis round trip; activity is written at most every touchEvery
-// per session and instance. Contact tokens bound to a session (sid claim)
-// check it through here too.
+// costs no Redis round trip: its activity goes to the activity log, which
+// is flushed once a second (activity.go), and the session is looked up
+// again at most every touchEvery per instance. Contact tokens bound to a
+// session (sid claim) check it through here too.
 func (s *sessions) live(ctx context.Context, sid string) (*sessionEntry, error) {
 	if _, err := store.ParseID(store.KindSession, sid); err != nil {
 		return nil, apierr.UnknownSession()
@@ -96,17 +101,21 @@ func (s *sessions) live(ctx context.Context, sid string) (*sessionEntry, error) 
 	if seen := e.seen.Load(); now > seen {
 		e.seen.CompareAndSwap(seen, now)
 	}
-	if now-e.wrote.Load() < s.touchEvery || !e.touching.CompareAndSwap(false, true) {
+	if !e.queued.Load() && now > e.wrote.Load() && e.queued.CompareAndSwap(false, true) {
+		s.activity.add(sid, e)
+	}
+	if now-e.checked.Load() < s.touchEvery || !e.touching.CompareAndSwap(false, true) {
 		return e, nil
 	}
-	// This request writes the activity of the interval.
+	// This request looks the session up again (a safety net for an
+	// announcement this instance missed), recording its activity.
 	fresh, err := s.lookup(ctx, sid)
 	e.touching.Store(false)
 	if err != nil && errors.Is(err, store.ErrUnavailable) {
 		// A refresh that fails refuses nothing: the session was live a
 		// moment ago. Try again next interval.
 		s.d.LogStoreError(err)
-		e.wrote.Store(now)
+		e.checked.Store(now)
 		return e, nil
 	}
 	return fresh, err
@@ -147,7 +156,8 @@ func (s *sessions) lookup(ctx context.Context, sid string) (*sessionEntry, error
 				email: st.Email, phone: st.Phone, verified: st.Verified, started: st.Started.UnixMilli(),
 			}
 			e.seen.Store(st.Last.UnixMilli())
-			e.wrote.Store(now.UnixMilli())
+			e.wrote.Store(st.Last.UnixMilli())
+			e.checked.Store(now.UnixMilli())
 		}
 		// A user that expires (made for an unverified id) is renewed by
 		// its session's requests too; the entry lasts until it is due.
