@@ -288,6 +288,15 @@ func (t *Tenant) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := t.Sessions.unmarshalCaddyfile(d); err != nil {
 				return err
 			}
+		case "regulation":
+			if t.Regulation != nil {
+				return d.Err("regulation already specified")
+			}
+			g, err := parseRegulation(d)
+			if err != nil {
+				return err
+			}
+			t.Regulation = g
 		case "webhook":
 			if t.Webhook != nil {
 				return d.Err("webhook already specified")

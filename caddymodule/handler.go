@@ -260,10 +260,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if bad != nil {
 		return h.refuse(w, repl, bad)
 	}
-
+	// A banned client is refused before anything is verified; a failed
+	// verification is counted (regulation.go).
+	subject, banned := checkBan(h.tenant, r)
+	if banned != nil {
+		return h.refuse(w, repl, banned)
+	}
 	id, aerr := h.tenant.id.Authenticate(r.Context(), &creds)
 	if aerr != nil {
-		return h.refuse(w, repl, aerr)
+		return h.refuse(w, repl, failed(h.tenant, r, subject, creds.SessionID, aerr))
 	}
 	applyIdentity(&id, r.Header, repl)
 	return next.ServeHTTP(w, r)

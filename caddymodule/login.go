@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -75,7 +76,16 @@ func (a *API) startSession(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr)
 		return
 	}
+	subject, banned := checkBan(t, r)
+	if banned != nil {
+		writeError(w, banned)
+		return
+	}
 	res, err := t.id.Login(r.Context(), creds, update)
+	if ae := (*apiError)(nil); errors.As(err, &ae) {
+		writeError(w, failed(t, r, subject, creds.SessionID, ae))
+		return
+	}
 	if err != nil {
 		a.fail(w, err)
 		return

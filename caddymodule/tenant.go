@@ -90,6 +90,10 @@ type Tenant struct {
 	// none). See sessions.go.
 	Sessions *Sessions `json:"sessions,omitempty"`
 
+	// Regulation limits failed verifications per client and per session
+	// (see regulation.go). Default: none.
+	Regulation *Regulation `json:"regulation,omitempty"`
+
 	// Webhook receives the tenant's events. Default: none (events stay in
 	// the outbox for EventsRetention).
 	Webhook *Webhook `json:"webhook,omitempty"`
@@ -183,6 +187,10 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 	if err != nil {
 		return err
 	}
+	regulation, err := t.Regulation.provision()
+	if err != nil {
+		return err
+	}
 	cfg := identity.Config{
 		Tenant: name, Store: app.store, Now: t.now, Logger: t.logger,
 		Platforms: platforms, DefaultPlatform: t.DefaultPlatform,
@@ -190,7 +198,7 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 		SignedAttributes: t.SignedAttributes,
 		FailOpen:         app.OnStoreError == FailOpen,
 		CacheSize:        t.CacheSize, CacheTTL: time.Duration(t.CacheTTL),
-		Sessions: sessions, Expiry: expiry,
+		Sessions: sessions, Expiry: expiry, Regulation: regulation,
 	}
 	if c := t.ContactToken; c != nil {
 		cfg.Tokens, cfg.MappedClaims = c.v, c.mapped

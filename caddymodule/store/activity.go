@@ -57,7 +57,7 @@ func (s *Store) RecordActivity(ctx context.Context, k *Keys, p SessionPolicy, ac
 	moved := 0
 	for _, c := range calls {
 		err := c.cmd.Err()
-		if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+		if err != nil && isNoScript(err) {
 			// The script is not loaded on that node yet: Run loads it.
 			c.cmd = sessionActivityScript.Run(ctx, s.rdb, c.keys, c.args...)
 			err = c.cmd.Err()
@@ -70,3 +70,7 @@ func (s *Store) RecordActivity(ctx context.Context, k *Keys, p SessionPolicy, ac
 	}
 	return moved, nil
 }
+
+// isNoScript reports an EVALSHA of a script the node has not loaded (in a
+// pipeline, where redis.Script.Run cannot fall back to EVAL by itself).
+func isNoScript(err error) bool { return strings.HasPrefix(err.Error(), "NOSCRIPT") }

@@ -228,6 +228,17 @@ func (k *Keys) InstallLock(shard int, installID string) string {
 // install" from "no such install") and is only ever read by itself.
 func InstallTenant(installID string) string { return "idl:itenant:" + installID }
 
+// Failures is the failed-verification counter of a client (subject
+// "ip:<address or IPv6 /64>"), in the shard a hash of the subject names.
+func (k *Keys) Failures(subject string) string {
+	return k.tags[ExternalShard(subject)] + "fail:" + subject
+}
+
+// SessionFailures is the failed-verification counter of a session.
+func (k *Keys) SessionFailures(shard int, sessionID string) string {
+	return k.tags[shard] + "sess:" + sessionID + ":fail"
+}
+
 // Events is the outbox stream of a shard.
 func (k *Keys) Events(shard int) string { return k.tags[shard] + "events" }
 

@@ -68,6 +68,8 @@ var (
 	sessionTouchScript    = scriptWith("session_touch", "sessions_lib")
 	sessionEndScript      = scriptWith("session_end", "sessions_lib")
 	sessionActivityScript = scriptWith("session_activity", "sessions_lib")
+	failureCountScript    = script("failure_count")
+	failureSessionScript  = scriptWith("failure_session", "sessions_lib")
 	userSessionsScript    = scriptWith("user_sessions", "sessions_lib")
 	userClaimsScript      = scriptWith("user_claims", "jsonobj_lib")
 )

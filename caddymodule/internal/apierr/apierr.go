@@ -4,7 +4,10 @@
 // returns these for the requests it refuses; the Caddy glue writes them.
 package apierr
 
-import "net/http"
+import (
+	"net/http"
+	"time"
+)
 
 // Error codes shared by the identity domain and the API.
 const (
@@ -22,6 +25,7 @@ const (
 	CodeUnknownInstall       = "unknown_install"
 	CodeLinkInProgress       = "link_in_progress"
 	CodeAttributesTooLarge   = "attributes_too_large"
+	CodeTooManyFailures      = "too_many_failures"
 
 	// BearerInvalidToken is the WWW-Authenticate challenge of a refused
 	// token (RFC 6750 §3).
@@ -114,4 +118,12 @@ func IdentityMismatch(why string) *Error {
 // AuthRequired is 401 authentication_required with why.
 func AuthRequired(why string) *Error {
 	return New(http.StatusUnauthorized, CodeAuthRequired, why)
+}
+
+// TooManyFailures is 429 too_many_failures: the client is banned for left
+// (regulation of failed verifications), answered as Retry-After.
+func TooManyFailures(left time.Duration) *Error {
+	secs := int((left + time.Second - 1) / time.Second)
+	return &Error{Status: http.StatusTooManyRequests, Code: CodeTooManyFailures,
+		Message: "too many failed verifications from this client; retry after the ban", RetryAfter: secs}
 }

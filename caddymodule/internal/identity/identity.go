@@ -107,6 +107,7 @@ type Store interface {
 	AdmitSession(ctx context.Context, k *store.Keys, p store.SessionPolicy, ns store.NewSession, now time.Time) (evicted []string, err error)
 	TouchSession(ctx context.Context, k *store.Keys, p store.SessionPolicy, sessionID string, now time.Time) (store.SessionState, error)
 	RecordActivity(ctx context.Context, k *store.Keys, p store.SessionPolicy, acts []store.Activity, now time.Time) (int, error)
+	RecordFailure(ctx context.Context, k *store.Keys, fp store.FailurePolicy, sp store.SessionPolicy, subject, sessionID string, now time.Time) (store.Failures, error)
 	EndSession(ctx context.Context, k *store.Keys, p store.SessionPolicy, sessionID, reason string, now time.Time) (why string, endedNow, known bool, err error)
 	UserSessions(ctx context.Context, k *store.Keys, p store.SessionPolicy, userID string, now time.Time) (attrs string, live []store.LiveSession, err error)
 	UserClaims(ctx context.Context, k *store.Keys, userID string) (string, error)
@@ -138,6 +139,8 @@ type Config struct {
 
 	Sessions store.SessionPolicy
 	Expiry   store.Expiry
+	// Regulation of failed verifications; nil: none.
+	Regulation *store.FailurePolicy
 
 	Tokens       *verify.Tokens // contact tokens (verify and/or issue)
 	MappedClaims []string       // claims that claim_header mappings carry from issued tokens
@@ -158,6 +161,8 @@ type Domain struct {
 	sessions sessions
 	tokens   tokens
 	inval    invalidators
+
+	regulation regulation
 }
 
 // New builds a tenant's domain.
@@ -173,6 +178,7 @@ func New(cfg Config) *Domain {
 	d.installs.init(d)
 	d.sessions.init(d)
 	d.tokens.init(d)
+	d.regulation.init(d)
 	d.OnInvalidate(InvalidateSession, d.sessions.drop, d.sessions.flush)
 	d.OnInvalidate(InvalidateInstall, d.installs.drop, d.installs.flush)
 	return d

@@ -214,6 +214,8 @@ func SessionEnded(reason string) *apierr.Error {
 		why = "it was idle for too long"
 	case store.ReasonExpired:
 		why = "it reached its maximum lifetime"
+	case store.ReasonTooManyFailures:
+		why = "its requests failed verification too often"
 	default:
 		reason, why = store.ReasonExpired, "it is over"
 	}
