@@ -23,6 +23,7 @@ const (
 	ReasonLoggedOut = "logged_out" // DELETE /sessions/current
 	ReasonIdle      = "idle"       // no request for the idle timeout
 	ReasonExpired   = "expired"    // its absolute lifetime ran out
+	ReasonRevoked   = "revoked"    // ended from the user's session list or by an administrator
 )
 
 // Session states answered by TouchSession.
