@@ -2,7 +2,8 @@
 // request names the user and whether the others agree (authenticate.go),
 // the user of an external id (users.go), installs and links (installs.go),
 // sessions and their limit (sessions.go), the contact tokens the tenant
-// issues (tokens.go) and login, refresh and logout (login.go).
+// issues (tokens.go), login, refresh and logout (login.go) and the
+// revocation of a user's sessions (revoke.go).
 //
 // It knows neither Caddy nor HTTP handlers: a Domain is built from a plain
 // Config by the Caddy module, takes Credentials read from a request and
@@ -108,6 +109,7 @@ type Store interface {
 	TouchSession(ctx context.Context, k *store.Keys, p store.SessionPolicy, sessionID string, now time.Time) (store.SessionState, error)
 	EndSession(ctx context.Context, k *store.Keys, p store.SessionPolicy, sessionID, reason string, now time.Time) (why string, endedNow, known bool, err error)
 	UserSessions(ctx context.Context, k *store.Keys, p store.SessionPolicy, userID string, now time.Time) (attrs string, live []store.LiveSession, err error)
+	EndUserSessions(ctx context.Context, k *store.Keys, p store.SessionPolicy, userID, handle, reason string, now time.Time) ([]store.EndedSession, error)
 	UserClaims(ctx context.Context, k *store.Keys, userID string) (string, error)
 }
 

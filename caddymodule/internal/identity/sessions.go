@@ -204,6 +204,8 @@ func SessionEnded(reason string) *apierr.Error {
 		why = "it was idle for too long"
 	case store.ReasonExpired:
 		why = "it reached its maximum lifetime"
+	case store.ReasonRevoked:
+		why = "it was ended from the user's session list or by an administrator"
 	default:
 		reason, why = store.ReasonExpired, "it is over"
 	}
