@@ -136,6 +136,9 @@ type sessionView struct {
 	Started    string `json:"started"`
 	LastActive string `json:"last_active"`
 	InstallID  string `json:"install_id,omitempty"`
+	// Verified is false for a session an unverified (report or off mode)
+	// login started.
+	Verified bool `json:"verified"`
 }
 
 // userSessions reads a user's live sessions and attributes in one round

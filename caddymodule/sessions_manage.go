@@ -180,14 +180,14 @@ func (a *API) endOne(w http.ResponseWriter, r *http.Request, userID string) {
 
 // newSessionView shows a live session: its handle, the prefix of its id
 // (never the id: it is a bearer credential), when it started and was last
-// active, and its install.
+// active, its install and whether its login verified.
 func newSessionView(s store.LiveSession) sessionView {
 	prefix := s.ID
 	if len(prefix) > sessionIDPrefixLen {
 		prefix = prefix[:sessionIDPrefixLen] + "…"
 	}
 	return sessionView{
-		Handle: store.SessionHandle(s.ID), IDPrefix: prefix, InstallID: s.InstallID,
+		Handle: store.SessionHandle(s.ID), IDPrefix: prefix, InstallID: s.InstallID, Verified: s.Verified,
 		Started:    s.Started.UTC().Format(time.RFC3339Nano),
 		LastActive: s.Last.UTC().Format(time.RFC3339Nano),
 	}

@@ -38,6 +38,7 @@ type ownSessions struct {
 		Handle   string `json:"handle"`
 		IDPrefix string `json:"id_prefix"`
 		Current  bool   `json:"current"`
+		Verified bool   `json:"verified"`
 	} `json:"sessions"`
 }
 
@@ -153,6 +154,17 @@ func testOwnSessions(t *testing.T, url string) {
 	if err := json.Unmarshal(rw.Body.Bytes(), &unverified); err != nil || rw.Code != 201 || unverified.Verified || unverified.UserID != s1.UserID {
 		t.Fatalf("report-mode login: %d %s", rw.Code, rw.Body)
 	}
+	// Mia sees it, unverified, beside her verified ones.
+	w = manage(api, http.MethodGet, "/sessions", hdrSessionID, s1.SessionID)
+	list = ownSessions{}
+	_ = json.Unmarshal(w.Body.Bytes(), &list)
+	seen := map[string]bool{}
+	for _, s := range list.Sessions {
+		seen[s.Handle] = s.Verified
+	}
+	if v, ok := seen[store.SessionHandle(unverified.SessionID)]; len(seen) != 4 || !ok || v || !seen[store.SessionHandle(s2.SessionID)] {
+		t.Fatalf("GET /sessions beside an unverified session: %s", w.Body)
+	}
 	installID, _ := newInstall(t, api)
 	for _, c := range []struct {
 		hdr  []string
@@ -200,7 +212,12 @@ func testOwnSessions(t *testing.T, url string) {
 	if w := manage(api, http.MethodGet, "/sessions", hdrSessionID, s1.SessionID); w.Code != 401 || !strings.Contains(w.Body.String(), `"reason":"revoked"`) {
 		t.Fatalf("GET /sessions with the ended session: %d %s", w.Code, w.Body)
 	}
-	// The unverified session is not among the verified ones it could end.
+	// She ends the unverified session that someone started with her
+	// external id.
+	if w := manage(api, http.MethodDelete, "/sessions/"+store.SessionHandle(unverified.SessionID), hdrSessionID, s3.SessionID); w.Code != 200 {
+		t.Fatalf("ending the unverified session: %d %s", w.Code, w.Body)
+	}
+	awaitRefused(t, hA, unverified.SessionID, store.ReasonRevoked)
 	if w, _, _ := serve(hA, sessionRequest(s3.SessionID)); w.Code != 200 {
 		t.Fatalf("s3: %d", w.Code)
 	}
