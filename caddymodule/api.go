@@ -65,6 +65,7 @@ var apiRoutes = map[string]func(a *API, w http.ResponseWriter, r *http.Request){
 	"POST /sessions":                            (*API).startSession,        // login.go
 	"DELETE /sessions/current":                  (*API).endCurrentSession,   // login.go
 	"GET /sessions":                             (*API).listOwnSessions,     // sessions_manage.go
+	"DELETE /sessions":                          (*API).endOwnSessions,      // sessions_manage.go
 	"DELETE /sessions/{handle}":                 (*API).endOwnSession,       // sessions_manage.go
 	"GET /users/{user_id}/sessions":             (*API).listUserSessions,    // sessions_manage.go
 	"DELETE /users/{user_id}/sessions":          (*API).endUserSessions,     // sessions_manage.go

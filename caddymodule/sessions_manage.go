@@ -9,7 +9,8 @@ import (
 )
 
 // Session management (OWASP ASVS 5.0 V7): a user sees and ends its own
-// sessions (GET /sessions, DELETE /sessions/{handle}), an administrator
+// sessions (GET /sessions, DELETE /sessions/{handle}, DELETE /sessions:
+// all but the caller's), an administrator
 // those of any user (scope session.admin: GET and DELETE
 // /users/{user_id}/sessions, DELETE /users/{user_id}/sessions/{handle}).
 // Sessions are named by their handle, the hex SHA-1 of the id, never by
@@ -30,7 +31,8 @@ type sessionEnd struct {
 	Reason string `json:"reason"`
 }
 
-// endedView is one session ended by DELETE /users/{user_id}/sessions.
+// endedView is one session ended by DELETE /sessions or
+// /users/{user_id}/sessions.
 type endedView struct {
 	Handle string `json:"handle"`
 	Reason string `json:"reason"`
@@ -75,6 +77,19 @@ func (a *API) endOwnSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.endOne(w, r, userID)
+}
+
+// endOwnSessions is DELETE /sessions: ends every live session of the
+// caller's user but the one the request was made with (a contact token
+// bound to no session keeps none); 200 {"ended": [{handle, reason}...]}.
+// The caller's own ends with DELETE /sessions/current. Credentials and
+// their refusals as listOwnSessions.
+func (a *API) endOwnSessions(w http.ResponseWriter, r *http.Request) {
+	userID, current, ok := a.sessionOwner(w, r)
+	if !ok {
+		return
+	}
+	a.endAll(w, r, userID, current)
 }
 
 // sessionOwner authenticates the caller of GET and DELETE /sessions, or
@@ -124,18 +139,7 @@ func (a *API) endUserSessions(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	ended, err := a.tenant.id.RevokeSessions(r.Context(), userID)
-	if err != nil {
-		a.fail(w, err)
-		return
-	}
-	out := make([]endedView, 0, len(ended))
-	for _, e := range ended {
-		out = append(out, endedView{Handle: store.SessionHandle(e.ID), Reason: e.Reason})
-	}
-	writeJSON(w, http.StatusOK, struct {
-		Ended []endedView `json:"ended"`
-	}{out})
+	a.endAll(w, r, userID, "")
 }
 
 // endUserSession is DELETE /users/{user_id}/sessions/{handle} (scope
@@ -166,6 +170,22 @@ func (a *API) adminUser(w http.ResponseWriter, r *http.Request) (string, bool) {
 		return "", false
 	}
 	return u.ID, true
+}
+
+// endAll ends every live session of userID but keep, in one script.
+func (a *API) endAll(w http.ResponseWriter, r *http.Request, userID, keep string) {
+	ended, err := a.tenant.id.RevokeSessions(r.Context(), userID, keep)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	out := make([]endedView, 0, len(ended))
+	for _, e := range ended {
+		out = append(out, endedView{Handle: store.SessionHandle(e.ID), Reason: e.Reason})
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Ended []endedView `json:"ended"`
+	}{out})
 }
 
 // endOne ends the session of userID the path's handle names.

@@ -224,8 +224,8 @@ func testOwnSessions(t *testing.T, url string) {
 }
 
 // TestOwnSessionsContactToken: a contact token (Authorization: Bearer)
-// lists its user's sessions, its own marked current, and ends one; the
-// token of an ended session lists nothing.
+// lists its user's sessions, its own marked current, ends one, and all the
+// others but its own; the token of an ended session lists nothing.
 func TestOwnSessionsContactToken(t *testing.T) {
 	app := newTestApp(t, testRedisURL(t), withIssuance(t, &Sessions{Max: 2}))
 	api := newSessionsAPI(t, app)
@@ -254,6 +254,12 @@ func TestOwnSessionsContactToken(t *testing.T) {
 	w = manage(api, http.MethodGet, "/sessions", "Authorization", "Bearer "+second.ContactToken)
 	if code, _ := errorBody(t, w); w.Code != 401 || code != apierr.CodeSessionEnded {
 		t.Fatalf("the ended session's token: %d %s", w.Code, w.Body)
+	}
+	// DELETE /sessions with a token keeps the token's session.
+	third := login(t, api, "tess")
+	w = manage(api, http.MethodDelete, "/sessions", "Authorization", "Bearer "+first.ContactToken)
+	if w.Code != 200 || w.Body.String() != `{"ended":[{"handle":"`+store.SessionHandle(third.SessionID)+`","reason":"revoked"}]}`+"\n" {
+		t.Fatalf("DELETE /sessions with a token: %d %s", w.Code, w.Body)
 	}
 }
 
@@ -386,4 +392,55 @@ func TestRevokedSessionEvents(t *testing.T) {
 	slices.Sort(want)
 	waitUntil(t, "three session.ended (revoked) delivered", clock, 0, func() bool { return slices.Equal(revoked(), want) })
 	rcv.check()
+}
+
+// TestOwnSessionsEndOthers: DELETE /sessions ends every session of the
+// caller's user but the caller's own, which a second instance refuses
+// within a second; the caller's keeps working, another user's too.
+func TestOwnSessionsEndOthers(t *testing.T) { forEachStore(t, testOwnSessionsEndOthers) }
+
+func testOwnSessionsEndOthers(t *testing.T, url string) {
+	if url == "" {
+		t.Skip("needs a shared Redis (two instances)")
+	}
+	a, b := newTestApp(t, url, withManagedSessions), newTestApp(t, url, withManagedSessions)
+	waitSubscribed(t, b)
+	api, hB := newSessionsAPI(t, a), newTestHandler(t, b, nil)
+	s1, s2, s3 := login(t, api, "yan"), login(t, api, "yan"), login(t, api, "yan")
+	other := login(t, api, "zed")
+	for _, sid := range []string{s1.SessionID, s2.SessionID, s3.SessionID, other.SessionID} {
+		if w, _, _ := serve(hB, sessionRequest(sid)); w.Code != 200 {
+			t.Fatal(w.Code)
+		}
+	}
+	if w := manage(api, http.MethodDelete, "/sessions"); w.Code != 401 {
+		t.Fatalf("DELETE /sessions without credentials: %d %s", w.Code, w.Body)
+	}
+	w := manage(api, http.MethodDelete, "/sessions", hdrSessionID, s2.SessionID)
+	var ended struct {
+		Ended []struct{ Handle, Reason string } `json:"ended"`
+	}
+	_ = json.Unmarshal(w.Body.Bytes(), &ended)
+	var got []string
+	for _, e := range ended.Ended {
+		if e.Reason != store.ReasonRevoked {
+			t.Fatalf("ended %+v", e)
+		}
+		got = append(got, e.Handle)
+	}
+	slices.Sort(got)
+	if w.Code != 200 || !slices.Equal(got, sortedHandles(s1.SessionID, s3.SessionID)) {
+		t.Fatalf("DELETE /sessions: %d %s", w.Code, w.Body)
+	}
+	for _, sid := range []string{s1.SessionID, s3.SessionID} {
+		awaitRefused(t, hB, sid, store.ReasonRevoked)
+	}
+	for _, sid := range []string{s2.SessionID, other.SessionID} {
+		if w, _, _ := serve(hB, sessionRequest(sid)); w.Code != 200 {
+			t.Fatalf("%s after DELETE /sessions: %d %s", sid, w.Code, w.Body)
+		}
+	}
+	if w := manage(api, http.MethodDelete, "/sessions", hdrSessionID, s2.SessionID); w.Code != 200 || w.Body.String() != `{"ended":[]}`+"\n" {
+		t.Fatalf("DELETE /sessions again: %d %q", w.Code, w.Body)
+	}
 }

@@ -41,11 +41,12 @@ type EndedSession struct {
 // EndUserSessions ends live sessions of userID with reason (revocation),
 // in one script in the user's slot, each with its session.ended event and
 // announcement on p.Channel: the one whose SessionHandle is handle, or
-// all of them when handle is empty. Only the user's own sessions are
+// all of them when handle is empty, except the session keep (if not
+// empty). Only the user's own sessions are
 // considered: a handle of another user's session, or of a session that
 // has already ended, ends nothing (an empty answer). A session found past
 // its idle timeout or lifetime ends with that reason instead.
-func (s *Store) EndUserSessions(ctx context.Context, k *Keys, p SessionPolicy, userID, handle, reason string, now time.Time) ([]EndedSession, error) {
+func (s *Store) EndUserSessions(ctx context.Context, k *Keys, p SessionPolicy, userID, handle, keep, reason string, now time.Time) ([]EndedSession, error) {
 	shard, err := ParseID(KindUser, userID)
 	if err != nil {
 		return nil, nil
@@ -57,7 +58,7 @@ func (s *Store) EndUserSessions(ctx context.Context, k *Keys, p SessionPolicy, u
 	defer cancel()
 	res, err := s.runWrite(ctx, userSessionsEndScript,
 		[]string{k.Events(shard), k.UserSessions(shard, userID)},
-		p.args(k, now, userID, reason, handle)...,
+		p.args(k, now, userID, reason, handle, keep)...,
 	).Slice()
 	if err != nil {
 		return nil, wrap(err)

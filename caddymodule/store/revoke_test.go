@@ -26,8 +26,8 @@ func TestSessionHandle(t *testing.T) {
 	}
 }
 
-// TestEndUserSessions on every backend: one session by its handle, then
-// all of them, each with its session.ended (revoked) event and its
+// TestEndUserSessions on every backend: one session by its handle, all
+// but one, then all of them, each with its session.ended (revoked) event and its
 // announcement; another user's handle, a handle already ended and malformed
 // input end nothing.
 func TestEndUserSessions(t *testing.T) {
@@ -48,9 +48,10 @@ func TestEndUserSessions(t *testing.T) {
 			s3, _ := admit(t, b.s, k, p, user, "", c.add(time.Second))
 			o1, _ := admit(t, b.s, k, p, other, "", c.add(time.Second))
 
+			keep := ""
 			end := func(u, handle string) []EndedSession {
 				t.Helper()
-				got, err := b.s.EndUserSessions(ctx, k, p, u, handle, ReasonRevoked, c.add(time.Second))
+				got, err := b.s.EndUserSessions(ctx, k, p, u, handle, keep, ReasonRevoked, c.add(time.Second))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -65,7 +66,7 @@ func TestEndUserSessions(t *testing.T) {
 					t.Fatalf("%q ended %v", bad, got)
 				}
 			}
-			if got, err := b.s.EndUserSessions(ctx, k, p, "u_nope", "", ReasonRevoked, c.now()); err != nil || len(got) != 0 {
+			if got, err := b.s.EndUserSessions(ctx, k, p, "u_nope", "", "", ReasonRevoked, c.now()); err != nil || len(got) != 0 {
 				t.Fatalf("malformed user: %v %v", got, err)
 			}
 			if got := end(user, SessionHandle(s2)); !slices.Equal(got, []EndedSession{{s2, ReasonRevoked}}) {
@@ -80,12 +81,27 @@ func TestEndUserSessions(t *testing.T) {
 			if got := liveIDs(t, b.s, k, user); len(got) != 2 || !slices.Contains(got, s1) || !slices.Contains(got, s3) {
 				t.Fatalf("live after ending one: %v", got)
 			}
+			// All but one: the one kept, even by its handle, stays.
+			s4, _ := admit(t, b.s, k, p, user, "", c.add(time.Second))
+			keep = s3
+			if got := end(user, SessionHandle(s3)); len(got) != 0 {
+				t.Fatalf("ended the kept session: %v", got)
+			}
 			got := end(user, "")
 			slices.SortFunc(got, func(a, b EndedSession) int { return strings.Compare(a.ID, b.ID) })
-			if len(got) != 2 || got[0].Reason != ReasonRevoked || got[1].Reason != ReasonRevoked {
+			want := []EndedSession{{s1, ReasonRevoked}, {s4, ReasonRevoked}}
+			slices.SortFunc(want, func(a, b EndedSession) int { return strings.Compare(a.ID, b.ID) })
+			if !slices.Equal(got, want) {
+				t.Fatalf("end all but s3: %v, want %v", got, want)
+			}
+			if got := liveIDs(t, b.s, k, user); !slices.Equal(got, []string{s3}) {
+				t.Fatalf("live after ending all but s3: %v", got)
+			}
+			keep = ""
+			if got := end(user, ""); !slices.Equal(got, []EndedSession{{s3, ReasonRevoked}}) {
 				t.Fatalf("end all: %v", got)
 			}
-			for _, sid := range []string{s1, s3} {
+			for _, sid := range []string{s1, s3, s4} {
 				if st := touch(t, b.s, k, p, sid, c.now()); st.Status != SessionEnded || st.Reason != ReasonRevoked {
 					t.Fatalf("%s after end all: %+v", sid, st)
 				}
@@ -107,11 +123,11 @@ func TestEndUserSessions(t *testing.T) {
 					revoked[e.Data["session_id"].(string)] = true
 				}
 			}
-			if len(revoked) != 3 || !revoked[s1] || !revoked[s2] || !revoked[s3] {
+			if len(revoked) != 4 || !revoked[s1] || !revoked[s2] || !revoked[s3] || !revoked[s4] {
 				t.Fatalf("revoked events %v", revoked)
 			}
 			heard := map[string]bool{}
-			for range 3 {
+			for range 4 {
 				select {
 				case m := <-ps.Channel():
 					heard[m.Payload] = true
@@ -119,7 +135,7 @@ func TestEndUserSessions(t *testing.T) {
 					t.Fatalf("announcements %v", heard)
 				}
 			}
-			for _, sid := range []string{s1, s2, s3} {
+			for _, sid := range []string{s1, s2, s3, s4} {
 				if !heard["revoke session "+sid] {
 					t.Fatalf("no announcement of %s: %v", sid, heard)
 				}

@@ -109,7 +109,7 @@ type Store interface {
 	TouchSession(ctx context.Context, k *store.Keys, p store.SessionPolicy, sessionID string, now time.Time) (store.SessionState, error)
 	EndSession(ctx context.Context, k *store.Keys, p store.SessionPolicy, sessionID, reason string, now time.Time) (why string, endedNow, known bool, err error)
 	UserSessions(ctx context.Context, k *store.Keys, p store.SessionPolicy, userID string, now time.Time) (attrs string, live []store.LiveSession, err error)
-	EndUserSessions(ctx context.Context, k *store.Keys, p store.SessionPolicy, userID, handle, reason string, now time.Time) ([]store.EndedSession, error)
+	EndUserSessions(ctx context.Context, k *store.Keys, p store.SessionPolicy, userID, handle, keep, reason string, now time.Time) ([]store.EndedSession, error)
 	UserClaims(ctx context.Context, k *store.Keys, userID string) (string, error)
 }
 

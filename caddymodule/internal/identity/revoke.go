@@ -10,8 +10,8 @@ import (
 	"github.com/idlink/idlink/caddymodule/store"
 )
 
-// A user's sessions, as the user sees and ends them (GET and DELETE
-// /sessions) and as an administrator does (/users/{user_id}/sessions).
+// A user's sessions, as the user sees and ends them (GET /sessions,
+// DELETE /sessions and /sessions/{handle}) and as an administrator does (/users/{user_id}/sessions).
 // Sessions are named by their handle (store.SessionHandle), never by their
 // id: the id is a bearer credential, and one device's credentials must not
 // hand out another device's.
@@ -68,7 +68,7 @@ func (d *Domain) RevokeSession(ctx context.Context, userID, handle string) (stor
 	if !store.ValidHandle(handle) {
 		return store.EndedSession{}, errNoSuchSession()
 	}
-	ended, err := d.revoke(ctx, userID, handle)
+	ended, err := d.revoke(ctx, userID, handle, "")
 	if err != nil {
 		return store.EndedSession{}, err
 	}
@@ -78,16 +78,17 @@ func (d *Domain) RevokeSession(ctx context.Context, userID, handle string) (stor
 	return ended[0], nil
 }
 
-// RevokeSessions ends every live session of userID (reason revoked, or
-// idle or expired for those found over) and returns them.
-func (d *Domain) RevokeSessions(ctx context.Context, userID string) ([]store.EndedSession, error) {
-	return d.revoke(ctx, userID, "")
+// RevokeSessions ends every live session of userID but the session keep,
+// if not empty (reason revoked, or idle or expired for those found over),
+// and returns them.
+func (d *Domain) RevokeSessions(ctx context.Context, userID, keep string) ([]store.EndedSession, error) {
+	return d.revoke(ctx, userID, "", keep)
 }
 
-func (d *Domain) revoke(ctx context.Context, userID, handle string) ([]store.EndedSession, error) {
+func (d *Domain) revoke(ctx context.Context, userID, handle, keep string) ([]store.EndedSession, error) {
 	// Detached from the client's cancellation, as every end is: the
 	// client may hang up, the end is not left to chance.
-	ended, err := d.cfg.Store.EndUserSessions(context.WithoutCancel(ctx), d.keys, d.sessions.policy, userID, handle, store.ReasonRevoked, d.cfg.Now())
+	ended, err := d.cfg.Store.EndUserSessions(context.WithoutCancel(ctx), d.keys, d.sessions.policy, userID, handle, keep, store.ReasonRevoked, d.cfg.Now())
 	if err != nil {
 		return nil, err
 	}
