@@ -33,8 +33,8 @@ const maxBodyBytes = 16 << 10
 //
 // Every error is {"error": "<code>", "message": "<sentence>"}: 400
 // invalid_request, 401 invalid_api_key, 403 insufficient_scope, 403
-// install_wrong_tenant, 404 not_found, 404 install_not_found, 404
-// user_not_found, 405 method_not_allowed, 409 link_in_progress (with
+// install_wrong_tenant, 403 session_unverified, 404 not_found, 404
+// install_not_found, 404 user_not_found, 404 unknown_session, 405 method_not_allowed, 409 link_in_progress (with
 // Retry-After), 413 body_too_large, 415 unsupported_media_type, 503
 // store_unavailable (with Retry-After).
 type API struct {
@@ -58,16 +58,22 @@ func (API) CaddyModule() caddy.ModuleInfo {
 // apiRoutes is the API: every endpoint, as an http.ServeMux pattern, and
 // the method that answers it (in the file of its concern).
 var apiRoutes = map[string]func(a *API, w http.ResponseWriter, r *http.Request){
-	"POST /installs":                (*API).createInstall,       // links.go
-	"POST /users/{install_id}/link": (*API).link,                // links.go
-	"GET /users/{user_id}":          (*API).getUser,             // links.go
-	"PUT /users/{user_id}/claims":   (*API).putClaims,           // claims.go
-	"POST /sessions":                (*API).startSession,        // sessions.go
-	"DELETE /sessions/current":      (*API).endCurrentSession,   // sessions.go
-	"POST /contact-token":           (*API).refreshContactToken, // tokens_issue.go
-	"GET /jwks.json":                (*API).serveJWKS,           // jwks.go
-	"GET /deadletters":              (*API).listDeadLetters,     // deadletters.go
-	"POST /deadletters/replay":      (*API).replayDeadLetters,   // deadletters.go
+	"POST /installs":                            (*API).createInstall,       // links.go
+	"POST /users/{install_id}/link":             (*API).link,                // links.go
+	"GET /users/{user_id}":                      (*API).getUser,             // links.go
+	"PUT /users/{user_id}/claims":               (*API).putClaims,           // claims.go
+	"POST /sessions":                            (*API).startSession,        // login.go
+	"DELETE /sessions/current":                  (*API).endCurrentSession,   // login.go
+	"GET /sessions":                             (*API).listOwnSessions,     // sessions_manage.go
+	"DELETE /sessions":                          (*API).endOwnSessions,      // sessions_manage.go
+	"DELETE /sessions/{handle}":                 (*API).endOwnSession,       // sessions_manage.go
+	"GET /users/{user_id}/sessions":             (*API).listUserSessions,    // sessions_manage.go
+	"DELETE /users/{user_id}/sessions":          (*API).endUserSessions,     // sessions_manage.go
+	"DELETE /users/{user_id}/sessions/{handle}": (*API).endUserSession,      // sessions_manage.go
+	"POST /contact-token":                       (*API).refreshContactToken, // tokens_issue.go
+	"GET /jwks.json":                            (*API).serveJWKS,           // jwks.go
+	"GET /deadletters":                          (*API).listDeadLetters,     // deadletters.go
+	"POST /deadletters/replay":                  (*API).replayDeadLetters,   // deadletters.go
 }
 
 // Provision finds the tenant and builds the routes.

@@ -19,10 +19,15 @@ const (
 	ScopeUserRead    = "user.read"
 	ScopeUserWrite   = "user.write"
 	ScopeEventsAdmin = "events.admin"
+	// ScopeSessionAdmin lists and ends any user's sessions
+	// (/users/{user_id}/sessions).
+	ScopeSessionAdmin = "session.admin"
 )
 
 // knownScopes are the scopes an api_key may name.
-var knownScopes = map[string]bool{ScopeUserLink: true, ScopeUserRead: true, ScopeUserWrite: true, ScopeEventsAdmin: true}
+var knownScopes = map[string]bool{
+	ScopeUserLink: true, ScopeUserRead: true, ScopeUserWrite: true, ScopeEventsAdmin: true, ScopeSessionAdmin: true,
+}
 
 // scopeList names the known scopes, sorted, for messages.
 func scopeList() string {

@@ -58,7 +58,7 @@ const (
 // mode), 401 invalid_token with WWW-Authenticate (contact or SSO token
 // refused), 401 unknown_install (X-Install-Id not an install of the
 // tenant), 401 session_ended with "reason" (X-Session-Id, or the sid of a
-// contact token, evicted, logged_out, idle or expired), 401
+// contact token, evicted, logged_out, revoked, idle or expired), 401
 // unknown_session, 401 identity_mismatch (credentials naming different
 // users), 401 authentication_required (anonymous deny), 503
 // key_source_unavailable (JWKS down, no key), 503 sso_unavailable

@@ -137,13 +137,18 @@ type userSessionsView struct {
 	Attributes json.RawMessage `json:"attributes"`
 }
 
-// sessionView is one live session. Its id is shown as a prefix only: the
-// full id is a bearer credential.
+// sessionView is one live session (newSessionView). Its id is shown as a
+// prefix only: the full id is a bearer credential. Its handle names it to
+// DELETE /sessions/{handle} and /users/{user_id}/sessions/{handle}.
 type sessionView struct {
+	Handle     string `json:"handle"`
 	IDPrefix   string `json:"id_prefix"`
 	Started    string `json:"started"`
 	LastActive string `json:"last_active"`
 	InstallID  string `json:"install_id,omitempty"`
+	// Verified is false for a session an unverified (report or off mode)
+	// login started.
+	Verified bool `json:"verified"`
 }
 
 // userSessions reads a user's live sessions and attributes in one round
@@ -158,15 +163,7 @@ func userSessions(ctx context.Context, d *identity.Domain, userID string) (userS
 		return userSessionsView{}, fmt.Errorf("%w: user %s: stored attributes are not valid JSON", store.ErrUnavailable, userID)
 	}
 	for _, s := range live {
-		prefix := s.ID
-		if len(prefix) > sessionIDPrefixLen {
-			prefix = prefix[:sessionIDPrefixLen] + "…"
-		}
-		v.Sessions = append(v.Sessions, sessionView{
-			IDPrefix: prefix, InstallID: s.InstallID,
-			Started:    s.Started.UTC().Format(time.RFC3339Nano),
-			LastActive: s.Last.UTC().Format(time.RFC3339Nano),
-		})
+		v.Sessions = append(v.Sessions, newSessionView(s))
 	}
 	return v, nil
 }

@@ -17,8 +17,13 @@ import (
 	"github.com/idlink/idlink/testenv"
 )
 
+// e2eSessionAdminKey is the API key of scope session.admin of the tenants
+// of sessionsCaddyfile.
+const e2eSessionAdminKey = "e2e-session-admin-0123456789"
+
 // sessionsCaddyfile is one Caddy instance of a pair sharing redisURL:
-// tenants m1, m2 and m3 with session limits 1, 2 and 3, each with its API
+// tenants m1, m2 and m3 with session limits 1, 2 and 3 (and an API key of
+// scope session.admin), each with its API
 // under /mN/idlink/ and a guarded /mN/app that answers the identity (a
 // route, so that idlink runs before respond).
 func sessionsCaddyfile(redisURL string, port int) string {
@@ -34,7 +39,8 @@ func sessionsCaddyfile(redisURL string, port int) string {
 				max %d
 				idle 1h
 			}
-		}`, max, max)
+			api_key %s session.admin
+		}`, max, max, sha256Hex(e2eSessionAdminKey))
 		fmt.Fprintf(&routes, `
 	handle_path /m%d/idlink/* {
 		idlink_api m%d

@@ -71,5 +71,6 @@ var (
 	failureCountScript    = script("failure_count")
 	failureSessionScript  = scriptWith("failure_session", "sessions_lib")
 	userSessionsScript    = scriptWith("user_sessions", "sessions_lib")
+	userSessionsEndScript = scriptWith("user_sessions_end", "sessions_lib")
 	userClaimsScript      = scriptWith("user_claims", "jsonobj_lib")
 )

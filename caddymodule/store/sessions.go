@@ -23,6 +23,7 @@ const (
 	ReasonLoggedOut = "logged_out" // DELETE /sessions/current
 	ReasonIdle      = "idle"       // no request for the idle timeout
 	ReasonExpired   = "expired"    // its absolute lifetime ran out
+	ReasonRevoked   = "revoked"    // ended from the user's session list or by an administrator
 )
 
 // Session states answered by TouchSession.
@@ -336,6 +337,9 @@ type LiveSession struct {
 	Started   time.Time
 	Last      time.Time
 	InstallID string
+	// Verified tells whether the session's login verified its credential
+	// (not a report or off mode pass).
+	Verified bool
 }
 
 // UserSessions returns a user's live sessions at now (least recently
@@ -369,12 +373,12 @@ func (s *Store) UserSessions(ctx context.Context, k *Keys, p SessionPolicy, user
 	live = make([]LiveSession, 0, len(rows))
 	for _, r := range rows {
 		f, _ := r.([]any)
-		if len(f) != 4 {
+		if len(f) != 5 {
 			return "", nil, badReply(res)
 		}
 		live = append(live, LiveSession{
 			ID: replyString(f[0]), Started: fromMS(replyString(f[1])),
-			Last: fromMS(replyString(f[2])), InstallID: replyString(f[3]),
+			Last: fromMS(replyString(f[2])), InstallID: replyString(f[3]), Verified: replyString(f[4]) == "1",
 		})
 	}
 	return attrs, live, nil

@@ -2,7 +2,8 @@
 // request names the user and whether the others agree (authenticate.go),
 // the user of an external id (users.go), installs and links (installs.go),
 // sessions and their limit (sessions.go), the contact tokens the tenant
-// issues (tokens.go) and login, refresh and logout (login.go).
+// issues (tokens.go), login, refresh and logout (login.go) and the
+// revocation of a user's sessions (revoke.go).
 //
 // It knows neither Caddy nor HTTP handlers: a Domain is built from a plain
 // Config by the Caddy module, takes Credentials read from a request and
@@ -110,6 +111,7 @@ type Store interface {
 	RecordFailure(ctx context.Context, k *store.Keys, fp store.FailurePolicy, sp store.SessionPolicy, subject, sessionID string, now time.Time) (store.Failures, error)
 	EndSession(ctx context.Context, k *store.Keys, p store.SessionPolicy, sessionID, reason string, now time.Time) (why string, endedNow, known bool, err error)
 	UserSessions(ctx context.Context, k *store.Keys, p store.SessionPolicy, userID string, now time.Time) (attrs string, live []store.LiveSession, err error)
+	EndUserSessions(ctx context.Context, k *store.Keys, p store.SessionPolicy, userID, handle, keep, reason string, now time.Time) ([]store.EndedSession, error)
 	UserClaims(ctx context.Context, k *store.Keys, userID string) (string, error)
 }
 

@@ -216,6 +216,8 @@ func SessionEnded(reason string) *apierr.Error {
 		why = "it reached its maximum lifetime"
 	case store.ReasonTooManyFailures:
 		why = "its requests failed verification too often"
+	case store.ReasonRevoked:
+		why = "it was ended from the user's session list or by an administrator"
 	default:
 		reason, why = store.ReasonExpired, "it is over"
 	}
