@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/idlink/idlink/caddymodule/internal/apierr"
+	"github.com/rs/cors"
 	"go.uber.org/zap"
 )
 
@@ -45,6 +46,7 @@ type API struct {
 	app    *App
 	logger *zap.Logger
 	mux    *http.ServeMux
+	cors   *cors.Cors // nil: no cross-origin calls
 }
 
 // CaddyModule returns the Caddy module information.
@@ -95,6 +97,9 @@ func (a *API) provisionWith(app *App) (err error) {
 	if a.tenant, err = a.app.tenant(a.Tenant); err != nil {
 		return err
 	}
+	if a.cors, err = a.tenant.CORS.provision(); err != nil {
+		return err
+	}
 	a.mux = http.NewServeMux()
 	for pattern, h := range apiRoutes {
 		a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) { h(a, w, r) })
@@ -107,13 +112,23 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Hand
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set("idlink.tenant", a.Tenant)
 	}
+	if a.cors != nil {
+		// Answers preflights itself; marks the answers of allowed origins.
+		a.cors.ServeHTTP(w, r, a.route)
+		return nil
+	}
+	a.route(w, r)
+	return nil
+}
+
+// route answers a request by the route table.
+func (a *API) route(w http.ResponseWriter, r *http.Request) {
 	if _, pattern := a.mux.Handler(r); pattern == "" {
 		writeError(w, a.unmatched(r))
-		return nil
+		return
 	}
 	// Through the mux itself, so that r.PathValue is set.
 	a.mux.ServeHTTP(w, r)
-	return nil
 }
 
 // unmatched tells a path that exists under another method from one that

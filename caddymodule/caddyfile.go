@@ -288,6 +288,15 @@ func (t *Tenant) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := t.Sessions.unmarshalCaddyfile(d); err != nil {
 				return err
 			}
+		case "cors":
+			if t.CORS != nil {
+				return d.Err("cors already specified")
+			}
+			c, err := parseCORS(d)
+			if err != nil {
+				return err
+			}
+			t.CORS = c
 		case "regulation":
 			if t.Regulation != nil {
 				return d.Err("regulation already specified")

@@ -90,6 +90,10 @@ type Tenant struct {
 	// none). See sessions.go.
 	Sessions *Sessions `json:"sessions,omitempty"`
 
+	// CORS lets pages on the listed origins call the tenant's API (see
+	// cors.go). Default: none (browsers refuse cross-origin calls).
+	CORS *CORS `json:"cors,omitempty"`
+
 	// Regulation limits failed verifications per client and per session
 	// (see regulation.go). Default: none.
 	Regulation *Regulation `json:"regulation,omitempty"`
