@@ -259,6 +259,7 @@ func newEventsApp(tb testing.TB, redisURL, url string, clock *eventsClock, mutat
 func produce(tb testing.TB, a *App, prefix string, n int) []string {
 	tb.Helper()
 	t := a.Tenants["acme"]
+	rdb := storeClient(tb, a)
 	var ids []string
 	for i := range n {
 		ext := fmt.Sprintf("%s-%d", prefix, i)
@@ -266,7 +267,7 @@ func produce(tb testing.TB, a *App, prefix string, n int) []string {
 			tb.Fatalf("resolve %s: created=%v err=%v", ext, created, err)
 		}
 		shard := store.ExternalShard(ext)
-		last, err := a.store.Client().XRevRangeN(context.Background(), t.id.Keys().Events(shard), "+", "-", 1).Result()
+		last, err := rdb.XRevRangeN(context.Background(), t.id.Keys().Events(shard), "+", "-", 1).Result()
 		if err != nil || len(last) != 1 {
 			tb.Fatalf("outbox of shard %d: %v %v", shard, last, err)
 		}
@@ -297,7 +298,7 @@ func outboxState(tb testing.TB, a *App) (pending, due, dead int64) {
 	tb.Helper()
 	t := a.Tenants["acme"]
 	ctx := context.Background()
-	c := a.store.Client()
+	c := storeClient(tb, a)
 	for shard := range store.Shards {
 		if p, err := c.XPending(ctx, t.id.Keys().Events(shard), store.EventsGroup).Result(); err == nil {
 			pending += p.Count
@@ -348,7 +349,7 @@ func testWebhookDelivery(t *testing.T, redisURL string) {
 
 	// Any type another feature appends in the same format is delivered as is.
 	tn := a.Tenants["acme"]
-	entry, err := a.store.Client().XAdd(context.Background(), &redis.XAddArgs{
+	entry, err := storeClient(t, a).XAdd(context.Background(), &redis.XAddArgs{
 		Stream: tn.id.Keys().Events(9),
 		Values: []any{"type", "session.ended", "tenant", "acme", "occurred_at", "1718000000123", "data", `{"session_id":"s_09x","reason":"logout"}`},
 	}).Result()
@@ -534,7 +535,7 @@ func testWebhookMalformedEntry(t *testing.T, redisURL string) {
 	a := newEventsApp(t, redisURL, rcv.srv.URL, clock, nil, nil)
 	tn := a.Tenants["acme"]
 	for _, data := range []string{`not json`, `[1]`, ``} {
-		if err := a.store.Client().XAdd(context.Background(), &redis.XAddArgs{
+		if err := storeClient(t, a).XAdd(context.Background(), &redis.XAddArgs{
 			Stream: tn.id.Keys().Events(4),
 			Values: []any{"type", "user.created", "tenant", "acme", "occurred_at", "1", "data", data},
 		}).Err(); err != nil {
