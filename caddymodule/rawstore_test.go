@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/idlink/idlink/testenv"
 )
 
 // The tests read and write the store's Redis with a client of their own,
@@ -149,4 +151,44 @@ func (m *commandMonitor) line() string {
 		m.tb.Fatalf("reading the MONITOR feed: %v", err)
 	}
 	return strings.TrimSuffix(line, "\r\n")
+}
+
+// crashableRedis returns the URL of the deployment at redisURL ("" for
+// the embedded store) through a proxy, and the proxy's Cut: after it, an
+// app on that URL reaches Redis no more, as a process that was killed
+// (what it does while stopping never arrives). The app is a standalone
+// client of the primary (Sentinel) or of the embedded server (kept alive
+// by an app of its own for the test). A Cluster client reaches the nodes
+// at the addresses they advertise, past any proxy: the test is skipped
+// there.
+func crashableRedis(t *testing.T, redisURL string) (string, func()) {
+	t.Helper()
+	var target string
+	switch {
+	case redisURL == "":
+		holder := newTestApp(t, "", func(a *App) { a.Tenants = map[string]*Tenant{"holder": a.Tenants["acme"]} })
+		target = holder.store.EmbeddedAddr()
+	case strings.Contains(redisURL, "master_name="):
+		o, err := redis.ParseFailoverURL(redisURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := redis.NewSentinelClient(&redis.Options{Addr: o.SentinelAddrs[0]})
+		defer sc.Close()
+		hp, err := sc.GetMasterAddrByName(context.Background(), o.MasterName).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		target = net.JoinHostPort(hp[0], hp[1])
+	case strings.Contains(redisURL, "addr="):
+		t.Skip("a Cluster client dials the addresses the nodes advertise, past a proxy: no crash by cutting connections there")
+	default:
+		u, err := url.Parse(redisURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		target = u.Host
+	}
+	p := testenv.StartProxy(t, target)
+	return "redis://" + p.Addr() + "/0", p.Cut
 }

@@ -99,7 +99,6 @@ type Tuning struct {
 	MaintainEvery time.Duration
 	StopGrace     time.Duration
 	Backoff       func(attempt int) time.Duration // the wait after the attempt-th failed attempt
-	Crash         bool                            // stop without releasing leases, as a killed process would
 }
 
 // Outbox is a tenant's events machinery: delivery to its webhook (if
