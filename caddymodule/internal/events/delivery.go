@@ -140,7 +140,6 @@ func (o *Outbox) deliver(ctx context.Context, e *store.OutboxEntry) {
 		o.deadLetter(e, ReasonMalformed, err.Error())
 		return
 	}
-	o.attempted.Add(1)
 	result, lastErr := o.post(ctx, e.EventID(), body)
 	if result != resultDelivered && ctx.Err() != nil {
 		// Stopping: not the receiver's fault. Release the event so that
