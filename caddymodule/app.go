@@ -138,8 +138,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.store = val.(pooledStore).Store
 	if !loaded {
 		if a.store.Kind() == "embedded" {
-			a.logger.Warn("no redis configured: using the embedded in-process store; " +
-				"its state is lost when Caddy stops and is not shared with other instances")
+			a.logger.Warn("no redis configured: using the embedded in-process store; "+
+				"its state is lost when Caddy stops and is not shared with other instances",
+				zap.String("addr", a.store.EmbeddedAddr())) // for redis-cli, on loopback
 		} else {
 			a.logger.Info("identity store", zap.String("kind", a.store.Kind()), zap.Duration("timeout", timeout))
 		}

@@ -1,13 +1,17 @@
 package caddymodule
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/idlink/idlink/testenv"
 )
@@ -347,6 +351,17 @@ func TestE2EEmbeddedDefault(t *testing.T) {
 	}
 	if !strings.Contains(p.Logs(), "embedded in-process store") {
 		t.Fatal("no warning that the embedded store is not durable")
+	}
+	// The warning gives the embedded store's address, for redis-cli: it
+	// holds the user just resolved.
+	m := regexp.MustCompile(`embedded in-process store[^\n]*"addr": ?"(127\.0\.0\.1:\d+)"`).FindStringSubmatch(p.Logs())
+	if m == nil {
+		t.Fatalf("the warning gives no address of the embedded store:\n%s", p.Logs())
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: m[1]})
+	defer rdb.Close()
+	if keys, err := rdb.Keys(context.Background(), "idl:*").Result(); err != nil || len(keys) == 0 {
+		t.Fatalf("the logged address %s: keys %v, %v", m[1], keys, err)
 	}
 	if strings.Contains(p.Logs(), "demo-secret-change-me") || strings.Contains(p.Logs(), sign("demo-secret-change-me", "alice")) {
 		t.Fatal("a secret or signature reached the log")

@@ -65,7 +65,8 @@ func TestMeasureWebhookDelivery(t *testing.T) {
 	}
 
 	// 1. Idle cost.
-	a := newEventsApp(t, r.URL(), hook, clock, defaults, tune)
+	// The app names its connections, so that CLIENT LIST tells them apart.
+	a := newEventsApp(t, r.URL()+"?client_name=idlink-measured", hook, clock, defaults, tune)
 	time.Sleep(2 * time.Second)
 	before := commandCalls(t, r.Client())
 	const idle = 10 * time.Second
@@ -82,10 +83,8 @@ func TestMeasureWebhookDelivery(t *testing.T) {
 	slices.Sort(parts)
 	t.Logf("idle, 1 tenant, 1 instance, poll_interval 1s: %.1f Redis commands/s (%s over %v)",
 		float64(total)/idle.Seconds(), strings.Join(parts, " "), idle)
-	if c, ok := a.store.Client().(*redis.Client); ok {
-		ps := c.PoolStats()
-		t.Logf("idle: connection pool holds %d connections (%d idle), %d waits for a connection", ps.TotalConns, ps.IdleConns, ps.WaitCount)
-	}
+	conns, idleConns := appConnections(t, r.Client(), "idlink-measured")
+	t.Logf("idle: the app holds %d connections (%d idle for 1s or more)", conns, idleConns)
 
 	// 2. Latency of sparse events (one every 700 ms).
 	var lat []time.Duration
@@ -123,7 +122,7 @@ func TestMeasureWebhookDelivery(t *testing.T) {
 		producer := newEventsApp(t, r.URL(), hook, clock, func(w *Webhook) { w.Concurrency = 1 }, nil)
 		producer.Stop()
 		tn := producer.Tenants["acme"]
-		pipe := producer.store.Client().Pipeline()
+		pipe := r.Client().Pipeline()
 		for i := range n {
 			shard := i % store.Shards
 			pipe.XAdd(context.Background(), &redis.XAddArgs{Stream: tn.id.Keys().Events(shard), Values: []any{
@@ -169,4 +168,29 @@ func commandCalls(t *testing.T, c *redis.Client) map[string]int {
 		out[strings.TrimPrefix(name, "cmdstat_")] = n
 	}
 	return out
+}
+
+// appConnections counts the connections named name that the server
+// holds (CLIENT LIST), and those of them idle for a second or more.
+func appConnections(t *testing.T, c *redis.Client, name string) (conns, idle int) {
+	t.Helper()
+	list, err := c.ClientList(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(list, "\n") {
+		fields := map[string]string{}
+		for _, f := range strings.Fields(line) {
+			k, v, _ := strings.Cut(f, "=")
+			fields[k] = v
+		}
+		if fields["name"] != name {
+			continue
+		}
+		conns++
+		if s, _ := strconv.Atoi(fields["idle"]); s >= 1 {
+			idle++
+		}
+	}
+	return conns, idle
 }

@@ -259,6 +259,7 @@ func newEventsApp(tb testing.TB, redisURL, url string, clock *eventsClock, mutat
 func produce(tb testing.TB, a *App, prefix string, n int) []string {
 	tb.Helper()
 	t := a.Tenants["acme"]
+	rdb := storeClient(tb, a)
 	var ids []string
 	for i := range n {
 		ext := fmt.Sprintf("%s-%d", prefix, i)
@@ -266,7 +267,7 @@ func produce(tb testing.TB, a *App, prefix string, n int) []string {
 			tb.Fatalf("resolve %s: created=%v err=%v", ext, created, err)
 		}
 		shard := store.ExternalShard(ext)
-		last, err := a.store.Client().XRevRangeN(context.Background(), t.id.Keys().Events(shard), "+", "-", 1).Result()
+		last, err := rdb.XRevRangeN(context.Background(), t.id.Keys().Events(shard), "+", "-", 1).Result()
 		if err != nil || len(last) != 1 {
 			tb.Fatalf("outbox of shard %d: %v %v", shard, last, err)
 		}
@@ -297,7 +298,7 @@ func outboxState(tb testing.TB, a *App) (pending, due, dead int64) {
 	tb.Helper()
 	t := a.Tenants["acme"]
 	ctx := context.Background()
-	c := a.store.Client()
+	c := storeClient(tb, a)
 	for shard := range store.Shards {
 		if p, err := c.XPending(ctx, t.id.Keys().Events(shard), store.EventsGroup).Result(); err == nil {
 			pending += p.Count
@@ -348,7 +349,7 @@ func testWebhookDelivery(t *testing.T, redisURL string) {
 
 	// Any type another feature appends in the same format is delivered as is.
 	tn := a.Tenants["acme"]
-	entry, err := a.store.Client().XAdd(context.Background(), &redis.XAddArgs{
+	entry, err := storeClient(t, a).XAdd(context.Background(), &redis.XAddArgs{
 		Stream: tn.id.Keys().Events(9),
 		Values: []any{"type", "session.ended", "tenant", "acme", "occurred_at", "1718000000123", "data", `{"session_id":"s_09x","reason":"logout"}`},
 	}).Result()
@@ -534,7 +535,7 @@ func testWebhookMalformedEntry(t *testing.T, redisURL string) {
 	a := newEventsApp(t, redisURL, rcv.srv.URL, clock, nil, nil)
 	tn := a.Tenants["acme"]
 	for _, data := range []string{`not json`, `[1]`, ``} {
-		if err := a.store.Client().XAdd(context.Background(), &redis.XAddArgs{
+		if err := storeClient(t, a).XAdd(context.Background(), &redis.XAddArgs{
 			Stream: tn.id.Keys().Events(4),
 			Values: []any{"type", "user.created", "tenant", "acme", "occurred_at", "1", "data", data},
 		}).Err(); err != nil {
@@ -573,8 +574,13 @@ func testWebhookStopMidDelivery(t *testing.T, redisURL string, crash bool) {
 	rcv := newReceiver(t, clock)
 	hold := make(chan struct{})
 	rcv.hold = hold
-	a1 := newEventsApp(t, redisURL, rcv.srv.URL, clock, func(w *Webhook) { w.Concurrency = 2 },
-		func(o *events.Outbox) { o.Crash = crash })
+	url1, cut := redisURL, func() {}
+	if crash {
+		// The instance that crashes reaches Redis through a proxy: cut
+		// before Stop, it can release nothing, as a killed process.
+		url1, cut = crashableRedis(t, redisURL)
+	}
+	a1 := newEventsApp(t, url1, rcv.srv.URL, clock, func(w *Webhook) { w.Concurrency = 2 }, nil)
 	ids := produce(t, a1, "stop", 8)
 
 	// a1 holds two events in attempts that hang.
@@ -587,6 +593,7 @@ func testWebhookStopMidDelivery(t *testing.T, redisURL string, crash bool) {
 			t.Fatal("no attempt started")
 		}
 	}
+	cut()
 	stopped := make(chan struct{})
 	go func() { a1.Stop(); close(stopped) }()
 	select {
@@ -671,8 +678,17 @@ func testWebhookTwoInstances(t *testing.T, redisURL string) {
 		time.Sleep(time.Millisecond)
 		return http.StatusOK
 	})
-	a1 := newEventsApp(t, redisURL, rcv.srv.URL, clock, nil, nil)
-	a2 := newEventsApp(t, redisURL, rcv.srv.URL, clock, nil, nil)
+	// Each instance posts to its own path of the receiver, which counts
+	// the attempts by instance.
+	var byInstance sync.Map // path -> *atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		n, _ := byInstance.LoadOrStore(req.URL.Path, new(atomic.Int64))
+		n.(*atomic.Int64).Add(1)
+		rcv.serve(w, req)
+	}))
+	t.Cleanup(srv.Close)
+	a1 := newEventsApp(t, redisURL, srv.URL+"/a1", clock, nil, nil)
+	newEventsApp(t, redisURL, srv.URL+"/a2", clock, nil, nil)
 	ids := produce(t, a1, "two", 150)
 	waitUntil(t, "every event delivered", clock, 0, func() bool { return rcv.allDelivered(ids) })
 	rcv.check()
@@ -683,7 +699,13 @@ func testWebhookTwoInstances(t *testing.T, redisURL string) {
 		}
 	}
 	rcv.mu.Unlock()
-	n1, n2 := a1.Tenants["acme"].outbox.Attempted(), a2.Tenants["acme"].outbox.Attempted()
+	attempts := func(path string) int64 {
+		if n, ok := byInstance.Load(path); ok {
+			return n.(*atomic.Int64).Load()
+		}
+		return 0
+	}
+	n1, n2 := attempts("/a1"), attempts("/a2")
 	if n1+n2 != int64(len(ids)) || n1 == 0 || n2 == 0 {
 		t.Errorf("attempts by instance: %d and %d, want both > 0 summing to %d", n1, n2, len(ids))
 	}

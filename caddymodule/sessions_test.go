@@ -13,11 +13,11 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"github.com/idlink/idlink/caddymodule/internal/apierr"
 	"github.com/idlink/idlink/caddymodule/store"
+	"github.com/idlink/idlink/testenv"
 )
 
 // testClock is an injectable clock (app.now) safe for concurrent use.
@@ -360,7 +360,7 @@ func testSessionEvictionSeenByOtherInstance(t *testing.T, url string) {
 	t.Logf("refused on the other instance after %v", time.Since(start))
 
 	shard, _ := store.ParseID(store.KindUser, first.UserID)
-	msgs, err := a.store.Client().XRange(context.Background(), a.Tenants["acme"].id.Keys().Events(shard), "-", "+").Result()
+	msgs, err := storeClient(t, a).XRange(context.Background(), a.Tenants["acme"].id.Keys().Events(shard), "-", "+").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -541,60 +541,27 @@ func waitSubscribed(tb testing.TB, app *App) {
 	}
 }
 
-// commandCounter counts the commands a client sends that name a key
-// holding match (background work, such as event delivery, sends others).
-type commandCounter struct {
-	match string
-	n     atomic.Int64
-}
-
-func (c *commandCounter) counts(cmd redis.Cmder) bool {
-	for _, a := range cmd.Args() {
-		if s, ok := a.(string); ok && strings.Contains(s, c.match) {
-			return true
-		}
-	}
-	return false
-}
-
-func (c *commandCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (c *commandCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if c.counts(cmd) {
-			c.n.Add(1)
-		}
-		return next(ctx, cmd)
-	}
-}
-func (c *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		for _, cmd := range cmds {
-			if c.counts(cmd) {
-				c.n.Add(1)
-			}
-		}
-		return next(ctx, cmds)
-	}
-}
-
 // TestSessionCheckWarmNoRoundTrip: once a session is cached, requests
 // cost no Redis command; its activity is written once per touch interval
 // (a tenth of the idle timeout), not per request.
 func TestSessionCheckWarmNoRoundTrip(t *testing.T) {
+	r := testenv.StartRedis(t)
+	if r == nil {
+		t.Skip("counting commands needs a redis-server (MONITOR)")
+	}
 	c := newTestClock()
-	app := newTestApp(t, testRedisURL(t), withSessions(&Sessions{Idle: caddy10m}, c))
+	app := newTestApp(t, r.URL(), withSessions(&Sessions{Idle: caddy10m}, c))
 	api, h := newSessionsAPI(t, app), newTestHandler(t, app, nil)
 	waitSubscribed(t, app)
 	res := login(t, api, "warm")
 	// Load the lookup script (EVALSHA falls back to EVAL once per script).
 	serve(h, sessionRequest(store.NewID(store.KindSession, 0)))
-	counter := &commandCounter{match: res.SessionID}
-	app.store.Client().AddHook(counter)
+	counter := monitorCommands(t, r.Addr(), res.SessionID) // any command about this session
 
 	if w, _, _ := serve(h, sessionRequest(res.SessionID)); w.Code != 200 {
 		t.Fatal(w.Code)
 	}
-	if n := counter.n.Load(); n != 1 {
+	if n := counter.count(); n != 1 {
 		t.Fatalf("cold check: %d commands, want 1", n)
 	}
 	for range 1000 {
@@ -603,18 +570,18 @@ func TestSessionCheckWarmNoRoundTrip(t *testing.T) {
 			t.Fatal(w.Code)
 		}
 	}
-	if n := counter.n.Load(); n != 1 {
+	if n := counter.count(); n != 1 {
 		t.Fatalf("1000 warm checks: %d commands, want none beyond the cold one", n-1)
 	}
 	c.Add(time.Minute) // the touch interval of a 10m idle timeout
 	for range 100 {
 		serve(h, sessionRequest(res.SessionID))
 	}
-	if n := counter.n.Load(); n != 2 {
+	if n := counter.count(); n != 2 {
 		t.Fatalf("after a touch interval: %d commands, want exactly one more", n-1)
 	}
 	shard, _ := store.ParseID(store.KindSession, res.SessionID)
-	last, _ := app.store.Client().HGet(context.Background(), app.Tenants["acme"].id.Keys().Session(shard, res.SessionID), "last").Int64()
+	last, _ := r.Client().HGet(context.Background(), app.Tenants["acme"].id.Keys().Session(shard, res.SessionID), "last").Int64()
 	if last != c.Now().UnixMilli() {
 		t.Fatalf("last activity %d, want %d", last, c.Now().UnixMilli())
 	}
@@ -707,7 +674,7 @@ func TestSessionAttributes(t *testing.T) {
 	}
 	live, _ := userSessions(ctx, tn.id, user)
 	shard, _ := store.ParseID(store.KindUser, user)
-	eventsBefore, _ := app.store.Client().XLen(ctx, tn.id.Keys().Events(shard)).Result()
+	eventsBefore, _ := storeClient(t, app).XLen(ctx, tn.id.Keys().Events(shard)).Result()
 
 	for name, body := range map[string]string{
 		"one byte over, replacing": `{"external_attributes": {"k": "` + strings.Repeat("x", maxAttributesBytes-7) + `"}, "merge_external_attributes": false}`,
@@ -729,7 +696,7 @@ func TestSessionAttributes(t *testing.T) {
 	if len(after.Sessions) != 1 || after.Sessions[0] != live.Sessions[0] {
 		t.Fatalf("sessions changed by a refused login: %+v vs %+v", after.Sessions, live.Sessions)
 	}
-	if n, _ := app.store.Client().XLen(ctx, tn.id.Keys().Events(shard)).Result(); n != eventsBefore {
+	if n, _ := storeClient(t, app).XLen(ctx, tn.id.Keys().Events(shard)).Result(); n != eventsBefore {
 		t.Fatalf("%d events appended by a refused login", n-eventsBefore)
 	}
 }
@@ -937,13 +904,16 @@ func TestSessionsDefaultsAndValidation(t *testing.T) {
 // BenchmarkSessionCheckWarm is the idlink handler with a warm X-Session-Id:
 // the whole request path, with no Redis round trip (checked).
 func BenchmarkSessionCheckWarm(b *testing.B) {
-	app := newTestApp(b, testRedisURL(b), nil)
+	r := testenv.StartRedis(b)
+	if r == nil {
+		b.Skip("counting commands needs a redis-server (MONITOR)")
+	}
+	app := newTestApp(b, r.URL(), nil)
 	api, h := newSessionsAPI(b, app), newTestHandler(b, app, nil)
 	waitSubscribed(b, app)
 	sid := login(b, api, "bench").SessionID
 	serve(h, sessionRequest(sid))
-	counter := &commandCounter{match: sid} // any command about this session
-	app.store.Client().AddHook(counter)
+	counter := monitorCommands(b, r.Addr(), sid) // any command about this session
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
@@ -960,7 +930,7 @@ func BenchmarkSessionCheckWarm(b *testing.B) {
 		}
 	})
 	b.StopTimer()
-	if n := counter.n.Load(); n != 0 {
+	if n := counter.count(); n != 0 {
 		b.Fatalf("%d Redis commands during %d warm checks", n, b.N)
 	}
 }

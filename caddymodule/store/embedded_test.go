@@ -15,11 +15,11 @@ func TestEmbeddedExpires(t *testing.T) {
 	}
 	defer s.Close()
 	ctx := context.Background()
-	if err := s.Client().Set(ctx, "idl:test", "x", 100*time.Millisecond).Err(); err != nil {
+	if err := s.rdb.Set(ctx, "idl:test", "x", 100*time.Millisecond).Err(); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(3 * time.Second)
-	for s.Client().Exists(ctx, "idl:test").Val() == 1 {
+	for s.rdb.Exists(ctx, "idl:test").Val() == 1 {
 		if time.Now().After(deadline) {
 			t.Fatal("a key with a 100ms TTL still exists after 3s in the embedded store")
 		}

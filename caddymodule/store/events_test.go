@@ -54,7 +54,7 @@ func eventStores(t *testing.T) map[string]*Store {
 // appendEvent appends an event to a shard's outbox as the producers do.
 func appendEvent(t *testing.T, s *Store, k *Keys, shard int, typ, data string) string {
 	t.Helper()
-	id, err := s.Client().XAdd(t.Context(), &redis.XAddArgs{
+	id, err := s.rdb.XAdd(t.Context(), &redis.XAddArgs{
 		Stream: k.Events(shard),
 		Values: []any{FieldType, typ, FieldTenant, k.Tenant(), FieldOccurredAt, "1718000000000", FieldData, data},
 	}).Result()
@@ -193,7 +193,7 @@ func testOutboxDelivery(t *testing.T, s *Store) {
 	if got, _ := s.FetchEvents(ctx, k, shard, "c", later.Add(time.Hour), later.Add(2*time.Hour), 10, true); len(got) != 0 {
 		t.Fatalf("fetched after ack: %v", got)
 	}
-	if n, _ := s.Client().ZCard(ctx, k.EventsDue(shard)).Result(); n != 0 {
+	if n, _ := s.rdb.ZCard(ctx, k.EventsDue(shard)).Result(); n != 0 {
 		t.Fatalf("due schedule keeps %d entries", n)
 	}
 }
@@ -235,7 +235,7 @@ func testDeadLetterAndReplay(t *testing.T, s *Store) {
 		t.Fatalf("dead letter = %q, %v", dl, err)
 	}
 	// Off the outbox's pending list and schedule.
-	if p, _ := s.Client().XPending(ctx, k.Events(shard), EventsGroup).Result(); p.Count != 0 {
+	if p, _ := s.rdb.XPending(ctx, k.Events(shard), EventsGroup).Result(); p.Count != 0 {
 		t.Fatalf("still pending: %+v", p)
 	}
 	if got, _ := s.FetchEvents(ctx, k, shard, "a", now.Add(time.Hour), now.Add(2*time.Hour), 10, true); len(got) != 0 {
@@ -374,7 +374,7 @@ func testMaintainOutbox(t *testing.T, s *Store) {
 		!st.Oldest.Equal(EntryTime(keep)) {
 		t.Fatalf("retention = %+v, %v", st, err)
 	}
-	if n, _ := s.Client().ZCard(ctx, k.EventsDue(shard)).Result(); n != 0 {
+	if n, _ := s.rdb.ZCard(ctx, k.EventsDue(shard)).Result(); n != 0 {
 		t.Fatalf("due schedule keeps %d entries", n)
 	}
 }
@@ -392,10 +392,10 @@ func testMaintainOutboxConsumersAndOrphans(t *testing.T, s *Store) {
 	// reader took one outside the schedule (an orphan).
 	got, _ := s.FetchEvents(ctx, k, 0, "old", now, now.Add(time.Minute), 1, true)
 	s.AckEvent(ctx, k, 0, got[0].ID)
-	if err := s.Client().XGroupCreateConsumer(ctx, k.Events(0), EventsGroup, "busy").Err(); err != nil {
+	if err := s.rdb.XGroupCreateConsumer(ctx, k.Events(0), EventsGroup, "busy").Err(); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Client().XReadGroup(ctx, &redis.XReadGroupArgs{Group: EventsGroup, Consumer: "hand", Streams: []string{k.Events(0), ">"}, Count: 1}).Err(); err != nil {
+	if err := s.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: EventsGroup, Consumer: "hand", Streams: []string{k.Events(0), ">"}, Count: 1}).Err(); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(30 * time.Millisecond)
@@ -407,7 +407,7 @@ func testMaintainOutboxConsumersAndOrphans(t *testing.T, s *Store) {
 	if st.ConsumersDeleted != 1 || st.Repaired != 1 {
 		t.Fatalf("stats = %+v", st)
 	}
-	cs, _ := s.Client().XInfoConsumers(ctx, k.Events(0), EventsGroup).Result()
+	cs, _ := s.rdb.XInfoConsumers(ctx, k.Events(0), EventsGroup).Result()
 	var names []string
 	for _, c := range cs {
 		names = append(names, c.Name)

@@ -176,9 +176,6 @@ func NewKeys(tenant string) *Keys {
 // Tenant is the tenant the keys belong to.
 func (k *Keys) Tenant() string { return k.tenant }
 
-// Prefix is the tag prefix of a shard, e.g. "idl:{acme:0a}:".
-func (k *Keys) Prefix(shard int) string { return k.tags[shard] }
-
 // External is the key of an external id's user.
 func (k *Keys) External(externalID string) string {
 	return k.tags[ExternalShard(externalID)] + "ext:" + externalID

@@ -343,7 +343,7 @@ func TestRunWriteDurable(t *testing.T) {
 			t.Fatal(err)
 		}
 		sc := redis.NewScript("redis.call('SET', KEYS[1], ARGV[1]) return ARGV[1] -- " + t.Name())
-		key := NewKeys("acme").Prefix(3) + "probe"
+		key := NewKeys("acme").tags[3] + "probe"
 		got, err := s.runWrite(ctx, sc, []string{key}, "v1").Text()
 		if err != nil || got != "v1" {
 			t.Fatalf("first run: %q, %v", got, err)

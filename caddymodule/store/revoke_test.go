@@ -34,7 +34,7 @@ func TestEndUserSessions(t *testing.T) {
 	for _, b := range sessionBackends(t) {
 		t.Run(b.name, func(t *testing.T) {
 			ctx := context.Background()
-			ps := b.s.Client().Subscribe(ctx, "idl:test-revoke")
+			ps := b.s.rdb.Subscribe(ctx, "idl:test-revoke")
 			defer ps.Close()
 			if _, err := ps.Receive(ctx); err != nil {
 				t.Fatal(err)

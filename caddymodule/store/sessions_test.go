@@ -78,7 +78,7 @@ type outboxEvent struct {
 // shardEvents reads a shard's outbox.
 func shardEvents(t *testing.T, s *Store, k *Keys, shard int) []outboxEvent {
 	t.Helper()
-	msgs, err := s.Client().XRange(context.Background(), k.Events(shard), "-", "+").Result()
+	msgs, err := s.rdb.XRange(context.Background(), k.Events(shard), "-", "+").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func shardEvents(t *testing.T, s *Store, k *Keys, shard int) []outboxEvent {
 func liveIDs(t *testing.T, s *Store, k *Keys, user string) []string {
 	t.Helper()
 	shard, _ := ParseID(KindUser, user)
-	ids, err := s.Client().ZRange(context.Background(), k.UserSessions(shard, user), 0, -1).Result()
+	ids, err := s.rdb.ZRange(context.Background(), k.UserSessions(shard, user), 0, -1).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -485,7 +485,7 @@ func TestTombstoneTTL(t *testing.T) {
 			if _, _, _, err := b.s.EndSession(ctx, k, tc.p, sid, ReasonLoggedOut, c.add(tc.advance)); err != nil {
 				t.Fatal(err)
 			}
-			ttl, err := b.s.Client().PTTL(ctx, k.Session(shard, sid)).Result()
+			ttl, err := b.s.rdb.PTTL(ctx, k.Session(shard, sid)).Result()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -570,7 +570,7 @@ func testAdmitAttributes(t *testing.T, backends []testBackend) {
 				t.Fatalf("%d events appended by refused admissions", n-evs)
 			}
 			// Verified email stored with the user.
-			if e, _ := b.s.Client().HGet(ctx, k.User(shard, user), "email").Result(); e != "a@example.com" {
+			if e, _ := b.s.rdb.HGet(ctx, k.User(shard, user), "email").Result(); e != "a@example.com" {
 				t.Fatalf("email %q", e)
 			}
 		})
@@ -606,7 +606,7 @@ func TestTombstoneThenUnknown(t *testing.T) {
 func TestAdmitPublishesInvalidations(t *testing.T) {
 	b := sessionBackends(t)[0]
 	ctx := context.Background()
-	ps := b.s.Client().Subscribe(ctx, "idl:test-inval")
+	ps := b.s.rdb.Subscribe(ctx, "idl:test-inval")
 	defer ps.Close()
 	if _, err := ps.Receive(ctx); err != nil {
 		t.Fatal(err)

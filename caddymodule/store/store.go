@@ -111,9 +111,15 @@ func (s *Store) Kind() string { return s.kind }
 // Timeout is the deadline of one call.
 func (s *Store) Timeout() time.Duration { return s.timeout }
 
-// Client is the underlying client, for components (pub/sub, event
-// delivery) that issue their own commands.
-func (s *Store) Client() redis.UniversalClient { return s.rdb }
+// EmbeddedAddr is the loopback address of the embedded server ("" when
+// the store is a real Redis), which the app logs so that an operator can
+// inspect the embedded store with redis-cli.
+func (s *Store) EmbeddedAddr() string {
+	if s.embedded == nil {
+		return ""
+	}
+	return s.embedded.Addr()
+}
 
 // Close closes the client and stops the embedded server if there is one.
 func (s *Store) Close() error {

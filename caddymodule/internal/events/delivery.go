@@ -140,17 +140,14 @@ func (o *Outbox) deliver(ctx context.Context, e *store.OutboxEntry) {
 		o.deadLetter(e, ReasonMalformed, err.Error())
 		return
 	}
-	o.attempted.Add(1)
 	result, lastErr := o.post(ctx, e.EventID(), body)
 	if result != resultDelivered && ctx.Err() != nil {
 		// Stopping: not the receiver's fault. Release the event so that
 		// another instance takes it now rather than when the lease ends.
-		if !o.Crash {
-			o.finish(func(ctx context.Context) error {
-				_, err := o.cfg.Store.RescheduleEvent(ctx, o.cfg.Keys, e, o.cfg.Now())
-				return err
-			})
-		}
+		o.finish(func(ctx context.Context) error {
+			_, err := o.cfg.Store.RescheduleEvent(ctx, o.cfg.Keys, e, o.cfg.Now())
+			return err
+		})
 		return
 	}
 	Metrics.Deliveries.WithLabelValues(o.cfg.Tenant, result).Inc()

@@ -99,7 +99,6 @@ type Tuning struct {
 	MaintainEvery time.Duration
 	StopGrace     time.Duration
 	Backoff       func(attempt int) time.Duration // the wait after the attempt-th failed attempt
-	Crash         bool                            // stop without releasing leases, as a killed process would
 }
 
 // Outbox is a tenant's events machinery: delivery to its webhook (if
@@ -116,11 +115,10 @@ type Outbox struct {
 	consumer string
 	slots    chan struct{} // shared by the app's tenants: see eventsRedisSlots
 
-	inflight  atomic.Int32
-	failures  atomic.Int32    // consecutive failed attempts
-	warns     lograte.Limiter // delivery warnings
-	attempted atomic.Int64    // attempts made by this instance
-	wake      chan struct{}
+	inflight atomic.Int32
+	failures atomic.Int32    // consecutive failed attempts
+	warns    lograte.Limiter // delivery warnings
+	wake     chan struct{}
 
 	// Measured by the upkeep, read by the metrics collector.
 	oldest      atomic.Int64 // unix ms of the oldest undelivered event; 0: none
@@ -170,9 +168,6 @@ func Run(ctx context.Context, wg *sync.WaitGroup, outboxes []*Outbox) {
 func (o *Outbox) Gauges() (oldest, deadLetters, length int64, hasWebhook bool) {
 	return o.oldest.Load(), o.deadLetters.Load(), o.length.Load(), o.wh != nil
 }
-
-// Attempted is the number of delivery attempts this instance made.
-func (o *Outbox) Attempted() int64 { return o.attempted.Load() }
 
 // BackoffDelay is the wait after the attempt-th failed attempt: base
 // doubled for each earlier attempt, capped at max.
