@@ -26,6 +26,7 @@ func TestBackchannelLogoutSSO(t *testing.T) {
 		},
 		SSO: &SSO{TokenInfoURL: info.URL + "/tokeninfo", Audience: []string{"sdk"}, Timeout: caddy.Duration(time.Second)},
 	}})
+	waitSubscribed(t, a) // the flush of the subscription's start is behind us
 	h := newTokenHandler(a, "acme", false)
 	exp := time.Now().Add(time.Hour).Unix()
 	for _, u := range []string{"alice", "bob"} {
