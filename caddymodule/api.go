@@ -76,6 +76,7 @@ var apiRoutes = map[string]func(a *API, w http.ResponseWriter, r *http.Request){
 	"GET /jwks.json":                            (*API).serveJWKS,           // jwks.go
 	"GET /deadletters":                          (*API).listDeadLetters,     // deadletters.go
 	"POST /deadletters/replay":                  (*API).replayDeadLetters,   // deadletters.go
+	"POST /backchannel-logout":                  (*API).backchannelLogout,   // backchannel.go
 }
 
 // Provision finds the tenant and builds the routes.

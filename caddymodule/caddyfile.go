@@ -67,6 +67,11 @@ func init() {
 //				jwks_refresh <duration>
 //				jwks_refetch_min <duration>
 //				jwks_timeout <duration>
+//				backchannel_logout {             # POST /backchannel-logout (OIDC)
+//					issuer <iss>                 # default: the issuer above
+//					audience <aud>...            # default: the audience above
+//					max_age <duration>           # oldest iat accepted; default 5m
+//				}
 //			}
 //			sso {
 //				token_info_url <url>
@@ -426,6 +431,14 @@ func (c *ContactToken) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("claim_header: %s is reserved and cannot be set from a claim", args[1])
 			}
 			c.ClaimHeaders = append(c.ClaimHeaders, ClaimHeader{Claim: args[0], Header: args[1]})
+		case "backchannel_logout":
+			if c.BackchannelLogout != nil {
+				return d.Err("backchannel_logout already specified")
+			}
+			c.BackchannelLogout = new(BackchannelLogout)
+			if err := c.BackchannelLogout.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
 		case "claims_url":
 			if c.ClaimsURL != nil {
 				return d.Err("claims_url already specified")

@@ -205,7 +205,7 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 		Sessions: sessions, Expiry: expiry, Regulation: regulation,
 	}
 	if c := t.ContactToken; c != nil {
-		cfg.Tokens, cfg.MappedClaims = c.v, c.mapped
+		cfg.Tokens, cfg.MappedClaims, cfg.Logout = c.v, c.mapped, c.logout
 		if c.ClaimsURL != nil {
 			cfg.ClaimsURL = c.ClaimsURL.claims
 		}

@@ -101,8 +101,13 @@ type ContactToken struct {
 	// JWKSTimeout bounds one JWKS fetch. Default: 5s.
 	JWKSTimeout caddy.Duration `json:"jwks_timeout,omitempty"`
 
+	// BackchannelLogout, when set, accepts the provider's logout tokens at
+	// POST /backchannel-logout (backchannel.go).
+	BackchannelLogout *BackchannelLogout `json:"backchannel_logout,omitempty"`
+
 	tenant  *Tenant
 	v       *verify.Tokens
+	logout  *verify.Logout
 	headers []ClaimHeader // with canonical header names
 	mapped  []string      // claims of headers that issued tokens may carry
 }
@@ -300,6 +305,11 @@ func (c *ContactToken) provision(t *Tenant) error {
 	if err != nil {
 		return fmt.Errorf("contact_token: %v", err)
 	}
+	if b := c.BackchannelLogout; b != nil {
+		if c.logout, err = b.provision(t, c); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -316,6 +326,11 @@ func (c *ContactToken) validate(tenant string) error {
 		}
 		if len(c.Audience) == 0 {
 			return fmt.Errorf("tenant %q contact_token: jwks_url or key needs audience (the aud its tokens must carry)", tenant)
+		}
+	}
+	if b := c.BackchannelLogout; b != nil {
+		if err := b.validate(tenant, c); err != nil {
+			return err
 		}
 	}
 	if r := c.ClaimsURL; r != nil {

@@ -118,6 +118,10 @@ func ExternalShard(externalID string) int {
 //	                                           its installs set may still list it)
 //	idl:{T:SS}:inst:<install id>:lock  string  per-install link lock (random
 //	                                           token, PX 5s)
+//	idl:{T:SS}:bcl:jti:<sha256 hex>    string  a used back-channel logout token
+//	                                           (sha256 of issuer "\n" jti; shard:
+//	                                           its first byte), PX until the token
+//	                                           is no longer accepted
 //	idl:{T:SS}:events                  stream  the shard's outbox of events
 //	idl:{T:SS}:events:due              zset    outbox entry ids being delivered
 //	                                           or waiting for a retry, scored by

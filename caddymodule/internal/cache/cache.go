@@ -119,6 +119,17 @@ func (l *Loader[K, V]) Forget(key K) {
 	l.Remove(key)
 }
 
+// ForgetIf drops every entry whose value drop reports, and what every load
+// in flight reads. It walks the whole cache: for rare events only.
+func (l *Loader[K, V]) ForgetIf(drop func(V) bool) {
+	l.gen.Add(1)
+	for _, k := range l.lru.Keys() {
+		if e, ok := l.lru.Peek(k); ok && drop(e.val) {
+			l.lru.Remove(k)
+		}
+	}
+}
+
 // Flush drops every entry, and what every load in flight reads.
 func (l *Loader[K, V]) Flush() {
 	l.gen.Add(1)

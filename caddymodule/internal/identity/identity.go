@@ -60,6 +60,9 @@ const (
 const (
 	InvalidateSession = "session"
 	InvalidateInstall = "install"
+	// InvalidateSSOUser drops the cached SSO answers naming an external
+	// id (its user was logged out by the provider).
+	InvalidateSSOUser = "sso_user"
 )
 
 // Identity is who a request was verified to be.
@@ -113,6 +116,10 @@ type Store interface {
 	UserSessions(ctx context.Context, k *store.Keys, p store.SessionPolicy, userID string, now time.Time) (attrs string, live []store.LiveSession, err error)
 	EndUserSessions(ctx context.Context, k *store.Keys, p store.SessionPolicy, userID, handle, keep, reason string, now time.Time) ([]store.EndedSession, error)
 	UserClaims(ctx context.Context, k *store.Keys, userID string) (string, error)
+	ExternalUser(ctx context.Context, k *store.Keys, externalID string) (string, error)
+	ClaimLogoutJTI(ctx context.Context, k *store.Keys, issuer, jti string, ttl time.Duration) (bool, error)
+	ReleaseLogoutJTI(ctx context.Context, k *store.Keys, issuer, jti string) error
+	Publish(ctx context.Context, tenant, kind, key string) error
 }
 
 // ClaimsSource answers the claims the customer backend vouches for a user
@@ -148,6 +155,9 @@ type Config struct {
 	MappedClaims []string       // claims that claim_header mappings carry from issued tokens
 	ClaimsURL    ClaimsSource   // nil: no claims resolver
 	SSO          *verify.TokenInfo
+	// Logout verifies the logout tokens of back-channel logout; nil: the
+	// tenant does not accept them.
+	Logout *verify.Logout
 }
 
 // Domain is one tenant's identity domain.
@@ -183,6 +193,9 @@ func New(cfg Config) *Domain {
 	d.regulation.init(d)
 	d.OnInvalidate(InvalidateSession, d.sessions.drop, d.sessions.flush)
 	d.OnInvalidate(InvalidateInstall, d.installs.drop, d.installs.flush)
+	if cfg.SSO != nil {
+		d.OnInvalidate(InvalidateSSOUser, cfg.SSO.ForgetUser, cfg.SSO.Flush)
+	}
 	return d
 }
 

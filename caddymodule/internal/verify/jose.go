@@ -41,6 +41,7 @@ func compactJWS(s string) bool {
 type joseHeader struct {
 	Alg  string
 	KID  *string
+	Typ  json.RawMessage // read only for logout tokens
 	Crit json.RawMessage
 }
 
@@ -66,7 +67,7 @@ func peekHeader(raw string) (joseHeader, error) {
 	if v, ok := m["kid"]; ok && json.Unmarshal(v, &h.KID) != nil {
 		return h, refuse("the token header is not a JSON object")
 	}
-	h.Crit = m["crit"]
+	h.Typ, h.Crit = m["typ"], m["crit"]
 	return h, nil
 }
 

@@ -161,6 +161,15 @@ func (v *TokenInfo) Check(ctx context.Context, token string) (SSOUser, error) {
 	return o.user, o.refused
 }
 
+// ForgetUser drops the cached answers that name an external id (its user
+// was logged out): its tokens are asked about again.
+func (v *TokenInfo) ForgetUser(externalID string) {
+	v.cache.ForgetIf(func(o *ssoOutcome) bool { return o.refused == nil && o.user.ExternalID == externalID })
+}
+
+// Flush drops every cached answer.
+func (v *TokenInfo) Flush() { v.cache.Flush() }
+
 // lookup calls the token-info URL once.
 func (v *TokenInfo) lookup(ctx context.Context, token string) *ssoOutcome {
 	// The call is shared by every waiter: it must not die with the first
