@@ -226,8 +226,10 @@ func TestWebhookRetryAfter(t *testing.T) {
 			if len(ts) != 2 {
 				t.Fatalf("event attempted %d times, want 2", len(ts))
 			}
-			if d := ts[1].Sub(ts[0]); d < tt.want || d > tt.want+6*step {
-				t.Errorf("retried %v after the answer, want at least %v (and not much more)", d, tt.want)
+			// (The upper bound only shows the cap: 86400 s uncapped. The test
+			// clock runs ahead of a loaded machine, so it is loose.)
+			if d := ts[1].Sub(ts[0]); d < tt.want || d > tt.want+time.Hour {
+				t.Errorf("retried %v after the answer, want at least %v (and well under a day)", d, tt.want)
 			}
 			if d := rcv.times[later[0]][0].Sub(ts[0]); d < tt.want && !tt.two {
 				t.Errorf("an event produced during the pause was attempted %v after the answer, within the %v asked for", d, tt.want)
