@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/idlink/idlink/caddymodule/internal/events"
 	"github.com/idlink/idlink/caddymodule/internal/verify"
 )
 
@@ -90,6 +91,7 @@ func init() {
 //			cache_ttl <duration>
 //			webhook <url> {
 //				secret <secret>...
+//				format standard|idlink
 //				max_attempts <n>
 //				max_age <duration>
 //				timeout <duration>
@@ -559,6 +561,13 @@ func parseWebhook(d *caddyfile.Dispenser) (*Webhook, error) {
 				return nil, d.ArgErr()
 			}
 			w.Secrets = append(w.Secrets, args...)
+		case "format":
+			if err := oneArg(d, &w.Format); err != nil {
+				return nil, err
+			}
+			if w.Format != events.FormatStandard && w.Format != events.FormatIdlink {
+				return nil, d.Errf("webhook format must be standard or idlink, not '%s'", w.Format)
+			}
 		case "max_attempts":
 			if err := positiveIntArg(d, &w.MaxAttempts); err != nil {
 				return nil, err

@@ -2,12 +2,14 @@ package caddymodule
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
 	"github.com/idlink/idlink/caddymodule/internal/events"
+	"github.com/idlink/idlink/webhook"
 )
 
 // Defaults of a webhook and of the outbox.
@@ -19,29 +21,45 @@ const (
 	defaultBackoffBase    = 30 * time.Second
 	defaultBackoffMax     = time.Hour
 	defaultPollInterval   = time.Second
-	minSecretLen          = 16
+	minSecretLen          = 16 // format idlink: shorter ones are warned about
+	minStandardKeyLen     = 24 // format standard: decoded bytes, as Standard Webhooks asks
 	maxConcurrency        = 64
 )
 
 // Webhook is where a tenant's events are delivered: each event is POSTed
 // as JSON {id, type, tenant, occurred_at, data} with Content-Type
-// application/json, Idlink-Event-Id and Idlink-Signature
-// (t=<unix>,v1=<hex HMAC-SHA256(secret, t + "." + body)>, one v1= per
-// secret). A 2xx answer acknowledges it; anything else, a redirect, or no
-// answer within Timeout is retried with exponential back-off and jitter,
-// until MaxAttempts attempts were made or the event is older than MaxAge,
-// when it moves to the tenant's dead letters (GET /deadletters of
-// idlink_api). Delivery is at least once: the same event (same id) may
-// arrive more than once, and events are not ordered.
+// application/json, signed in the Format: Standard Webhooks (webhook-id,
+// webhook-timestamp, webhook-signature: v1,<base64 HMAC-SHA256(key, id +
+// "." + timestamp + "." + body)>) or idlink's own (Idlink-Event-Id,
+// Idlink-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, t + "." +
+// body)>), one signature per secret. A 2xx answer acknowledges it; anything
+// else, a redirect, or no answer within Timeout is retried with
+// exponential back-off and jitter (not before a 429 or 503 answer's
+// Retry-After, capped at BackoffMax), until MaxAttempts attempts were made
+// or the event is older than MaxAge, when it moves to the tenant's dead
+// letters (GET /deadletters of idlink_api). A 410 Gone answer moves the
+// event to the dead letters at once and stops the instance's deliveries
+// until the config is reloaded. Delivery is at least once: the same event
+// (same id) may arrive more than once, and events are not ordered.
 type Webhook struct {
 	// URL is the receiver, http:// or https://. Placeholders such as
 	// {env.*} are replaced at provision time. Required.
 	URL string `json:"url"`
 
-	// Secrets sign every delivery, one v1= signature each (several while a
-	// secret rotates). Use {env.*} or {file.*} placeholders: they are
-	// replaced at provision time. At least one is required.
+	// Secrets sign every delivery, one signature each (several while a
+	// secret rotates). In the standard format each is "whsec_" followed by
+	// the base64 of at least 24 random bytes, the HMAC key; in the idlink
+	// format the key is the secret's bytes as written. Use {env.*} or
+	// {file.*} placeholders: they are replaced at provision time. At least
+	// one is required.
 	Secrets []string `json:"secrets,omitempty"`
+
+	// Format is how deliveries are signed: "standard" (Standard Webhooks)
+	// or "idlink" (idlink's own, before Standard Webhooks). Default:
+	// standard when every secret is in the whsec_ form, idlink when none
+	// is (configs written before the standard format keep working); a mix
+	// of the two needs the format set.
+	Format string `json:"format,omitempty"`
 
 	// MaxAttempts is the number of attempts after which a failing event
 	// becomes a dead letter. Default: 10.
@@ -121,10 +139,11 @@ func (t *Tenant) provisionWebhook(w *Webhook) (*events.Webhook, error) {
 		if secret == "" {
 			return nil, fmt.Errorf("webhook secret %d is empty", i+1)
 		}
-		if len(secret) < minSecretLen {
-			t.logger.Warn("webhook secret is shorter than 16 bytes; use a long random secret", zap.Int("secret", i+1))
-		}
 		w.secrets = append(w.secrets, secret)
+	}
+	keys, err := t.webhookFormat(w)
+	if err != nil {
+		return nil, err
 	}
 	if w.MaxAttempts <= 0 {
 		w.MaxAttempts = defaultMaxAttempts
@@ -151,11 +170,56 @@ func (t *Tenant) provisionWebhook(w *Webhook) (*events.Webhook, error) {
 		w.ClaimAfter = 3 * w.Timeout
 	}
 	return &events.Webhook{
-		URL: u, Secrets: w.secrets, MaxAttempts: w.MaxAttempts,
+		URL: u, Format: w.Format, Secrets: w.secrets, Keys: keys, MaxAttempts: w.MaxAttempts,
 		MaxAge: time.Duration(w.MaxAge), Timeout: time.Duration(w.Timeout), Concurrency: w.Concurrency,
 		BackoffBase: time.Duration(w.BackoffBase), BackoffMax: time.Duration(w.BackoffMax),
 		PollInterval: time.Duration(w.PollInterval), ClaimAfter: time.Duration(w.ClaimAfter),
 	}, nil
+}
+
+// webhookFormat settles the webhook's format (see Webhook.Format) from its
+// resolved secrets, checks them for it, and returns the HMAC keys of the
+// standard format (nil for idlink).
+func (t *Tenant) webhookFormat(w *Webhook) ([][]byte, error) {
+	standard := 0
+	for _, s := range w.secrets {
+		if strings.HasPrefix(s, webhook.SecretPrefix) {
+			standard++
+		}
+	}
+	if w.Format == "" {
+		switch standard {
+		case len(w.secrets):
+			w.Format = events.FormatStandard
+		case 0:
+			w.Format = events.FormatIdlink
+		default:
+			return nil, fmt.Errorf("webhook secrets mix whsec_ ones and others: set format standard or idlink")
+		}
+	}
+	switch w.Format {
+	case events.FormatStandard:
+		keys := make([][]byte, len(w.secrets))
+		for i, s := range w.secrets {
+			k, err := webhook.DecodeSecret(s)
+			if err != nil {
+				return nil, fmt.Errorf("webhook secret %d: format standard needs whsec_ followed by base64 (e.g. whsec_$(openssl rand -base64 32))", i+1)
+			}
+			if len(k) < minStandardKeyLen {
+				return nil, fmt.Errorf("webhook secret %d: format standard needs at least %d bytes after whsec_ (%d given)", i+1, minStandardKeyLen, len(k))
+			}
+			keys[i] = k
+		}
+		return keys, nil
+	case events.FormatIdlink:
+		for i, s := range w.secrets {
+			if len(s) < minSecretLen {
+				t.logger.Warn("webhook secret is shorter than 16 bytes; use a long random secret", zap.Int("secret", i+1))
+			}
+		}
+		return nil, nil
+	}
+	return nil, fmt.Errorf("webhook format must be standard or idlink, not %q", w.Format)
 }
 
 func (t *Tenant) validateEvents() error {

@@ -66,12 +66,19 @@ type receiver struct {
 	t     *testing.T
 	clock *eventsClock
 	srv   *httptest.Server
+	// standard: deliveries come in the Standard Webhooks format, signed
+	// with whStdOld and whStdNew (see checkStandard); otherwise in the
+	// idlink format, signed with whOldSecret and whNewSecret.
+	standard bool
 
 	mu        sync.Mutex
-	answer    func(ev webhook.Event, attempt int) int // status to answer; nil: 204
-	hold      chan struct{}                           // when set, requests wait for it to close
-	attempts  map[string]int                          // event id -> requests
-	delivered map[string]int                          // event id -> 2xx answers
+	answer    func(ev webhook.Event, attempt int) int         // status to answer; nil: 204
+	header    func(ev webhook.Event, attempt int) http.Header // extra answer headers; nil: none
+	times     map[string][]time.Time                          // event id -> the clock at each request
+	stamps    map[string][]string                             // event id -> webhook-timestamp of each request (standard format)
+	hold      chan struct{}                                   // when set, requests wait for it to close
+	attempts  map[string]int                                  // event id -> requests
+	delivered map[string]int                                  // event id -> 2xx answers
 	events    map[string]webhook.Event
 	inflight  map[string]int
 	overlaps  []string // event ids received while a request for them was running
@@ -83,7 +90,8 @@ func newReceiver(t *testing.T, clock *eventsClock) *receiver {
 	r := &receiver{
 		t: t, clock: clock,
 		attempts: map[string]int{}, delivered: map[string]int{}, events: map[string]webhook.Event{},
-		inflight: map[string]int{}, started: make(chan string, 10000),
+		inflight: map[string]int{}, started: make(chan string, 10000), times: map[string][]time.Time{},
+		stamps: map[string][]string{},
 	}
 	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
 	t.Cleanup(r.srv.Close)
@@ -95,21 +103,20 @@ var eventIDRE = regexp.MustCompile(`^[0-9a-f]{2}-[0-9]+-[0-9]+$`)
 func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 	body, _ := io.ReadAll(req.Body)
 	var problem string
-	err := webhook.Verify(req.Header.Get(webhook.SignatureHeader), body, []string{whNewSecret}, 10*time.Minute, r.clock.Now())
 	var ev webhook.Event
 	switch {
 	case req.Method != http.MethodPost:
 		problem = "method " + req.Method
-	case err != nil:
-		problem = "signature: " + err.Error()
 	case req.Header.Get("Content-Type") != "application/json":
 		problem = "content type " + req.Header.Get("Content-Type")
 	case json.Unmarshal(body, &ev) != nil:
 		problem = "body " + string(body)
-	case req.Header.Get(webhook.EventIDHeader) != ev.ID || !eventIDRE.MatchString(ev.ID):
-		problem = "event id " + ev.ID + " header " + req.Header.Get(webhook.EventIDHeader)
-	case strings.Count(req.Header.Get(webhook.SignatureHeader), "v1=") != 2:
-		problem = "want one v1 per secret: " + req.Header.Get(webhook.SignatureHeader)
+	case !eventIDRE.MatchString(ev.ID):
+		problem = "event id " + ev.ID
+	case r.standard:
+		problem = r.checkStandard(req.Header, body, ev.ID)
+	default:
+		problem = r.checkIdlink(req.Header, body, ev.ID)
 	}
 	r.mu.Lock()
 	if problem != "" {
@@ -125,7 +132,9 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 	}
 	r.inflight[ev.ID]++
 	r.events[ev.ID] = ev
-	answer, hold := r.answer, r.hold
+	r.times[ev.ID] = append(r.times[ev.ID], r.clock.Now())
+	r.stamps[ev.ID] = append(r.stamps[ev.ID], req.Header.Get(webhook.TimestampHeader))
+	answer, hold, header := r.answer, r.hold, r.header
 	r.mu.Unlock()
 	r.started <- ev.ID
 
@@ -145,10 +154,32 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 		r.delivered[ev.ID]++
 	}
 	r.mu.Unlock()
+	if header != nil {
+		for k, v := range header(ev, attempt) {
+			w.Header()[k] = v
+		}
+	}
 	w.WriteHeader(status)
 	if status/100 != 2 {
 		w.Write([]byte("down\n"))
 	}
+}
+
+// checkIdlink verifies a delivery in the idlink format with the webhook
+// package; it returns what is wrong with it ("" if nothing).
+func (r *receiver) checkIdlink(h http.Header, body []byte, id string) string {
+	sig := h.Get(webhook.SignatureHeader)
+	switch err := webhook.Verify(sig, body, []string{whNewSecret}, 10*time.Minute, r.clock.Now()); {
+	case err != nil:
+		return "signature: " + err.Error()
+	case h.Get(webhook.EventIDHeader) != id:
+		return "event id " + id + " header " + h.Get(webhook.EventIDHeader)
+	case strings.Count(sig, "v1=") != 2:
+		return "want one v1 per secret: " + sig
+	case h.Get(webhook.StandardSignatureHeader) != "" || h.Get(webhook.IDHeader) != "":
+		return "standard headers in the idlink format"
+	}
+	return ""
 }
 
 func (r *receiver) setAnswer(f func(ev webhook.Event, attempt int) int) {

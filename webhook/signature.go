@@ -21,15 +21,19 @@ const (
 	sigHexLen     = 2 * sha256.Size
 )
 
-// Errors of Verify. Every error it returns is one of them (test with
-// errors.Is); none of them says which secret or how much of a signature
-// matched.
+// Errors of Verify and VerifyStandard. Every error they return is one of
+// them or ErrBadSecret (test with errors.Is); none of them says which
+// secret or how much of a signature matched.
 var (
 	ErrNoSecrets  = errors.New("webhook: no secret to verify with")
-	ErrMalformed  = errors.New("webhook: malformed Idlink-Signature header")
+	ErrMalformed  = errors.New("webhook: malformed signature headers")
 	ErrNoMatch    = errors.New("webhook: no signature matches")
 	ErrOutOfRange = errors.New("webhook: signature timestamp outside the tolerance")
 )
+
+// The idlink format (format idlink), idlink's own before Standard
+// Webhooks: the Idlink-Event-Id and Idlink-Signature headers, signing
+// t + "." + body with the secret's bytes as they are.
 
 // Sign returns the Idlink-Signature header value for body sent at time t:
 // "t=<unix>,v1=<hex>" with one v1= per secret, in the order given. It

@@ -1,6 +1,7 @@
 package events
 
 import (
+	"net/http"
 	"testing"
 	"time"
 )
@@ -18,6 +19,31 @@ func TestBackoff(t *testing.T) {
 		got := Jittered(time.Minute, r)
 		if got < 30*time.Second || got >= time.Minute {
 			t.Errorf("Jittered(1m, %v) = %v", r, got)
+		}
+	}
+}
+
+func TestRetryAfter(t *testing.T) {
+	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	for _, tt := range []struct {
+		v    string
+		want time.Duration
+	}{
+		{"120", 2 * time.Minute},
+		{" 0 ", 0},
+		{"", 0},
+		{"-5", 0},
+		{"+5", 0},
+		{"1.5", 0},
+		{"soon", 0},
+		{"99999999999999999999999", maxRetryAfter * time.Second},
+		{now.Add(7 * time.Minute).Format(http.TimeFormat), 7 * time.Minute},
+		{"Thu, 03 Dec 2026 12:00:30 GMT", 30 * time.Second},
+		{"Thursday, 03-Dec-26 12:01:00 GMT", time.Minute}, // RFC 850, which HTTP dates allow
+		{now.Add(-time.Hour).Format(http.TimeFormat), 0},
+	} {
+		if got := RetryAfter(tt.v, now); got != tt.want {
+			t.Errorf("RetryAfter(%q) = %v, want %v", tt.v, got, tt.want)
 		}
 	}
 }

@@ -1,14 +1,10 @@
 package events
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
-	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -70,14 +66,22 @@ func (o *Outbox) deliverLoop(ctx context.Context) {
 
 	next, delay := 0, o.PollMin
 	for {
+		if o.gone.Load() {
+			// 410 Gone: nothing more until the config is reloaded.
+			<-ctx.Done()
+			return
+		}
 		limit := int32(w.Concurrency)
 		if o.failures.Load() >= breakerFailures {
 			limit = 1 // the receiver is failing: one probe at a time
 		}
 		free := int(limit - o.inflight.Load())
+		now := o.cfg.Now()
+		if o.heldAt(now) {
+			free = 0 // the receiver asked to be left alone (Retry-After)
+		}
 		fetched, storeErr := 0, false
 		if free > 0 {
-			now := o.cfg.Now()
 			lease := now.Add(w.ClaimAfter)
 			for i := 0; i < store.Shards && free > 0; i++ {
 				shard := (next + i) % store.Shards
@@ -132,6 +136,19 @@ func (o *Outbox) deliverLoop(ctx context.Context) {
 // schedules its retry, or moves it to the dead letters.
 func (o *Outbox) deliver(ctx context.Context, e *store.OutboxEntry) {
 	w := o.wh
+	if now := o.cfg.Now(); o.gone.Load() || o.heldAt(now) {
+		// Taken just before the receiver asked for a pause or said it is
+		// gone: give it back, due when the pause ends.
+		at := now
+		if !o.gone.Load() {
+			at = time.Unix(0, o.holdUntil.Load())
+		}
+		o.finish(func(ctx context.Context) error {
+			_, err := o.cfg.Store.RescheduleEvent(ctx, o.cfg.Keys, e, at)
+			return err
+		})
+		return
+	}
 	if e.Attempts > 1 {
 		Metrics.Retries.WithLabelValues(o.cfg.Tenant).Inc()
 	}
@@ -140,7 +157,8 @@ func (o *Outbox) deliver(ctx context.Context, e *store.OutboxEntry) {
 		o.deadLetter(e, ReasonMalformed, err.Error())
 		return
 	}
-	result, lastErr := o.post(ctx, e.EventID(), body)
+	out := o.post(ctx, e.EventID(), body)
+	result, lastErr := out.result, out.lastErr
 	if result != resultDelivered && ctx.Err() != nil {
 		// Stopping: not the receiver's fault. Release the event so that
 		// another instance takes it now rather than when the lease ends.
@@ -162,13 +180,23 @@ func (o *Outbox) deliver(ctx context.Context, e *store.OutboxEntry) {
 	o.failures.Add(1)
 	o.debugDelivery("webhook attempt failed", e, lastErr)
 	age := now.Sub(store.EntryTime(e.ID))
+	if out.status == http.StatusGone {
+		o.deadLetter(e, ReasonGone, lastErr)
+		o.disable(e)
+		return
+	}
+	var retryAfter time.Duration
+	if out.retryAfter > 0 {
+		retryAfter = min(out.retryAfter, w.BackoffMax)
+		o.hold(now.Add(retryAfter))
+	}
 	switch {
 	case e.Attempts >= w.MaxAttempts:
 		o.deadLetter(e, ReasonMaxAttempts, lastErr)
 	case age >= w.MaxAge:
 		o.deadLetter(e, ReasonMaxAge, lastErr)
 	default:
-		retryAt := now.Add(o.Backoff(e.Attempts))
+		retryAt := now.Add(max(o.Backoff(e.Attempts), retryAfter))
 		o.finish(func(ctx context.Context) error {
 			_, err := o.cfg.Store.RescheduleEvent(ctx, o.cfg.Keys, e, retryAt)
 			return err
@@ -190,6 +218,34 @@ func (o *Outbox) deadLetter(e *store.OutboxEntry, reason, lastErr string) {
 		o.Logger.Warn("webhook event moved to the dead letters",
 			zap.String("event_id", e.EventID()), zap.String("deadletter_id", id), zap.String("reason", reason),
 			zap.Int("attempts", e.Attempts), zap.String("last_error", lastErr), zap.String("webhook", o.origin))
+	}
+}
+
+// hold pauses delivery until t (on the config's clock), or later if an
+// earlier answer asked for longer.
+func (o *Outbox) hold(t time.Time) {
+	for {
+		cur := o.holdUntil.Load()
+		if t.UnixNano() <= cur || o.holdUntil.CompareAndSwap(cur, t.UnixNano()) {
+			return
+		}
+	}
+}
+
+// heldAt reports whether delivery is paused at now by a Retry-After.
+func (o *Outbox) heldAt(now time.Time) bool {
+	return now.UnixNano() < o.holdUntil.Load()
+}
+
+// disable stops this instance's deliveries to the webhook after it
+// answered 410 Gone to e, and says so once: the Standard Webhooks
+// recommendation for an endpoint that wants no more events. Events stay in
+// the outbox (the oldest-pending gauge grows); a config reload starts
+// delivering again.
+func (o *Outbox) disable(e *store.OutboxEntry) {
+	if o.gone.CompareAndSwap(false, true) {
+		o.Logger.Warn("webhook answered 410 Gone: this instance delivers no more events to it until the config is reloaded",
+			zap.String("event_id", e.EventID()), zap.String("webhook", o.origin))
 	}
 }
 
@@ -246,72 +302,4 @@ func (o *Outbox) payload(e *store.OutboxEntry) ([]byte, error) {
 		OccurredAt: time.UnixMilli(ms).UTC(),
 		Data:       json.RawMessage(data),
 	})
-}
-
-// Delivery results, the values of the result label.
-const (
-	resultDelivered = "delivered" // 2xx
-	resultRejected  = "rejected"  // another status
-	resultError     = "error"     // no answer: connection, TLS, timeout
-)
-
-// post sends one attempt and classifies its outcome; for a failure it also
-// returns a short description (without the URL, which may hold a token).
-func (o *Outbox) post(ctx context.Context, eventID string, body []byte) (result, lastErr string) {
-	w := o.wh
-	ctx, cancel := context.WithTimeout(ctx, w.Timeout)
-	defer cancel()
-	sig, err := webhook.Sign(w.Secrets, o.cfg.Now(), body)
-	if err != nil {
-		return resultError, err.Error()
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.URL, bytes.NewReader(body))
-	if err != nil {
-		return resultError, "building the request failed"
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", "idlink-webhook/1")
-	req.Header.Set(webhook.EventIDHeader, eventID)
-	req.Header.Set(webhook.SignatureHeader, sig)
-	resp, err := o.client.Do(req)
-	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) || os.IsTimeout(err) {
-			return resultError, "no answer within " + w.Timeout.String()
-		}
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return resultError, truncate(err.Error(), errorBodyBytes)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, drainBodyBytes))
-		return resultDelivered, ""
-	}
-	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, errorBodyBytes))
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, drainBodyBytes))
-	msg := "HTTP " + strconv.Itoa(resp.StatusCode)
-	if s := printable(string(snippet)); s != "" {
-		msg += ": " + s
-	}
-	return resultRejected, msg
-}
-
-// printable keeps a receiver's text fit for a log line and a JSON field.
-func printable(s string) string {
-	s = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f || r == '\uFFFD' {
-			return ' '
-		}
-		return r
-	}, s)
-	return strings.TrimSpace(s)
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
 }

@@ -50,13 +50,27 @@ const (
 	ReasonMaxAttempts = "max_attempts"
 	ReasonMaxAge      = "max_age"
 	ReasonMalformed   = "malformed"
+	ReasonGone        = "gone" // the receiver answered 410 Gone
+)
+
+// Formats of a delivery: its headers and how it is signed (see package
+// webhook).
+const (
+	// FormatStandard is Standard Webhooks: webhook-id, webhook-timestamp,
+	// webhook-signature, signed with the Keys.
+	FormatStandard = "standard"
+	// FormatIdlink is idlink's own: Idlink-Event-Id, Idlink-Signature,
+	// signed with the Secrets.
+	FormatIdlink = "idlink"
 )
 
 // Webhook is where a tenant's events are delivered, with its defaults
 // applied (see the module's Webhook for each option).
 type Webhook struct {
 	URL          string // absolute http(s), checked by the caller
+	Format       string // FormatStandard or FormatIdlink
 	Secrets      []string
+	Keys         [][]byte // FormatStandard: the decoded Secrets
 	MaxAttempts  int
 	MaxAge       time.Duration
 	Timeout      time.Duration
@@ -119,6 +133,10 @@ type Outbox struct {
 	failures atomic.Int32    // consecutive failed attempts
 	warns    lograte.Limiter // delivery warnings
 	wake     chan struct{}
+	// holdUntil (unix ns on the config's clock) pauses delivery while the
+	// receiver asked for it with Retry-After; gone stops it after a 410.
+	holdUntil atomic.Int64
+	gone      atomic.Bool
 
 	// Measured by the upkeep, read by the metrics collector.
 	oldest      atomic.Int64 // unix ms of the oldest undelivered event; 0: none
@@ -168,6 +186,10 @@ func Run(ctx context.Context, wg *sync.WaitGroup, outboxes []*Outbox) {
 func (o *Outbox) Gauges() (oldest, deadLetters, length int64, hasWebhook bool) {
 	return o.oldest.Load(), o.deadLetters.Load(), o.length.Load(), o.wh != nil
 }
+
+// Disabled reports whether the webhook answered 410 Gone: this instance
+// delivers no more events to it until the config is reloaded.
+func (o *Outbox) Disabled() bool { return o.gone.Load() }
 
 // BackoffDelay is the wait after the attempt-th failed attempt: base
 // doubled for each earlier attempt, capped at max.

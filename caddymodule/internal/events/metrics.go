@@ -26,7 +26,7 @@ var Metrics = struct {
 	}, []string{"tenant"}),
 	DeadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "idlink", Subsystem: "webhook", Name: "dead_letters_total",
-		Help: "Events moved to the dead letters, by reason: max_attempts, max_age, malformed.",
+		Help: "Events moved to the dead letters, by reason: max_attempts, max_age, malformed, gone (the receiver answered 410).",
 	}, []string{"tenant", "reason"}),
 	Trimmed: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "idlink", Subsystem: "events", Name: "trimmed_total",
@@ -41,6 +41,8 @@ var (
 		"Dead letters the tenant holds.", []string{"tenant"}, nil)
 	outboxLengthDesc = prometheus.NewDesc("idlink_events_outbox_entries",
 		"Entries in the tenant's outbox streams.", []string{"tenant"}, nil)
+	disabledDesc = prometheus.NewDesc("idlink_webhook_disabled",
+		"1 once the tenant's webhook answered 410 Gone: this instance delivers no more events to it until the config is reloaded.", []string{"tenant"}, nil)
 )
 
 // Gauges reports the gauges of the outboxes (by tenant) that outboxes
@@ -60,6 +62,7 @@ func (g gauges) Describe(ch chan<- *prometheus.Desc) {
 	ch <- oldestPendingDesc
 	ch <- deadLettersDesc
 	ch <- outboxLengthDesc
+	ch <- disabledDesc
 }
 
 func (g gauges) Collect(ch chan<- prometheus.Metric) {
@@ -78,5 +81,10 @@ func (g gauges) Collect(ch chan<- prometheus.Metric) {
 			age = max(0, now.Sub(time.UnixMilli(ms)).Seconds())
 		}
 		ch <- prometheus.MustNewConstMetric(oldestPendingDesc, prometheus.GaugeValue, age, name)
+		disabled := 0.0
+		if o.gone.Load() {
+			disabled = 1
+		}
+		ch <- prometheus.MustNewConstMetric(disabledDesc, prometheus.GaugeValue, disabled, name)
 	}
 }

@@ -15,6 +15,7 @@ func TestGauges(t *testing.T) {
 	withHook.oldest.Store(now.Add(-time.Minute).UnixMilli())
 	withHook.deadLetters.Store(3)
 	withHook.length.Store(7)
+	withHook.gone.Store(true)
 	plain := New(Config{Now: time.Now})
 	plain.length.Store(2)
 	reg := prometheus.NewPedanticRegistry()
@@ -33,13 +34,16 @@ func TestGauges(t *testing.T) {
 		"idlink_webhook_oldest_pending_seconds/a": 60,
 		"idlink_webhook_dead_letters/a":           3, "idlink_events_outbox_entries/a": 7,
 		"idlink_webhook_dead_letters/b": 0, "idlink_events_outbox_entries/b": 2,
+		"idlink_webhook_disabled/a": 1,
 	}
 	for k, v := range want {
 		if g, ok := got[k]; !ok || g < v-1 || g > v+1 {
 			t.Errorf("%s = %v (present %v), want %v", k, g, ok, v)
 		}
 	}
-	if _, ok := got["idlink_webhook_oldest_pending_seconds/b"]; ok {
-		t.Error("an outbox without a webhook reports an oldest pending age")
+	for _, g := range []string{"idlink_webhook_oldest_pending_seconds/b", "idlink_webhook_disabled/b"} {
+		if _, ok := got[g]; ok {
+			t.Errorf("an outbox without a webhook reports %s", g)
+		}
 	}
 }
