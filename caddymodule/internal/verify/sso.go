@@ -204,7 +204,9 @@ func (v *TokenInfo) Check(ctx context.Context, token string) (SSOUser, error) {
 		// up calls to the provider.
 		if !v.slots.TryAcquire(1) {
 			v.observe("busy")
-			return &ssoOutcome{refused: fmt.Errorf("%w: %w: max_concurrent %d reached", ErrUnavailable, ErrBusy, v.max)}, -1, nil
+			err := fmt.Errorf("%w: max_concurrent %d reached", ErrBusy, v.max)
+			v.unavailErr(err)
+			return &ssoOutcome{refused: fmt.Errorf("%w: %w", ErrUnavailable, err)}, -1, nil
 		}
 		o := v.lookup(ctx, token)
 		v.slots.Release(1)
