@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -296,5 +297,57 @@ http://127.0.0.1:%d {
 	}
 	if _, reached := up.Last(); reached {
 		t.Fatal("the upstream was reached")
+	}
+}
+
+// TestSSOReadmeSnippet: the Caddyfile of the README's "SSO tokens" section
+// adapts, and its idlink app provisions once the secret's variable is
+// set (and refuses to, naming the option, while it is not).
+func TestSSOReadmeSnippet(t *testing.T) {
+	raw, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(raw), "\n### SSO tokens\n")
+	_, block, ok2 := strings.Cut(section, "```caddyfile\n")
+	snippet, _, ok3 := strings.Cut(block, "```")
+	if !ok || !ok2 || !ok3 {
+		t.Fatal("no caddyfile block in the README's SSO tokens section")
+	}
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(snippet), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		t.Fatalf("the README's snippet does not adapt: %v", err)
+	}
+	var cfg struct {
+		Apps struct {
+			Idlink json.RawMessage `json:"idlink"`
+		} `json:"apps"`
+	}
+	if err := json.Unmarshal(out, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	var app App
+	if err := json.Unmarshal(cfg.Apps.Idlink, &app); err != nil {
+		t.Fatal(err)
+	}
+	sso := app.Tenants["acme"].SSO
+	if sso == nil || sso.ClientID == "" || !strings.HasPrefix(sso.ClientSecret, "{env.") || sso.TokenTypeHint == "" {
+		t.Fatalf("the snippet's sso: %+v", sso)
+	}
+	load := func() error {
+		err := caddy.Load([]byte(`{"admin":{"disabled":true,"config":{"persist":false}},"apps":{"idlink":`+
+			string(cfg.Apps.Idlink)+`}}`), true)
+		if err == nil {
+			_ = caddy.Stop()
+		}
+		return err
+	}
+	t.Setenv("ACME_SSO_CLIENT_SECRET", "")
+	if err := load(); err == nil || !strings.Contains(err.Error(), "sso client_secret") {
+		t.Fatalf("without the secret: %v", err)
+	}
+	t.Setenv("ACME_SSO_CLIENT_SECRET", ssoClientSecret)
+	if err := load(); err != nil {
+		t.Fatalf("with the secret: %v", err)
 	}
 }
