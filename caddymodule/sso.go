@@ -111,7 +111,7 @@ func (s *SSO) clientAuth() (verify.ClientAuth, error) {
 	default:
 		a.Method = verify.AuthNone
 	}
-	if a.ClientSecret != "" && a.ClientID == "" {
+	if s.AuthMethod == "" && a.ClientSecret != "" && a.ClientID == "" {
 		return a, errors.New("sso client_secret needs client_id")
 	}
 	if s.MaxConcurrent < 0 {

@@ -351,3 +351,16 @@ func TestSSOReadmeSnippet(t *testing.T) {
 		t.Fatalf("with the secret: %v", err)
 	}
 }
+
+// TestSSOCaddyfileSecretNotQuoted: a Caddyfile argument error about a
+// secret does not quote it (Caddy's own argument errors quote a token).
+func TestSSOCaddyfileSecretNotQuoted(t *testing.T) {
+	for _, line := range []string{"client_secret s3cret-one s3cret-two", "bearer_token s3cret-one s3cret-two"} {
+		in := "{\n\tidlink {\n\t\ttenant acme {\n\t\t\tsso {\n\t\t\t\ttoken_info_url https://sso.example.com/i\n" +
+			"\t\t\t\taudience sdk\n\t\t\t\tclient_id i\n\t\t\t\t" + line + "\n\t\t\t}\n\t\t}\n\t}\n}\n"
+		_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(in), map[string]any{"filename": "Caddyfile"})
+		if err == nil || !strings.Contains(err.Error(), "exactly one value") || strings.Contains(err.Error(), "s3cret") {
+			t.Fatalf("%s: %v", line, err)
+		}
+	}
+}
