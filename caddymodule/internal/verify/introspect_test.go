@@ -330,7 +330,7 @@ func TestTokenInfoMaxConcurrent(t *testing.T) {
 			defer flood.Done()
 			start := time.Now()
 			_, err := v.Check(context.Background(), fmt.Sprint("random-", i))
-			if d := time.Since(start); d > 500*time.Millisecond {
+			if d := time.Since(start); d > 2*time.Second { // the held calls never end by themselves: any wait would be for ever
 				t.Errorf("a check beyond the bound waited %v", d)
 			}
 			if !errors.Is(err, ErrBusy) || !errors.Is(err, ErrUnavailable) {
