@@ -80,6 +80,12 @@ func init() {
 //				timeout <duration>
 //				token_param <name>
 //				leeway <duration>
+//				client_id <id>                   # RFC 7662 introspection: idlink's client
+//				client_secret <secret>           # {env.*} / {file.*}
+//				auth_method client_secret_basic|client_secret_post|bearer|none
+//				bearer_token <token>             # auth_method bearer
+//				token_type_hint <hint>
+//				max_concurrent <n>
 //			}
 //			sessions {
 //				max <n>
@@ -512,8 +518,19 @@ func (s *SSO) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := oneArg(d, &s.TokenInfoURL); err != nil {
 				return err
 			}
-		case "token_param":
-			if err := oneArg(d, &s.TokenParam); err != nil {
+		case "token_param", "client_id", "client_secret", "auth_method", "bearer_token", "token_type_hint":
+			dst := map[string]*string{"token_param": &s.TokenParam, "client_id": &s.ClientID,
+				"client_secret": &s.ClientSecret, "auth_method": &s.AuthMethod, "bearer_token": &s.BearerToken,
+				"token_type_hint": &s.TokenTypeHint}[name]
+			read := oneArg
+			if name == "client_secret" || name == "bearer_token" {
+				read = secretArg
+			}
+			if err := read(d, dst); err != nil {
+				return err
+			}
+		case "max_concurrent":
+			if err := positiveIntArg(d, &s.MaxConcurrent); err != nil {
 				return err
 			}
 		case "audience":
@@ -535,6 +552,9 @@ func (s *SSO) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	if s.TokenInfoURL == "" || len(s.Audience) == 0 {
 		return d.Err("sso needs token_info_url and audience")
+	}
+	if _, err := s.clientAuth(); err != nil {
+		return d.Err(err.Error())
 	}
 	return nil
 }
@@ -706,6 +726,20 @@ func (a *API) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		return d.Errf("unrecognized subdirective '%s'", d.Val())
+	}
+	return nil
+}
+
+// secretArg reads exactly one argument into dst, like oneArg, but its
+// error never quotes a token (Caddy's argument errors do: here, a secret).
+func secretArg(d *caddyfile.Dispenser, dst *string) error {
+	name := d.Val()
+	if !d.NextArg() {
+		return d.Errf("%s needs a value", name)
+	}
+	*dst = d.Val()
+	if d.NextArg() {
+		return d.Errf("%s takes exactly one value (quote it if it has spaces)", name)
 	}
 	return nil
 }

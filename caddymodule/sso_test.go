@@ -114,6 +114,14 @@ func TestSSOOutcomes(t *testing.T) {
 		{"active true", jsonAnswer(200, map[string]any{"sub": "a", "aud": "sdk", "exp": exp, "active": true}), 200, "", nil},
 		{"endpoint 401", jsonAnswer(401, `{"error":"bad"}`), 401, apierr.CodeInvalidToken, nil},
 		{"endpoint 403", jsonAnswer(403, `{}`), 401, apierr.CodeInvalidToken, nil},
+		// The endpoint wants client authentication: idlink's request is
+		// refused, not the user's token.
+		{"endpoint 401 invalid_client", jsonAnswer(401, `{"error":"invalid_client"}`), 503, apierr.CodeSSOUnavailable, nil},
+		{"endpoint 400 unauthorized_client", jsonAnswer(400, `{"error":"unauthorized_client"}`), 503, apierr.CodeSSOUnavailable, nil},
+		{"endpoint 401 Basic challenge", func(w http.ResponseWriter) {
+			w.Header().Set("WWW-Authenticate", `Basic realm="sso"`)
+			w.WriteHeader(401)
+		}, 503, apierr.CodeSSOUnavailable, nil},
 		{"endpoint 404", jsonAnswer(404, `{}`), 401, apierr.CodeInvalidToken, nil},
 		{"endpoint redirect", func(w http.ResponseWriter) { w.Header().Set("Location", "/elsewhere"); w.WriteHeader(302) }, 401, apierr.CodeInvalidToken, nil},
 		{"endpoint 500", jsonAnswer(500, `{}`), 503, apierr.CodeSSOUnavailable, nil},

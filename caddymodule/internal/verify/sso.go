@@ -9,11 +9,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sync/semaphore"
 
 	"github.com/idlink/idlink/caddymodule/internal/cache"
 )
@@ -31,6 +32,10 @@ const SSOFailureTTL = 10 * time.Second
 
 // maxTokenInfoBytes bounds a token-info answer.
 const maxTokenInfoBytes = 64 << 10
+
+// DefaultMaxConcurrent bounds the token-info calls of one checker in
+// flight at once.
+const DefaultMaxConcurrent = 64
 
 // Refusal is a credential that does not verify: the client's to fix, not
 // a failure of idlink's. Reason is a sentence safe to answer (it never
@@ -56,17 +61,28 @@ type SSOUser struct {
 // TokenInfo checks opaque SSO tokens by asking the customer's token-info
 // URL, as the seed's tokenInfoURL does: a POST of the form
 // `<TokenParam>=<token>`, answered 200 with JSON {sub, aud, exp, iat,
-// email, email_verified, active} for a valid token.
+// email, email_verified, active} for a valid token. With client
+// authentication (ClientAuth) the URL is an RFC 7662 introspection
+// endpoint: the same POST, authenticated, with token_type_hint if set.
 //
-// A non-200 answer, a wrong aud, an exp in the past or an iat in the
-// future is a *Refusal; no answer within the timeout, a network error, a
-// 5xx or 429, an answer that is not that JSON is ErrUnavailable. Valid
-// answers are cached until their exp (bounded by the cache's ttl),
-// refusals for SSOFailureTTL; concurrent checks of one token share one
-// call.
+// A wrong aud, an exp in the past, an iat in the future or active false
+// is a *Refusal, and so is a non-200 answer of a token-info URL without
+// client authentication (unless it asks for client authentication).
+// No answer within the timeout, a network error, a 5xx or 429, an answer
+// that is not that JSON, max_concurrent calls already in flight (ErrBusy)
+// or a refusal of idlink's own request (ErrClientRefused: with client
+// authentication, any non-200) wrap ErrUnavailable. Valid answers are
+// cached until their exp (bounded by the cache's ttl), refusals for
+// SSOFailureTTL, the rest not at all; concurrent checks of one token share
+// one call.
 type TokenInfo struct {
 	url        string
 	param      string
+	hint       string
+	auth       ClientAuth
+	authz      string // the Authorization header of every call, "" for none
+	slots      *semaphore.Weighted
+	max        int
 	audience   []string
 	leeway     time.Duration
 	timeout    time.Duration
@@ -88,11 +104,20 @@ type TokenInfoConfig struct {
 	CacheSize  int
 	CacheTTL   time.Duration
 	Now        func() time.Time
-	// Observe, if set, hears each call's result: "valid", "refused" or
-	// "unavailable".
+	// Auth authenticates idlink to the endpoint. Zero: AuthNone.
+	Auth ClientAuth
+	// TokenTypeHint, if set, is sent as token_type_hint (RFC 7662 §2.1).
+	TokenTypeHint string
+	// MaxConcurrent bounds the calls in flight; a check beyond it fails
+	// at once with ErrBusy. Zero: DefaultMaxConcurrent.
+	MaxConcurrent int
+	// Observe, if set, hears each check's result: "valid", "refused",
+	// "unavailable", "client_refused" (ErrClientRefused) or "busy"
+	// (ErrBusy, no call made).
 	Observe func(result string)
-	// Unavailable, if set, hears why a call could not be had (it names
-	// the URL, never the token).
+	// Unavailable, if set, hears why a call could not be had or was
+	// refused for idlink's own request (it names the URL, never the token
+	// nor a credential).
 	Unavailable func(err error)
 }
 
@@ -113,9 +138,22 @@ func NewTokenInfo(cfg TokenInfoConfig) (*TokenInfo, error) {
 		return nil, errors.New("a token form field is required")
 	case cfg.Client == nil || cfg.Now == nil:
 		return nil, errors.New("a client and a clock are required")
+	case cfg.MaxConcurrent < 0:
+		return nil, errors.New("max_concurrent must be positive")
+	}
+	if cfg.Auth.Method == "" {
+		cfg.Auth.Method = AuthNone
+	}
+	if err := cfg.Auth.Check(); err != nil {
+		return nil, err
+	}
+	if cfg.MaxConcurrent == 0 {
+		cfg.MaxConcurrent = DefaultMaxConcurrent
 	}
 	v := &TokenInfo{
-		url: cfg.URL, param: cfg.TokenParam, audience: cfg.Audience, leeway: cfg.Leeway, timeout: cfg.Timeout,
+		url: cfg.URL, param: cfg.TokenParam, hint: cfg.TokenTypeHint, auth: cfg.Auth, authz: cfg.Auth.authorization(),
+		slots: semaphore.NewWeighted(int64(cfg.MaxConcurrent)), max: cfg.MaxConcurrent,
+		audience: cfg.Audience, leeway: cfg.Leeway, timeout: cfg.Timeout,
 		client: cfg.Client, now: cfg.Now, observe: cfg.Observe, unavailErr: cfg.Unavailable,
 		cache: cache.NewLoader[[sha256.Size]byte, *ssoOutcome](cfg.CacheSize, cfg.CacheTTL, cfg.Now,
 			func(d [sha256.Size]byte) string { return string(d[:]) }),
@@ -145,7 +183,17 @@ func (v *TokenInfo) Check(ctx context.Context, token string) (SSOUser, error) {
 		return SSOUser{}, refuse("the SSO token has expired")
 	}
 	o, err := v.cache.Load(ctx, digest, func(ctx context.Context) (*ssoOutcome, time.Duration, error) {
+		// One slot per call: the checks that share it take none. Beyond
+		// the bound, no waiting: a flood of unknown tokens must not queue
+		// up calls to the provider.
+		if !v.slots.TryAcquire(1) {
+			v.observe("busy")
+			err := fmt.Errorf("%w: max_concurrent %d reached", ErrBusy, v.max)
+			v.unavailErr(err)
+			return &ssoOutcome{refused: fmt.Errorf("%w: %w", ErrUnavailable, err)}, -1, nil
+		}
 		o := v.lookup(ctx, token)
+		v.slots.Release(1)
 		var rf *Refusal
 		switch {
 		case o.refused == nil:
@@ -176,22 +224,31 @@ func (v *TokenInfo) lookup(ctx context.Context, token string) *ssoOutcome {
 	// caller's request, only with its own deadline.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.timeout)
 	defer cancel()
-	form := url.Values{v.param: {token}}.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, v.url, strings.NewReader(form))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, v.url, strings.NewReader(v.form(token)))
 	if err != nil {
 		return v.unavailable(err)
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
+	if v.authz != "" {
+		req.Header.Set("Authorization", v.authz)
+	}
 	resp, err := v.client.Do(req)
 	if err != nil {
 		return v.unavailable(err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenInfoBytes+1))
+	if why, ok := v.refusesClient(resp, body); ok {
+		return v.clientRefused(why)
+	}
 	switch {
 	case resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests:
 		return v.unavailable(fmt.Errorf("token-info URL answered %d", resp.StatusCode))
+	case resp.StatusCode != http.StatusOK && v.introspection():
+		// An introspection endpoint's verdict on a token is a 200: any
+		// other answer is about the call.
+		return v.unavailable(fmt.Errorf("introspection endpoint answered %d", resp.StatusCode))
 	case resp.StatusCode != http.StatusOK:
 		return v.refused("the token-info endpoint refused the SSO token")
 	case err != nil:
@@ -241,7 +298,16 @@ func (v *TokenInfo) refused(why string) *ssoOutcome {
 func (v *TokenInfo) unavailable(err error) *ssoOutcome {
 	v.observe("unavailable")
 	v.unavailErr(err)
-	return &ssoOutcome{refused: fmt.Errorf("%w: %v", ErrUnavailable, err)}
+	return &ssoOutcome{refused: fmt.Errorf("%w: %w", ErrUnavailable, err)}
+}
+
+// clientRefused is an answer about idlink's own request: never the user's
+// fault, never cached.
+func (v *TokenInfo) clientRefused(why string) *ssoOutcome {
+	v.observe("client_refused")
+	err := fmt.Errorf("%w (auth_method %s): %s", ErrClientRefused, v.auth.Method, why)
+	v.unavailErr(err)
+	return &ssoOutcome{refused: fmt.Errorf("%w: %w", ErrUnavailable, err)}
 }
 
 // tokenInfo is a token-info answer, in the shapes seen in the field
