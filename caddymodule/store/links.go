@@ -104,11 +104,12 @@ type LinkOptions struct {
 	// LockWait is how long a link waits for another link of the same
 	// install before ErrLinkInProgress. Default 1s.
 	LockWait time.Duration
-	// Hook, if set, runs after each step with its name ("locked",
+
+	// hook, if set, runs after each step with its name ("locked",
 	// "persisted", "claimed", "adopted", "moved", "dropped", "finished");
-	// an error aborts the link there as a crash or timeout would. For
-	// tests.
-	Hook func(step string) error
+	// an error aborts the link there as a crash or timeout would. Only
+	// this package's tests set it.
+	hook func(step string) error
 }
 
 // LinkResult is the answer of a link.
@@ -168,8 +169,8 @@ type installState struct {
 }
 
 func (l *linker) step(name string) error {
-	if l.o.Hook != nil {
-		return l.o.Hook(name)
+	if l.o.hook != nil {
+		return l.o.hook(name)
 	}
 	return nil
 }

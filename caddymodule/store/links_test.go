@@ -440,7 +440,7 @@ func testInterrupted(t *testing.T, s *Store, newKeys func() *Keys) {
 					before := events(t, s, k)
 					req := LinkRequest{InstallID: i, ExternalID: "target", Now: testNow}
 					hit := false
-					_, err := s.Link(ctx, k, req, LinkOptions{Hook: func(name string) error {
+					_, err := s.Link(ctx, k, req, LinkOptions{hook: func(name string) error {
 						if name == step && !hit {
 							hit = true
 							return errCrash
@@ -516,7 +516,7 @@ func TestLinkRedisPausedMidway(t *testing.T) {
 			j, owner := newInstall(t, s, k)
 			link(t, s, k, j, "paused")
 			i, anon := newInstall(t, s, k)
-			opts := LinkOptions{LockTTL: 600 * time.Millisecond, Hook: func(name string) error {
+			opts := LinkOptions{LockTTL: 600 * time.Millisecond, hook: func(name string) error {
 				if name == step {
 					r.Pause()
 				}

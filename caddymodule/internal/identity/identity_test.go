@@ -251,32 +251,36 @@ func TestInstallCacheInvalidation(t *testing.T) {
 	}
 }
 
-// crashingLinks aborts the next link after step, as a crash or a timeout
-// there would.
+// crashingLinks makes the next link fail as a crash or a timeout would:
+// "before" without reaching the store, "after" once the store finished it
+// (the answer was lost). The crash points between the link's own steps
+// are the store's tests (store/links_test.go).
 type crashingLinks struct {
 	Store
-	mu   sync.Mutex
-	step string
+	mu    sync.Mutex
+	crash string
 }
 
 func (s *crashingLinks) Link(ctx context.Context, k *store.Keys, req store.LinkRequest, o store.LinkOptions) (store.LinkResult, error) {
 	s.mu.Lock()
-	step := s.step
-	s.step = ""
+	crash := s.crash
+	s.crash = ""
 	s.mu.Unlock()
-	o.Hook = func(name string) error {
-		if name == step {
-			return fmt.Errorf("%w: injected after %s", store.ErrUnavailable, name)
-		}
-		return nil
+	if crash == "before" {
+		return store.LinkResult{}, fmt.Errorf("%w: injected before the link", store.ErrUnavailable)
 	}
-	return s.Store.Link(ctx, k, req, o)
+	res, err := s.Store.Link(ctx, k, req, o)
+	if crash == "after" && err == nil {
+		return store.LinkResult{}, fmt.Errorf("%w: injected after the link", store.ErrUnavailable)
+	}
+	return res, err
 }
 
-// TestLinkInterruptedAndRetried: a link cut short after any of its steps
-// fails as unavailable, and its retry finishes it: the install ends with
-// the external id's user and its anonymous user is merged into it, on
-// every deployment.
+// TestLinkInterruptedAndRetried: a link whose call fails before it reached
+// the store, or after the store finished it (the answer lost), fails as
+// unavailable, and its retry answers the link: the install ends with the
+// external id's user and its anonymous user is merged into it, on every
+// deployment.
 func TestLinkInterruptedAndRetried(t *testing.T) {
 	forEachStore(t, func(t *testing.T, s *store.Store) {
 		ctx := context.Background()
@@ -287,20 +291,20 @@ func TestLinkInterruptedAndRetried(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, step := range []string{"locked", "claimed", "adopted", "moved"} {
+		for _, crash := range []string{"before", "after"} {
 			i, anon, err := d.CreateInstall(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
 			st.mu.Lock()
-			st.step = step
+			st.crash = crash
 			st.mu.Unlock()
 			if _, err := d.Link(ctx, i, ext); !errors.Is(err, store.ErrUnavailable) {
-				t.Fatalf("interrupted after %s: %v", step, err)
+				t.Fatalf("interrupted %s: %v", crash, err)
 			}
 			res, err := d.Link(ctx, i, ext)
 			if err != nil || res.UserID != owner || res.MergedFrom != anon || res.Created {
-				t.Fatalf("retry after %s: %+v %v", step, res, err)
+				t.Fatalf("retry after a crash %s the link: %+v %v", crash, res, err)
 			}
 			id, err := d.Identify(ctx, &Credentials{InstallID: i})
 			if err != nil || id.UserID != owner {
