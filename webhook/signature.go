@@ -93,15 +93,7 @@ func Verify(header string, body []byte, secrets []string, tolerance time.Duratio
 	if match == 0 {
 		return ErrNoMatch
 	}
-	if tolerance <= 0 {
-		tolerance = DefaultTolerance
-	}
-	t, _ := strconv.ParseInt(ts, 10, 64)
-	d := now.Sub(time.Unix(t, 0))
-	if d > tolerance || d < -tolerance {
-		return ErrOutOfRange
-	}
-	return nil
+	return inTolerance(ts, tolerance, now)
 }
 
 // parse splits "t=<digits>,v1=<hex>[,v1=<hex>]..." (items in any order,
@@ -183,4 +175,19 @@ func boolInt(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// inTolerance checks a delivery's timestamp (unix seconds, checked to be
+// decimal) against now: ErrOutOfRange beyond tolerance either way
+// (DefaultTolerance when not positive).
+func inTolerance(ts string, tolerance time.Duration, now time.Time) error {
+	if tolerance <= 0 {
+		tolerance = DefaultTolerance
+	}
+	t, _ := strconv.ParseInt(ts, 10, 64)
+	d := now.Sub(time.Unix(t, 0))
+	if d > tolerance || d < -tolerance {
+		return ErrOutOfRange
+	}
+	return nil
 }

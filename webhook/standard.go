@@ -132,15 +132,7 @@ func VerifyStandard(h http.Header, body []byte, secrets []string, tolerance time
 	if match == 0 {
 		return ErrNoMatch
 	}
-	if tolerance <= 0 {
-		tolerance = DefaultTolerance
-	}
-	t, _ := strconv.ParseInt(ts, 10, 64)
-	d := now.Sub(time.Unix(t, 0))
-	if d > tolerance || d < -tolerance {
-		return ErrOutOfRange
-	}
-	return nil
+	return inTolerance(ts, tolerance, now)
 }
 
 // parseStandard splits webhook-signature values ("v1,<base64>" items
