@@ -169,8 +169,8 @@ func (s *Store) setUserExpiry(ctx context.Context, k *Keys, externalID, userID s
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
 	ms, err := s.runWrite(ctx, userExpiryScript,
-		[]string{k.External(externalID), k.User(shard, userID), k.UserSessions(shard, userID)},
-		userID, ttlArg(ttl),
+		[]string{k.External(externalID), k.User(shard, userID), k.UserSessions(shard, userID), k.ExternalBucket(externalID)},
+		userID, ttlArg(ttl), externalID, boolArg(Bucketed(externalID)),
 	).Int64()
 	if err != nil {
 		return 0, wrap(err)

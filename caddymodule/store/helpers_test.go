@@ -163,6 +163,10 @@ func readState(t *testing.T, s *Store, k *Keys) state {
 		case strings.HasPrefix(rest, "user:") && !strings.Contains(rest[5:], ":"):
 			st.userExt[rest[5:]] = s.rdb.HGet(ctx, key, "ext").Val()
 			name = "user:" + rest[5:]
+		case strings.HasPrefix(rest, "x:"):
+			for e, u := range s.rdb.HGetAll(ctx, key).Val() {
+				st.extUser[e] = u
+			}
 		case strings.HasPrefix(rest, "ext:"):
 			st.extUser[rest[4:]] = s.rdb.Get(ctx, key).Val()
 			name = "ext:" + rest[4:]
@@ -245,4 +249,14 @@ func (st state) settled(allowStale bool) error {
 		}
 	}
 	return nil
+}
+
+// extUser is the user an external id names ("" if none), read through c.
+func extUser(t *testing.T, c redis.Cmdable, k *Keys, ext string) string {
+	t.Helper()
+	u, err := ExternalUser(context.Background(), c, k, ext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
 }

@@ -79,17 +79,51 @@ func ParseID(kind byte, id string) (int, error) {
 // ExternalShard is the shard an external id lives in, and so the shard of
 // the user first created for it.
 func ExternalShard(externalID string) int {
+	return int(externalHash(externalID) % Shards)
+}
+
+// ExternalBuckets is the number of bucket hashes per shard that hold the
+// permanent external id → user mappings (Keys.ExternalBucket). Like
+// Shards, it is part of the key schema and can never change. With Redis's
+// default hash-max-listpack-entries (128) a bucket stays a compact
+// listpack up to 128 ids, so a tenant's mappings do up to
+// Shards × ExternalBuckets × 128 ≈ 2 million external ids; past that
+// buckets become hash tables, still cheaper than a key per id, and a
+// higher hash-max-listpack-entries keeps them compact.
+const ExternalBuckets = 1024
+
+// MaxBucketedExternal is the longest external id (bytes) kept in a
+// bucket: longer ones would turn their bucket into a hash table (Redis's
+// default hash-max-listpack-value is 64), so they keep a key of their own.
+const MaxBucketedExternal = 64
+
+// externalHash is FNV-1a of an external id: its low bits pick the shard,
+// the next ones its bucket.
+func externalHash(externalID string) uint32 {
 	h := fnv.New32a()
 	h.Write([]byte(externalID))
-	return int(h.Sum32() % Shards)
+	return h.Sum32()
 }
+
+// Bucketed reports whether the permanent mapping of an external id lives
+// in its bucket (else in its own key, Keys.External).
+func Bucketed(externalID string) bool { return len(externalID) <= MaxBucketedExternal }
 
 // Keys names the Redis keys of one tenant. The schema (README "Key schema"):
 //
-//	idl:{T:SS}:ext:<external id>       string  user id of an external id: SET
+//	idl:{T:SS}:x:<bucket>              hash    external id -> user id, for the
+//	                                           permanent mappings of ids of at
+//	                                           most MaxBucketedExternal bytes;
+//	                                           bucket = three hex digits of
+//	                                           (FNV-1a / Shards) % ExternalBuckets
+//	idl:{T:SS}:ext:<external id>       string  user id of an external id whose
+//	                                           mapping expires (made for it
+//	                                           unverified: see below), of a longer
+//	                                           id, or written before buckets
+//	                                           existed (the first script that
+//	                                           reads such a permanent key moves it
+//	                                           into its bucket). Either way set
 //	                                           only if absent, never reassigned
-//	                                           (expires with a user made for it
-//	                                           unverified: see below)
 //	idl:{T:SS}:user:<user id>          hash    ext (absent or empty: anonymous),
 //	                                           created (unix ms), email and phone
 //	                                           (verified at a login)
@@ -179,9 +213,18 @@ func (k *Keys) Tenant() string { return k.tenant }
 // Prefix is the tag prefix of a shard, e.g. "idl:{acme:0a}:".
 func (k *Keys) Prefix(shard int) string { return k.tags[shard] }
 
-// External is the key of an external id's user.
+// External is the key of an external id's user when that mapping is not
+// in its bucket (see ExternalBucket).
 func (k *Keys) External(externalID string) string {
 	return k.tags[ExternalShard(externalID)] + "ext:" + externalID
+}
+
+// ExternalBucket is the bucket hash that holds an external id's permanent
+// mapping (when Bucketed); in the external id's shard, so in the slot of
+// its ext key and of the user first created for it.
+func (k *Keys) ExternalBucket(externalID string) string {
+	b := externalHash(externalID) / Shards % ExternalBuckets
+	return k.tags[ExternalShard(externalID)] + "x:" + string([]byte{hexDigits[b>>8&0xf], hexDigits[b>>4&0xf], hexDigits[b&0xf]})
 }
 
 // User is the hash of a user; the id must have passed ParseID.

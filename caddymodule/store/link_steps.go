@@ -94,9 +94,11 @@ func (l *linker) userState(ctx context.Context, st installState) (userX, error) 
 	case X == st.anon && st.claim != "":
 		// Reserved for another id by a link that was interrupted: did
 		// that id get X? If not, X can never be claimed any more.
-		owner, err := l.get(ctx, l.k.External(st.claim))
+		cctx, cancel := l.s.deadline(ctx)
+		owner, err := ExternalUser(cctx, l.s.rdb, l.k, st.claim)
+		cancel()
 		if err != nil {
-			return userX{}, err
+			return userX{}, wrap(err)
 		}
 		if owner == X {
 			return userX{repairExt: st.claim}, nil
@@ -137,8 +139,8 @@ func (l *linker) claim(ctx context.Context, claimable bool, X, candidate string)
 	cctx, cancel := l.s.deadline(ctx)
 	defer cancel()
 	r, err := l.s.runWrite(cctx, linkClaimScript,
-		[]string{l.k.External(E), l.k.User(l.sE, candidate), l.k.Events(l.sE)},
-		mode, who, E, l.nowMS(), l.k.Tenant(), typ, data,
+		[]string{l.k.External(E), l.k.User(l.sE, candidate), l.k.Events(l.sE), l.k.ExternalBucket(E)},
+		mode, who, E, l.nowMS(), l.k.Tenant(), typ, data, boolArg(Bucketed(E)),
 	).Slice()
 	if err != nil {
 		return "", false, wrap(err)
@@ -264,16 +266,6 @@ func (l *linker) release() {
 		[]string{inst, l.k.InstallLock(l.sI, l.req.InstallID), inst},
 		l.token, "", "", "", "0", "0").Err()
 	l.locked = false
-}
-
-func (l *linker) get(ctx context.Context, key string) (string, error) {
-	ctx, cancel := l.s.deadline(ctx)
-	defer cancel()
-	v, err := l.s.rdb.Get(ctx, key).Result()
-	if errors.Is(err, redis.Nil) {
-		return "", nil
-	}
-	return v, wrap(err)
 }
 
 func (l *linker) hget(ctx context.Context, key, field string) (string, error) {

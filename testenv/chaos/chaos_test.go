@@ -757,6 +757,13 @@ func (w *world) get(key string) (string, error) {
 	return v, err
 }
 
+// extUser reads the user an external id names ("" if none).
+func (w *world) extUser(ext string) (string, error) {
+	var v string
+	err := w.retry(func() (err error) { v, err = store.ExternalUser(w.ctx, w.rdb, w.keys, ext); return })
+	return v, err
+}
+
 // hget reads fields of a hash ("" for absent ones).
 func (w *world) hget(key string, fields ...string) ([]string, error) {
 	var vs []any
@@ -792,7 +799,7 @@ var checks = []check{
 	{"every acknowledged mapping is in Redis", func(w *world) []violation {
 		var bad []violation
 		for ext, users := range w.acked() {
-			got, err := w.get(w.keys.External(ext))
+			got, err := w.extUser(ext)
 			if err != nil {
 				return append(bad, violation{fmt.Sprintf("reading %s: %v", ext, err), false})
 			}
