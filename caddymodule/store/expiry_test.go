@@ -73,7 +73,7 @@ func gone(t *testing.T, what string, got map[string]time.Duration) {
 // installKeys are every key of an install and its anonymous user.
 func installKeys(k *Keys, install, user string) []string {
 	sh, _ := ParseID(KindInstall, install)
-	return []string{k.Install(sh, install), k.User(sh, user), k.UserInstalls(sh, user), InstallTenant(install)}
+	return []string{k.Install(sh, install), k.User(sh, user), InstallTenant(install)}
 }
 
 // shorten sets the TTL of every key to d, as if time had passed since
@@ -206,7 +206,7 @@ func TestLinkPersists(t *testing.T) {
 		sj, _ := ParseID(KindInstall, j)
 		bobKeys[0] = extKey(t, s, k, "bob") // now permanent: in its bucket
 		persistent(t, "an unverified user a link named, and the install", ttls(t, s,
-			append(bobKeys, k.UserInstalls(sb, bob), k.Install(sj, j), InstallTenant(j))...))
+			append(bobKeys, k.Install(sj, j), InstallTenant(j))...))
 	})
 }
 

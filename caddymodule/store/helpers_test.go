@@ -155,14 +155,26 @@ func readState(t *testing.T, s *Store, k *Keys) state {
 			name = "install:" + rest[5:]
 		case strings.HasPrefix(rest, "user:") && strings.HasSuffix(rest, ":installs"):
 			u := strings.TrimSuffix(rest[5:], ":installs")
-			st.userInstalls[u] = map[string]bool{}
+			if st.userInstalls[u] == nil {
+				st.userInstalls[u] = map[string]bool{}
+			}
 			for _, i := range s.rdb.SMembers(ctx, key).Val() {
 				st.userInstalls[u][i] = true
 			}
 			name = "installs:" + u
 		case strings.HasPrefix(rest, "user:") && !strings.Contains(rest[5:], ":"):
-			st.userExt[rest[5:]] = s.rdb.HGet(ctx, key, "ext").Val()
-			name = "user:" + rest[5:]
+			u := rest[5:]
+			fields := s.rdb.HGetAll(ctx, key).Val()
+			st.userExt[u] = fields["ext"]
+			for f := range fields {
+				if i, ok := strings.CutPrefix(f, "i:"); ok {
+					if st.userInstalls[u] == nil {
+						st.userInstalls[u] = map[string]bool{}
+					}
+					st.userInstalls[u][i] = true
+				}
+			}
+			name = "user:" + u
 		case strings.HasPrefix(rest, "x:"):
 			for e, u := range s.rdb.HGetAll(ctx, key).Val() {
 				st.extUser[e] = u

@@ -53,7 +53,7 @@ func (s *Store) CreateInstall(ctx context.Context, k *Keys, now time.Time, e Exp
 		InstallID string `json:"install_id"`
 	}{userID, installID})
 	n, err := s.runWrite(ctx, installCreateScript,
-		[]string{k.Install(shard, installID), k.User(shard, userID), k.UserInstalls(shard, userID), k.Events(shard)},
+		[]string{k.Install(shard, installID), k.User(shard, userID), k.Events(shard)},
 		installID, userID, strconv.FormatInt(now.UnixMilli(), 10), k.Tenant(), data, ttlArg(e.TTL),
 	).Int()
 	if err != nil {

@@ -126,9 +126,14 @@ func Bucketed(externalID string) bool { return len(externalID) <= MaxBucketedExt
 //	                                           only if absent, never reassigned
 //	idl:{T:SS}:user:<user id>          hash    ext (absent or empty: anonymous),
 //	                                           created (unix ms), email and phone
-//	                                           (verified at a login)
-//	idl:{T:SS}:user:<user id>:installs set     install ids of the user (may hold
-//	                                           stale ids: readers check the install)
+//	                                           (verified at a login), and a field
+//	                                           i:<install id> (empty value) per
+//	                                           install of the user (may name stale
+//	                                           ids: readers check the install)
+//	idl:{T:SS}:user:<user id>:installs set     install ids of the user, as the
+//	                                           schema before the i: fields wrote
+//	                                           them: still read and removed from,
+//	                                           never added to
 //	idl:{T:SS}:user:<user id>:sessions zset    live session ids, score = last
 //	                                           activity (unix ms)
 //	idl:{T:SS}:user:<user id>:attrs    hash    external attributes: JSON-encoded
@@ -230,7 +235,12 @@ func (k *Keys) ExternalBucket(externalID string) string {
 // User is the hash of a user; the id must have passed ParseID.
 func (k *Keys) User(shard int, userID string) string { return k.tags[shard] + "user:" + userID }
 
-// UserInstalls is the set of a user's installs.
+// InstallField is the field of a user's hash that lists one of its
+// installs.
+func InstallField(installID string) string { return "i:" + installID }
+
+// UserInstalls is the set of a user's installs in the old schema: read
+// (with the user's install fields) and emptied, never added to.
 func (k *Keys) UserInstalls(shard int, userID string) string {
 	return k.tags[shard] + "user:" + userID + ":installs"
 }

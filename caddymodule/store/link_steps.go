@@ -171,7 +171,7 @@ func (l *linker) adopt(ctx context.Context, U, ext string) error {
 	ctx, cancel := l.s.deadline(ctx)
 	defer cancel()
 	return wrap(l.s.runWrite(ctx, linkAdoptScript,
-		[]string{l.k.User(sU, U), l.k.UserInstalls(sU, U)}, l.req.InstallID, ext).Err())
+		[]string{l.k.User(sU, U)}, l.req.InstallID, ext).Err())
 }
 
 // move runs step 4; false if the install no longer points to X.
@@ -214,7 +214,14 @@ func (l *linker) dropPrev(ctx context.Context, prev, cur string) (done bool, err
 	}
 	ctx, cancel := l.s.deadline(ctx)
 	defer cancel()
-	if err := wrap(l.s.rdb.SRem(ctx, l.k.UserInstalls(sP, prev), l.req.InstallID).Err()); err != nil {
+	// Two removals, each idempotent: the field, and the member of an
+	// installs set of the old schema.
+	_, err = l.s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.HDel(ctx, l.k.User(sP, prev), InstallField(l.req.InstallID))
+		p.SRem(ctx, l.k.UserInstalls(sP, prev), l.req.InstallID)
+		return nil
+	})
+	if err := wrap(err); err != nil {
 		return false, err
 	}
 	return true, l.step("dropped")

@@ -99,6 +99,30 @@ func TestOldSchemaExternalKeys(t *testing.T) {
 				t.Fatalf("dave's user hash has TTL %v after a verified credential, want none", d)
 			}
 
+			// An install listed the old way (a member of its user's
+			// installs set) is listed, and a link that moves it away
+			// unlists it.
+			inst2, anon2, err := s.CreateInstall(ctx, k, now, testExpiry)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sa, _ := ParseID(KindUser, anon2)
+			s.rdb.HDel(ctx, k.User(sa, anon2), InstallField(inst2))
+			s.rdb.SAdd(ctx, k.UserInstalls(sa, anon2), inst2)
+			s.rdb.PExpire(ctx, k.UserInstalls(sa, anon2), time.Hour)
+			if u, err := s.GetUser(ctx, k, anon2); err != nil || len(u.Installs) != 1 || u.Installs[0] != inst2 {
+				t.Fatalf("GetUser of an old-schema install list = %+v, %v", u, err)
+			}
+			if res, err := s.Link(ctx, k, LinkRequest{InstallID: inst2, ExternalID: "alice", Now: now}, LinkOptions{}); err != nil || res.UserID != alice || res.MergedFrom != anon2 {
+				t.Fatalf("Link(inst2, alice) = %+v, %v", res, err)
+			}
+			if n := s.rdb.Exists(ctx, k.UserInstalls(sa, anon2), k.User(sa, anon2)).Val(); n != 0 {
+				t.Fatalf("the merged-away user's old installs set or hash is still there (%d keys)", n)
+			}
+			if u, err := s.GetUser(ctx, k, alice); err != nil || len(u.Installs) != 1 || u.Installs[0] != inst2 {
+				t.Fatalf("GetUser(alice) = %+v, %v; want inst2", u, err)
+			}
+
 			// An id too long for a bucket keeps its own key, permanent.
 			long := strings.Repeat("e", MaxBucketedExternal+1)
 			u, created, err := s.ResolveExternal(ctx, k, long, now)

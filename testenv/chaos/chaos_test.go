@@ -874,7 +874,7 @@ var checks = []check{
 			}
 			var member bool
 			err = w.retry(func() (err error) {
-				member, err = w.rdb.SIsMember(w.ctx, w.keys.UserInstalls(su, a.user), a.install).Result()
+				member, err = w.rdb.HExists(w.ctx, w.keys.User(su, a.user), store.InstallField(a.install)).Result()
 				return
 			})
 			if err != nil || !member {
