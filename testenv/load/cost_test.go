@@ -43,10 +43,10 @@ var (
 	costCluster = flag.Bool("cost.cluster", true, "also measure on a testenv Cluster (3 masters)")
 	costWorkers = flag.Int("cost.workers", 64, "concurrent store calls")
 
-	maxUserBytes    = flag.Float64("cost.max.user", 360, "ceiling: bytes per first-sight user without its event")
-	maxInstallBytes = flag.Float64("cost.max.install", 1200, "ceiling: bytes per linked install without its events")
-	maxSessionBytes = flag.Float64("cost.max.session", 500, "ceiling: bytes per live session without its event")
-	maxTombBytes    = flag.Float64("cost.max.tombstone", 380, "ceiling: bytes per ended session without its events")
+	maxUserBytes    = flag.Float64("cost.max.user", 320, "ceiling: bytes per first-sight user without its event")
+	maxInstallBytes = flag.Float64("cost.max.install", 900, "ceiling: bytes per linked install without its events")
+	maxSessionBytes = flag.Float64("cost.max.session", 650, "ceiling: bytes per live session without its event")
+	maxTombBytes    = flag.Float64("cost.max.tombstone", 450, "ceiling: bytes per ended session without its events")
 )
 
 // costTenant is the tenant the harness writes: short, like most tenants.
@@ -57,13 +57,13 @@ func TestCostRedis(t *testing.T) {
 		t.Run("standalone", func(t *testing.T) {
 			measureCost(t, r.URL(), masters{func(ctx context.Context, fn func(context.Context, *redis.Client) error) error {
 				return fn(ctx, r.Client())
-			}})
+			}}, 1)
 		})
 	}
 	if *costCluster {
 		t.Run("cluster", func(t *testing.T) {
 			c := testenv.StartCluster(t, 3, 0)
-			measureCost(t, c.URL(), masters{c.Client().ForEachMaster})
+			measureCost(t, c.URL(), masters{c.Client().ForEachMaster}, clusterCeilings)
 		})
 	}
 }
@@ -99,17 +99,11 @@ func (m masters) usedMemory(t *testing.T) int64 {
 }
 
 // dropOutbox deletes the tenant's events streams (every shard).
-func (m masters) dropOutbox(t *testing.T, k *store.Keys) {
-	err := m.each(context.Background(), func(ctx context.Context, c *redis.Client) error {
-		for s := range store.Shards {
-			if err := c.Del(ctx, k.Events(s)).Err(); err != nil {
-				return err
-			}
+func dropOutbox(t *testing.T, c redis.UniversalClient, k *store.Keys) {
+	for s := range store.Shards {
+		if err := c.Del(context.Background(), k.Events(s)).Err(); err != nil {
+			t.Fatal(err)
 		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 }
 
@@ -236,7 +230,11 @@ type costStep struct {
 	run     func(i int) error
 }
 
-func measureCost(t *testing.T, url string, m masters) {
+// clusterCeilings scales the ceilings on a Cluster, where Redis keeps an
+// index of the keys of each slot (measured: 12% more at 20,000 users).
+const clusterCeilings = 1.15
+
+func measureCost(t *testing.T, url string, m masters, ceilings float64) {
 	s, err := store.Open(url, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -297,7 +295,7 @@ func measureCost(t *testing.T, url string, m masters) {
 		parallel(t, n, st.run)
 		took := time.Since(start)
 		with := m.usedMemory(t)
-		m.dropOutbox(t, k)
+		dropOutbox(t, s.Client(), k)
 		without := m.usedMemory(t)
 		from := base
 		switch st.name {
@@ -311,8 +309,8 @@ func measureCost(t *testing.T, url string, m masters) {
 		perWith := float64(with-from) / float64(n)
 		perWithout := float64(without-from) / float64(n)
 		t.Logf("%-17s %7.0f B each with its events, %7.0f B without (%.0f/s)", st.name, perWith, perWithout, float64(n)/took.Seconds())
-		if perWithout > st.ceiling {
-			t.Errorf("%s: %.0f bytes each without the outbox, over the ceiling of %.0f: the key schema costs more than it should", st.name, perWithout, st.ceiling)
+		if perWithout > st.ceiling*ceilings {
+			t.Errorf("%s: %.0f bytes each without the outbox, over the ceiling of %.0f: the key schema costs more than it should", st.name, perWithout, st.ceiling*ceilings)
 		}
 		base = without
 	}
