@@ -750,13 +750,6 @@ func (w *world) retry(f func() error) error {
 	return err
 }
 
-// get reads a string key ("" when absent).
-func (w *world) get(key string) (string, error) {
-	var v string
-	err := w.retry(func() (err error) { v, err = w.rdb.Get(w.ctx, key).Result(); return })
-	return v, err
-}
-
 // extUser reads the user an external id names ("" if none).
 func (w *world) extUser(ext string) (string, error) {
 	var v string
