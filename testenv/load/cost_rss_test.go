@@ -44,6 +44,7 @@ func TestCostCaddyRSS(t *testing.T) {
 	cfg := fmt.Sprintf(`{
 	idlink {
 		redis %s
+		redis_timeout 2s
 		tenant bench {
 			platform ios {
 				secret {env.IDLINK_LOAD_SECRET}
