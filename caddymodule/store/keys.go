@@ -170,8 +170,8 @@ func Bucketed(externalID string) bool { return len(externalID) <= MaxBucketedExt
 // tag, so every key of one shard is in one Cluster slot.
 //
 // Expiry (expiry.go): the keys of an install made by CreateInstall (its
-// hash, its anonymous user's hash and installs set, and its tenant entry)
-// and of a user made by ResolveUnverified (its ext key, its hash, and its
+// hash, its anonymous user's hash, and its tenant entry) and of a user
+// made by ResolveUnverified (its ext key, its hash, and its
 // sessions set once it has sessions) expire after the tenant's
 // install_ttl, renewed on use, until a link or a verified credential makes
 // them permanent (PERSIST). Every other key above is permanent, except the
