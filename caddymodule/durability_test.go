@@ -52,7 +52,7 @@ func TestDurability(t *testing.T) {
 				t.Fatalf("first sight with durability: %d %s", w.Code, w.Body)
 			}
 			if d.Client != nil {
-				if u := d.Client.Get(context.Background(), app.Tenants["acme"].id.Keys().External(ext)).Val(); u != next.header.Get(hdrPlatformUserID) {
+				if u, _ := store.ExternalUser(context.Background(), d.Client, app.Tenants["acme"].id.Keys(), ext); u != next.header.Get(hdrPlatformUserID) {
 					t.Fatalf("Redis holds %q for %s", u, ext)
 				}
 			}

@@ -277,7 +277,7 @@ func failoverUnderLoad(t *testing.T, url string, client func() redis.UniversalCl
 		var u string
 		var err error
 		for range 20 { // the fresh cluster client may need a moment
-			if u, err = rdb.Get(ctx, keys.External(ext)).Result(); err == nil || err == redis.Nil {
+			if u, err = store.ExternalUser(ctx, rdb, keys, ext); err == nil {
 				break
 			}
 			time.Sleep(100 * time.Millisecond)

@@ -216,3 +216,7 @@ func (p *Process) Stop() {
 
 // Logs returns everything the process wrote to stdout and stderr so far.
 func (p *Process) Logs() string { return p.p.out.String() }
+
+// PID is the process id of the running Caddy, e.g. to read its memory
+// from /proc/<pid>/status.
+func (p *Process) PID() int { return p.p.cmd.Process.Pid }

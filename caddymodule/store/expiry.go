@@ -14,8 +14,8 @@ import (
 // resolves any external id it is sent, so both would let anyone grow Redis
 // forever. What they make expires instead:
 //
-//   - CreateInstall writes the install hash, its anonymous user's hash and
-//     installs set, and the global tenant entry of the install with the
+//   - CreateInstall writes the install hash, its anonymous user's hash
+//     (which lists the install), and the global tenant entry of the install with the
 //     Expiry's TTL; ResolveUnverified writes the ext key and the hash of
 //     a user it makes with it (both in the external id's shard), and a
 //     session admitted for such a user gives the user's sessions set the
@@ -169,8 +169,8 @@ func (s *Store) setUserExpiry(ctx context.Context, k *Keys, externalID, userID s
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
 	ms, err := s.runWrite(ctx, userExpiryScript,
-		[]string{k.External(externalID), k.User(shard, userID), k.UserSessions(shard, userID)},
-		userID, ttlArg(ttl),
+		[]string{k.External(externalID), k.User(shard, userID), k.UserSessions(shard, userID), k.ExternalBucket(externalID)},
+		userID, ttlArg(ttl), externalID, boolArg(Bucketed(externalID)),
 	).Int64()
 	if err != nil {
 		return 0, wrap(err)

@@ -26,6 +26,20 @@ func ttls(t *testing.T, s *Store, keys ...string) map[string]time.Duration {
 	return out
 }
 
+// extKey is the key that holds an external id's mapping: its bucket when
+// the mapping is there, else its own key.
+func extKey(t *testing.T, s *Store, k *Keys, ext string) string {
+	t.Helper()
+	in, err := s.rdb.HExists(context.Background(), k.ExternalBucket(ext), ext).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in {
+		return k.ExternalBucket(ext)
+	}
+	return k.External(ext)
+}
+
 // expiring fails unless every key exists with a TTL in (min, max].
 func expiring(t *testing.T, what string, got map[string]time.Duration, min, max time.Duration) {
 	t.Helper()
@@ -59,7 +73,7 @@ func gone(t *testing.T, what string, got map[string]time.Duration) {
 // installKeys are every key of an install and its anonymous user.
 func installKeys(k *Keys, install, user string) []string {
 	sh, _ := ParseID(KindInstall, install)
-	return []string{k.Install(sh, install), k.User(sh, user), k.UserInstalls(sh, user), InstallTenant(install)}
+	return []string{k.Install(sh, install), k.User(sh, user), InstallTenant(install)}
 }
 
 // shorten sets the TTL of every key to d, as if time had passed since
@@ -172,7 +186,7 @@ func TestLinkPersists(t *testing.T) {
 		if r := link(t, s, k, i, "alice"); r.UserID != u || !r.Created {
 			t.Fatalf("link = %+v, want the anonymous user %s made alice", r, u)
 		}
-		persistent(t, "an install linked to a new external id, and its user", ttls(t, s, append(installKeys(k, i, u), k.External("alice"))...))
+		persistent(t, "an install linked to a new external id, and its user", ttls(t, s, append(installKeys(k, i, u), extKey(t, s, k, "alice"))...))
 
 		// A user made for an unverified id, then linked by the backend.
 		bob, created, left, err := s.ResolveUnverified(ctx, k, "bob", testNow, testExpiry)
@@ -180,7 +194,7 @@ func TestLinkPersists(t *testing.T) {
 			t.Fatalf("ResolveUnverified(bob) = %q, %v, %v, %v", bob, created, left, err)
 		}
 		sb, _ := ParseID(KindUser, bob)
-		bobKeys := []string{k.External("bob"), k.User(sb, bob)}
+		bobKeys := []string{extKey(t, s, k, "bob"), k.User(sb, bob)}
 		expiring(t, "a user made for an unverified id", ttls(t, s, bobKeys...), 59*time.Minute, time.Hour)
 		j, anon, err := s.CreateInstall(ctx, k, testNow, testExpiry)
 		if err != nil {
@@ -190,8 +204,9 @@ func TestLinkPersists(t *testing.T) {
 			t.Fatalf("link = %+v, want bob's user %s merged from %s", r, bob, anon)
 		}
 		sj, _ := ParseID(KindInstall, j)
+		bobKeys[0] = extKey(t, s, k, "bob") // now permanent: in its bucket
 		persistent(t, "an unverified user a link named, and the install", ttls(t, s,
-			append(bobKeys, k.UserInstalls(sb, bob), k.Install(sj, j), InstallTenant(j))...))
+			append(bobKeys, k.Install(sj, j), InstallTenant(j))...))
 	})
 }
 
@@ -257,7 +272,7 @@ func TestUnverifiedUserExpiry(t *testing.T) {
 		if _, err := s.AdmitSession(ctx, k, p, NewSession{ID: sid, UserID: u}, time.Now()); err != nil {
 			t.Fatal(err)
 		}
-		keys := []string{k.External("dave"), k.User(sh, u), k.UserSessions(sh, u)}
+		keys := []string{extKey(t, s, k, "dave"), k.User(sh, u), k.UserSessions(sh, u)}
 		expiring(t, "an unverified user with a session", ttls(t, s, keys...), 59*time.Minute, time.Hour)
 
 		shorten(t, s, 55*time.Minute, keys...)
@@ -285,6 +300,9 @@ func TestUnverifiedUserExpiry(t *testing.T) {
 		if again, created, err := s.ResolveExternal(ctx, k, "dave", testNow); err != nil || again != u || created {
 			t.Fatalf("ResolveExternal = %q, %v, %v", again, created, err)
 		}
+		if keys[0] = extKey(t, s, k, "dave"); keys[0] != k.ExternalBucket("dave") {
+			t.Fatalf("the permanent mapping stayed in %s, not its bucket", keys[0])
+		}
 		persistent(t, "named by a verified credential", ttls(t, s, keys...))
 		if _, _, left, err := s.ResolveUnverified(ctx, k, "dave", testNow, testExpiry); err != nil || left != 0 {
 			t.Fatalf("ResolveUnverified of a permanent user: %v left, %v", left, err)
@@ -300,7 +318,7 @@ func TestUnverifiedUserExpiry(t *testing.T) {
 			t.Fatal(err)
 		}
 		sv, _ := ParseID(KindUser, v)
-		persistent(t, "a verified id's user", ttls(t, s, k.External("erin"), k.User(sv, v)))
+		persistent(t, "a verified id's user", ttls(t, s, extKey(t, s, k, "erin"), k.User(sv, v)))
 		if _, _, left, err := s.ResolveUnverified(ctx, k, "erin", testNow, testExpiry); err != nil || left != 0 {
 			t.Fatalf("ResolveUnverified of a verified id's user: %v left, %v", left, err)
 		}
@@ -311,7 +329,7 @@ func TestUnverifiedUserExpiry(t *testing.T) {
 			t.Fatalf("ResolveUnverified with expiry off: %v left, %v", left, err)
 		}
 		sf, _ := ParseID(KindUser, f)
-		persistent(t, "an unverified id's user with expiry off", ttls(t, s, k.External("frank"), k.User(sf, f)))
+		persistent(t, "an unverified id's user with expiry off", ttls(t, s, extKey(t, s, k, "frank"), k.User(sf, f)))
 	})
 }
 
@@ -336,7 +354,7 @@ func TestSessionOfExpiredUserEnds(t *testing.T) {
 		if st, err := s.TouchSession(ctx, k, p, sid, time.Now().Add(time.Second)); err != nil || st.Status != SessionLive {
 			t.Fatalf("TouchSession = %+v, %v", st, err)
 		}
-		keys := []string{k.External("gina"), k.User(sh, u), k.UserSessions(sh, u)}
+		keys := []string{extKey(t, s, k, "gina"), k.User(sh, u), k.UserSessions(sh, u)}
 		expiring(t, "after a session request", ttls(t, s, keys...), 59*time.Minute, time.Hour)
 		shorten(t, s, time.Millisecond, keys...)
 		time.Sleep(10 * time.Millisecond)

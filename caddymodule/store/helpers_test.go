@@ -155,14 +155,30 @@ func readState(t *testing.T, s *Store, k *Keys) state {
 			name = "install:" + rest[5:]
 		case strings.HasPrefix(rest, "user:") && strings.HasSuffix(rest, ":installs"):
 			u := strings.TrimSuffix(rest[5:], ":installs")
-			st.userInstalls[u] = map[string]bool{}
+			if st.userInstalls[u] == nil {
+				st.userInstalls[u] = map[string]bool{}
+			}
 			for _, i := range s.rdb.SMembers(ctx, key).Val() {
 				st.userInstalls[u][i] = true
 			}
 			name = "installs:" + u
 		case strings.HasPrefix(rest, "user:") && !strings.Contains(rest[5:], ":"):
-			st.userExt[rest[5:]] = s.rdb.HGet(ctx, key, "ext").Val()
-			name = "user:" + rest[5:]
+			u := rest[5:]
+			fields := s.rdb.HGetAll(ctx, key).Val()
+			st.userExt[u] = fields["ext"]
+			for f := range fields {
+				if i, ok := strings.CutPrefix(f, "i:"); ok {
+					if st.userInstalls[u] == nil {
+						st.userInstalls[u] = map[string]bool{}
+					}
+					st.userInstalls[u][i] = true
+				}
+			}
+			name = "user:" + u
+		case strings.HasPrefix(rest, "x:"):
+			for e, u := range s.rdb.HGetAll(ctx, key).Val() {
+				st.extUser[e] = u
+			}
 		case strings.HasPrefix(rest, "ext:"):
 			st.extUser[rest[4:]] = s.rdb.Get(ctx, key).Val()
 			name = "ext:" + rest[4:]
@@ -245,4 +261,14 @@ func (st state) settled(allowStale bool) error {
 		}
 	}
 	return nil
+}
+
+// extUser is the user an external id names ("" if none), read through c.
+func extUser(t *testing.T, c redis.Cmdable, k *Keys, ext string) string {
+	t.Helper()
+	u, err := ExternalUser(context.Background(), c, k, ext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
 }

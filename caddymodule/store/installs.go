@@ -22,13 +22,13 @@ var (
 
 // CreateInstall issues a new install id with a new anonymous user, both in
 // one random shard, and appends user.created to that shard's outbox. With
-// a TTL in e, the install, its user, the user's installs set and the
+// a TTL in e, the install, its user (which lists the install) and the
 // install's tenant entry expire after it unless used or linked
 // (expiry.go).
 //
 // Two steps: the global install → tenant entry (SET NX, so an id is never
 // issued twice), then one script in the install's shard that writes the
-// install, the user, the user's installs set and the event. A crash
+// install, the user (listing the install) and the event. A crash
 // between them leaves an entry naming an install that does not exist,
 // which a link answers with 404 install_not_found, as for any unknown id:
 // the caller never received the id.
@@ -53,7 +53,7 @@ func (s *Store) CreateInstall(ctx context.Context, k *Keys, now time.Time, e Exp
 		InstallID string `json:"install_id"`
 	}{userID, installID})
 	n, err := s.runWrite(ctx, installCreateScript,
-		[]string{k.Install(shard, installID), k.User(shard, userID), k.UserInstalls(shard, userID), k.Events(shard)},
+		[]string{k.Install(shard, installID), k.User(shard, userID), k.Events(shard)},
 		installID, userID, strconv.FormatInt(now.UnixMilli(), 10), k.Tenant(), data, ttlArg(e.TTL),
 	).Int()
 	if err != nil {
@@ -137,7 +137,7 @@ type User struct {
 }
 
 // GetUser reads a user and the installs that point to it. The user's
-// installs set may hold installs that have moved on (a link interrupted
+// list of installs (its i: fields, and an old-schema installs set) may hold installs that have moved on (a link interrupted
 // between its steps leaves them; see links.go): each is checked against
 // the install itself, so only installs whose user is this one are listed.
 // A malformed id or an unknown user is ErrUserNotFound.

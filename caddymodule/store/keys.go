@@ -79,22 +79,61 @@ func ParseID(kind byte, id string) (int, error) {
 // ExternalShard is the shard an external id lives in, and so the shard of
 // the user first created for it.
 func ExternalShard(externalID string) int {
+	return int(externalHash(externalID) % Shards)
+}
+
+// ExternalBuckets is the number of bucket hashes per shard that hold the
+// permanent external id → user mappings (Keys.ExternalBucket). Like
+// Shards, it is part of the key schema and can never change. With Redis's
+// default hash-max-listpack-entries (128) a bucket stays a compact
+// listpack up to 128 ids, so a tenant's mappings do up to
+// Shards × ExternalBuckets × 128 ≈ 2 million external ids; past that
+// buckets become hash tables, still cheaper than a key per id, and a
+// higher hash-max-listpack-entries keeps them compact.
+const ExternalBuckets = 1024
+
+// MaxBucketedExternal is the longest external id (bytes) kept in a
+// bucket: longer ones would turn their bucket into a hash table (Redis's
+// default hash-max-listpack-value is 64), so they keep a key of their own.
+const MaxBucketedExternal = 64
+
+// externalHash is FNV-1a of an external id: its low bits pick the shard,
+// the next ones its bucket.
+func externalHash(externalID string) uint32 {
 	h := fnv.New32a()
 	h.Write([]byte(externalID))
-	return int(h.Sum32() % Shards)
+	return h.Sum32()
 }
+
+// Bucketed reports whether the permanent mapping of an external id lives
+// in its bucket (else in its own key, Keys.External).
+func Bucketed(externalID string) bool { return len(externalID) <= MaxBucketedExternal }
 
 // Keys names the Redis keys of one tenant. The schema (README "Key schema"):
 //
-//	idl:{T:SS}:ext:<external id>       string  user id of an external id: SET
+//	idl:{T:SS}:x:<bucket>              hash    external id -> user id, for the
+//	                                           permanent mappings of ids of at
+//	                                           most MaxBucketedExternal bytes;
+//	                                           bucket = three hex digits of
+//	                                           (FNV-1a / Shards) % ExternalBuckets
+//	idl:{T:SS}:ext:<external id>       string  user id of an external id whose
+//	                                           mapping expires (made for it
+//	                                           unverified: see below), of a longer
+//	                                           id, or written before buckets
+//	                                           existed (the first script that
+//	                                           reads such a permanent key moves it
+//	                                           into its bucket). Either way set
 //	                                           only if absent, never reassigned
-//	                                           (expires with a user made for it
-//	                                           unverified: see below)
 //	idl:{T:SS}:user:<user id>          hash    ext (absent or empty: anonymous),
 //	                                           created (unix ms), email and phone
-//	                                           (verified at a login)
-//	idl:{T:SS}:user:<user id>:installs set     install ids of the user (may hold
-//	                                           stale ids: readers check the install)
+//	                                           (verified at a login), and a field
+//	                                           i:<install id> (empty value) per
+//	                                           install of the user (may name stale
+//	                                           ids: readers check the install)
+//	idl:{T:SS}:user:<user id>:installs set     install ids of the user, as the
+//	                                           schema before the i: fields wrote
+//	                                           them: still read and removed from,
+//	                                           never added to
 //	idl:{T:SS}:user:<user id>:sessions zset    live session ids, score = last
 //	                                           activity (unix ms)
 //	idl:{T:SS}:user:<user id>:attrs    hash    external attributes: JSON-encoded
@@ -135,8 +174,8 @@ func ExternalShard(externalID string) int {
 // tag, so every key of one shard is in one Cluster slot.
 //
 // Expiry (expiry.go): the keys of an install made by CreateInstall (its
-// hash, its anonymous user's hash and installs set, and its tenant entry)
-// and of a user made by ResolveUnverified (its ext key, its hash, and its
+// hash, its anonymous user's hash, and its tenant entry) and of a user
+// made by ResolveUnverified (its ext key, its hash, and its
 // sessions set once it has sessions) expire after the tenant's
 // install_ttl, renewed on use, until a link or a verified credential makes
 // them permanent (PERSIST). Every other key above is permanent, except the
@@ -180,15 +219,29 @@ func NewKeys(tenant string) *Keys {
 // Tenant is the tenant the keys belong to.
 func (k *Keys) Tenant() string { return k.tenant }
 
-// External is the key of an external id's user.
+// External is the key of an external id's user when that mapping is not
+// in its bucket (see ExternalBucket).
 func (k *Keys) External(externalID string) string {
 	return k.tags[ExternalShard(externalID)] + "ext:" + externalID
+}
+
+// ExternalBucket is the bucket hash that holds an external id's permanent
+// mapping (when Bucketed); in the external id's shard, so in the slot of
+// its ext key and of the user first created for it.
+func (k *Keys) ExternalBucket(externalID string) string {
+	b := externalHash(externalID) / Shards % ExternalBuckets
+	return k.tags[ExternalShard(externalID)] + "x:" + string([]byte{hexDigits[b>>8&0xf], hexDigits[b>>4&0xf], hexDigits[b&0xf]})
 }
 
 // User is the hash of a user; the id must have passed ParseID.
 func (k *Keys) User(shard int, userID string) string { return k.tags[shard] + "user:" + userID }
 
-// UserInstalls is the set of a user's installs.
+// InstallField is the field of a user's hash that lists one of its
+// installs.
+func InstallField(installID string) string { return "i:" + installID }
+
+// UserInstalls is the set of a user's installs in the old schema: read
+// (with the user's install fields) and emptied, never added to.
 func (k *Keys) UserInstalls(shard int, userID string) string {
 	return k.tags[shard] + "user:" + userID + ":installs"
 }

@@ -94,9 +94,11 @@ func (l *linker) userState(ctx context.Context, st installState) (userX, error) 
 	case X == st.anon && st.claim != "":
 		// Reserved for another id by a link that was interrupted: did
 		// that id get X? If not, X can never be claimed any more.
-		owner, err := l.get(ctx, l.k.External(st.claim))
+		cctx, cancel := l.s.deadline(ctx)
+		owner, err := ExternalUser(cctx, l.s.rdb, l.k, st.claim)
+		cancel()
 		if err != nil {
-			return userX{}, err
+			return userX{}, wrap(err)
 		}
 		if owner == X {
 			return userX{repairExt: st.claim}, nil
@@ -137,8 +139,8 @@ func (l *linker) claim(ctx context.Context, claimable bool, X, candidate string)
 	cctx, cancel := l.s.deadline(ctx)
 	defer cancel()
 	r, err := l.s.runWrite(cctx, linkClaimScript,
-		[]string{l.k.External(E), l.k.User(l.sE, candidate), l.k.Events(l.sE)},
-		mode, who, E, l.nowMS(), l.k.Tenant(), typ, data,
+		[]string{l.k.External(E), l.k.User(l.sE, candidate), l.k.Events(l.sE), l.k.ExternalBucket(E)},
+		mode, who, E, l.nowMS(), l.k.Tenant(), typ, data, boolArg(Bucketed(E)),
 	).Slice()
 	if err != nil {
 		return "", false, wrap(err)
@@ -169,7 +171,7 @@ func (l *linker) adopt(ctx context.Context, U, ext string) error {
 	ctx, cancel := l.s.deadline(ctx)
 	defer cancel()
 	return wrap(l.s.runWrite(ctx, linkAdoptScript,
-		[]string{l.k.User(sU, U), l.k.UserInstalls(sU, U)}, l.req.InstallID, ext).Err())
+		[]string{l.k.User(sU, U)}, l.req.InstallID, ext).Err())
 }
 
 // move runs step 4; false if the install no longer points to X.
@@ -212,7 +214,14 @@ func (l *linker) dropPrev(ctx context.Context, prev, cur string) (done bool, err
 	}
 	ctx, cancel := l.s.deadline(ctx)
 	defer cancel()
-	if err := wrap(l.s.rdb.SRem(ctx, l.k.UserInstalls(sP, prev), l.req.InstallID).Err()); err != nil {
+	// Two removals, each idempotent: the field, and the member of an
+	// installs set of the old schema.
+	_, err = l.s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.HDel(ctx, l.k.User(sP, prev), InstallField(l.req.InstallID))
+		p.SRem(ctx, l.k.UserInstalls(sP, prev), l.req.InstallID)
+		return nil
+	})
+	if err := wrap(err); err != nil {
 		return false, err
 	}
 	return true, l.step("dropped")
@@ -264,16 +273,6 @@ func (l *linker) release() {
 		[]string{inst, l.k.InstallLock(l.sI, l.req.InstallID), inst},
 		l.token, "", "", "", "0", "0").Err()
 	l.locked = false
-}
-
-func (l *linker) get(ctx context.Context, key string) (string, error) {
-	ctx, cancel := l.s.deadline(ctx)
-	defer cancel()
-	v, err := l.s.rdb.Get(ctx, key).Result()
-	if errors.Is(err, redis.Nil) {
-		return "", nil
-	}
-	return v, wrap(err)
 }
 
 func (l *linker) hget(ctx context.Context, key, field string) (string, error) {

@@ -33,7 +33,8 @@ import (
 //	                if absent): to X if X is reserved for E ("claim", event
 //	                user.linked), or to a new user N made in sE ("create",
 //	                event user.created).
-//	3 adopt   (sU)  only if U != X: SADD U:installs I (and U.ext = E if
+//	3 adopt   (sU)  only if U != X: U lists I (field i:I of U's hash; "U's
+//	                installs" below also means an old-schema set) (and U.ext = E if
 //	                missing).
 //	4 move    (sI)  only if U != X: CAS I.user X → U, remember the outcome,
 //	                XADD user.merged (X anonymous) or user.linked, PUBLISH the

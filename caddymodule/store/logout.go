@@ -4,10 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // Back-channel logout (OpenID Connect Back-Channel Logout 1.0): the user of
@@ -19,11 +16,8 @@ import (
 func (s *Store) ExternalUser(ctx context.Context, k *Keys, externalID string) (string, error) {
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	id, err := s.rdb.Get(ctx, k.External(externalID)).Result()
-	if errors.Is(err, redis.Nil) {
-		return "", nil
-	}
-	return id, wrap(err)
+	u, err := ExternalUser(ctx, s.rdb, k, externalID)
+	return u, wrap(err)
 }
 
 // ClaimLogoutJTI records that the logout token of issuer with jti was used,

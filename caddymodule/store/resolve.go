@@ -3,9 +3,12 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Event types appended to the outbox.
@@ -43,8 +46,9 @@ func (s *Store) resolve(ctx context.Context, k *Keys, externalID string, now tim
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
 	res, err := s.runWrite(ctx, resolveScript,
-		[]string{k.External(externalID), k.User(shard, candidate), k.Events(shard)},
+		[]string{k.External(externalID), k.User(shard, candidate), k.Events(shard), k.ExternalBucket(externalID)},
 		candidate, externalID, strconv.FormatInt(now.UnixMilli(), 10), k.Tenant(), data, ttlArg(ttl),
+		boolArg(Bucketed(externalID)),
 	).Slice()
 	if err != nil {
 		return "", false, 0, wrap(err)
@@ -56,4 +60,30 @@ func (s *Store) resolve(ctx context.Context, k *Keys, externalID string, now tim
 	n, _ := res[1].(int64)
 	ms, _ := res[2].(int64)
 	return userID, n == 1, leftOf(ms), nil
+}
+
+// ExternalUser reads the user an external id names ("" if none) through
+// c, without changing anything: for a check that needs no script. The own
+// key is read before the bucket, in one pipeline: a script only ever moves
+// a mapping from the key into the bucket, so the read never misses one
+// that moves in between.
+func ExternalUser(ctx context.Context, c redis.Cmdable, k *Keys, externalID string) (string, error) {
+	var own, bucketed *redis.StringCmd
+	_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		own = p.Get(ctx, k.External(externalID))
+		if Bucketed(externalID) {
+			bucketed = p.HGet(ctx, k.ExternalBucket(externalID), externalID)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return "", err
+	}
+	if u := own.Val(); u != "" {
+		return u, nil
+	}
+	if bucketed != nil {
+		return bucketed.Val(), nil
+	}
+	return "", nil
 }

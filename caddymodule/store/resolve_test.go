@@ -202,7 +202,7 @@ func TestResolveExternalDurable(t *testing.T) {
 			if err != nil || !created {
 				t.Fatalf("ResolveExternal(%q) = %q, %v, %v", ext, u, created, err)
 			}
-			if got := d.Client.Get(ctx, k.External(ext)).Val(); got != u {
+			if got := extUser(t, d.Client, k, ext); got != u {
 				t.Fatalf("after a durable write the mapping is %q, want %q", got, u)
 			}
 			if d.Name == testenv.DeployStandalone && took < wait {

@@ -47,13 +47,13 @@ func newScript(name, src string) *redis.Script {
 // (redis.Script.Run), and every key it touches comes through KEYS and
 // shares one hash tag.
 var (
-	resolveScript           = script("resolve")
+	resolveScript           = scriptWith("resolve", "ext_lib")
 	installCreateScript     = script("install_create")
 	installExpiryScript     = script("install_expiry")
-	userExpiryScript        = script("user_expiry")
+	userExpiryScript        = scriptWith("user_expiry", "ext_lib")
 	userGetScript           = script("user_get")
 	linkLockScript          = script("link_lock")
-	linkClaimScript         = script("link_claim")
+	linkClaimScript         = scriptWith("link_claim", "ext_lib")
 	linkAdoptScript         = script("link_adopt")
 	linkMoveScript          = script("link_move")
 	linkFinishScript        = script("link_finish")

@@ -750,10 +750,10 @@ func (w *world) retry(f func() error) error {
 	return err
 }
 
-// get reads a string key ("" when absent).
-func (w *world) get(key string) (string, error) {
+// extUser reads the user an external id names ("" if none).
+func (w *world) extUser(ext string) (string, error) {
 	var v string
-	err := w.retry(func() (err error) { v, err = w.rdb.Get(w.ctx, key).Result(); return })
+	err := w.retry(func() (err error) { v, err = store.ExternalUser(w.ctx, w.rdb, w.keys, ext); return })
 	return v, err
 }
 
@@ -792,7 +792,7 @@ var checks = []check{
 	{"every acknowledged mapping is in Redis", func(w *world) []violation {
 		var bad []violation
 		for ext, users := range w.acked() {
-			got, err := w.get(w.keys.External(ext))
+			got, err := w.extUser(ext)
 			if err != nil {
 				return append(bad, violation{fmt.Sprintf("reading %s: %v", ext, err), false})
 			}
@@ -867,7 +867,7 @@ var checks = []check{
 			}
 			var member bool
 			err = w.retry(func() (err error) {
-				member, err = w.rdb.SIsMember(w.ctx, w.keys.UserInstalls(su, a.user), a.install).Result()
+				member, err = w.rdb.HExists(w.ctx, w.keys.User(su, a.user), store.InstallField(a.install)).Result()
 				return
 			})
 			if err != nil || !member {

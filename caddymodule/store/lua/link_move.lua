@@ -2,7 +2,8 @@
 -- install's user, remember the outcome, append the event and tell every
 -- instance to drop its cached mapping, atomically; forget the pending
 -- candidate user. When the previous user
--- lives in this shard too, drop the install from its set and release the
+-- lives in this shard too, drop the install from its list (its field, and
+-- its installs set of the old schema) and release the
 -- lock here as well (and delete it if it was the install's anonymous user,
 -- merged away: nothing else names it; the event carries its id); else
 -- remember it as prev for the caller to finish.
@@ -30,6 +31,7 @@ redis.call('HSET', KEYS[1], 'user', ARGV[3], 'link_ext', ARGV[4], 'link_user', A
   'link_created', ARGV[5], 'link_merged_from', ARGV[6])
 redis.call('HDEL', KEYS[1], 'pending_ext', 'pending_user')
 if ARGV[8] == '1' then
+  redis.call('HDEL', KEYS[5], 'i:' .. ARGV[1])
   redis.call('SREM', KEYS[4], ARGV[1])
   redis.call('HDEL', KEYS[1], 'prev')
   unlock()

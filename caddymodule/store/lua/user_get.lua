@@ -1,12 +1,30 @@
--- Read a user: its hash fields and its installs set, in one snapshot.
+-- Read a user: its hash fields and its installs, in one snapshot. A user
+-- lists an install as its field 'i:<install id>', or (written before
+-- those fields existed) as a member of its installs set.
 -- KEYS[1] user hash, KEYS[2] user's installs set (one slot)
 -- Returns {} for an unknown user, else {ext, created, install ids...}.
-local f = redis.call('HMGET', KEYS[1], 'ext', 'created')
-if not f[2] then
+local flat = redis.call('HGETALL', KEYS[1])
+local f, seen, installs = {}, {}, {}
+for i = 1, #flat, 2 do
+  local name = flat[i]
+  if string.sub(name, 1, 2) == 'i:' then
+    local id = string.sub(name, 3)
+    seen[id] = true
+    installs[#installs + 1] = id
+  else
+    f[name] = flat[i + 1]
+  end
+end
+if not f['created'] then
   return {}
 end
-local out = {f[1] or '', f[2]}
-for _, i in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  out[#out + 1] = i
+local out = {f['ext'] or '', f['created']}
+for _, id in ipairs(installs) do
+  out[#out + 1] = id
+end
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if not seen[id] then
+    out[#out + 1] = id
+  end
 end
 return out
