@@ -15,6 +15,7 @@ import (
 
 	"github.com/idlink/idlink/caddymodule/internal/cache"
 	"github.com/idlink/idlink/caddymodule/internal/lograte"
+	"github.com/idlink/idlink/caddymodule/internal/spans"
 	"github.com/idlink/idlink/caddymodule/internal/verify"
 )
 
@@ -96,7 +97,13 @@ func (c *ClaimsResolver) provision(t *Tenant) error {
 // cached, or from one call shared by every concurrent lookup of the user.
 func (c *ClaimsResolver) claims(ctx context.Context, userID, externalID string) (map[string]string, error) {
 	m, err := c.cache.Load(ctx, userID, func(ctx context.Context) (map[string]string, time.Duration, error) {
+		ctx, span := spans.StartTenant(ctx, "idlink.claims_url", c.tenant.name)
 		m, err := c.lookup(ctx, userID, externalID)
+		if err != nil {
+			spans.End(span, "unavailable", true)
+		} else {
+			spans.End(span, "ok", false)
+		}
 		if err != nil {
 			claimsLookups.WithLabelValues(c.tenant.name, "unavailable").Inc()
 			if c.logs.Allow(c.tenant.now(), time.Second) {

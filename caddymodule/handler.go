@@ -12,6 +12,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/idlink/idlink/caddymodule/internal/identity"
+	"github.com/idlink/idlink/caddymodule/internal/spans"
+	"go.opentelemetry.io/otel/attribute"
 	"go.uber.org/zap"
 )
 
@@ -266,9 +268,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if banned != nil {
 		return h.refuse(w, repl, banned)
 	}
-	id, aerr := h.tenant.id.Authenticate(r.Context(), &creds)
+	ctx, span := spans.StartTenant(r.Context(), "idlink.authenticate", h.Tenant)
+	id, aerr := h.tenant.id.Authenticate(ctx, &creds)
 	if aerr != nil {
-		return h.refuse(w, repl, failed(h.tenant, r, subject, creds.SessionID, aerr))
+		aerr = failed(h.tenant, r, subject, creds.SessionID, aerr)
+		spans.End(span, aerr.Code, true)
+		return h.refuse(w, repl, aerr)
+	}
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("idlink.source", id.Source))
+		outcome := "unverified"
+		if id.Verified {
+			outcome = "verified"
+		}
+		spans.End(span, outcome, false)
 	}
 	applyIdentity(&id, r.Header, repl)
 	return next.ServeHTTP(w, r)

@@ -7,6 +7,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/idlink/idlink/caddymodule/internal/apierr"
+	"github.com/idlink/idlink/caddymodule/internal/spans"
 	"github.com/idlink/idlink/caddymodule/internal/verify"
 	"github.com/idlink/idlink/caddymodule/store"
 )
@@ -20,12 +21,16 @@ type credentialCheck func(d *Domain, ctx context.Context, c *Credentials) (*Iden
 // credentialChecks in SPEC.md's order of precedence: contact token, HMAC
 // external id, SSO token, session id, install id. The first that is
 // present names the user; every other one present must name the same user.
-var credentialChecks = []credentialCheck{
-	(*Domain).checkContactToken,
-	(*Domain).checkHMAC,
-	(*Domain).checkSSO,
-	(*Domain).checkSession,
-	(*Domain).checkInstall,
+var credentialChecks = []struct {
+	name    string // of its trace span, idlink.verify.<name>
+	present func(c *Credentials) bool
+	check   credentialCheck
+}{
+	{"contact_token", func(c *Credentials) bool { return c.ContactToken != "" || c.Bearer != "" }, (*Domain).checkContactToken},
+	{"hmac", func(c *Credentials) bool { return c.ExternalID != "" }, (*Domain).checkHMAC},
+	{"sso", func(c *Credentials) bool { return c.SSOToken != "" }, (*Domain).checkSSO},
+	{"session", func(c *Credentials) bool { return c.SessionID != "" }, (*Domain).checkSession},
+	{"install", func(c *Credentials) bool { return c.InstallID != "" }, (*Domain).checkInstall},
 }
 
 // Authenticate verifies the credentials of a request and resolves the
@@ -54,8 +59,15 @@ func (d *Domain) Authenticate(ctx context.Context, c *Credentials) (Identity, *a
 // errors are refusals (*apierr.Error) or store failures.
 func (d *Domain) Identify(ctx context.Context, c *Credentials) (Identity, error) {
 	var id *Identity
-	for _, check := range credentialChecks {
-		claim, err := check(d, ctx, c)
+	traced := spans.Recording(ctx)
+	for _, cc := range credentialChecks {
+		var claim *Identity
+		var err error
+		if traced && cc.present(c) {
+			claim, err = d.tracedCheck(ctx, cc.name, cc.check, c)
+		} else {
+			claim, err = cc.check(d, ctx, c)
+		}
 		if err != nil {
 			return Identity{}, err
 		}
@@ -108,6 +120,25 @@ func (d *Domain) Identify(ctx context.Context, c *Credentials) (Identity, error)
 		d.debug("signed email/phone ignored: no verified external id on the request")
 	}
 	return *id, nil
+}
+
+// tracedCheck runs a credential check in its span idlink.verify.<name>,
+// ended with its outcome: verified, unverified, a refusal's code, or
+// store_error. Never the credential.
+func (d *Domain) tracedCheck(ctx context.Context, name string, check credentialCheck, c *Credentials) (*Identity, error) {
+	ctx, span := spans.StartTenant(ctx, "idlink.verify."+name, d.cfg.Tenant)
+	claim, err := check(d, ctx, c)
+	switch ae := (*apierr.Error)(nil); {
+	case errors.As(err, &ae):
+		spans.End(span, ae.Code, true)
+	case err != nil:
+		spans.End(span, "store_error", true)
+	case claim != nil && claim.Verified:
+		spans.End(span, "verified", false)
+	default:
+		spans.End(span, "unverified", false)
+	}
+	return claim, err
 }
 
 // --- HMAC -----------------------------------------------------------------
