@@ -382,3 +382,49 @@ func TestClientAuthCheck(t *testing.T) {
 		}
 	}
 }
+
+// TestIntrospectionAnswerShapes: what an RFC 7662 answer must say for its
+// token to verify. active is required (a tokeninfo endpoint without
+// client authentication may leave it out, as Google's does); aud, when
+// present, must hold an audience; an answer without aud (optional in RFC
+// 7662; Hydra sends it empty) is judged by its client_id instead, and a
+// client_id never makes up for a wrong aud.
+func TestIntrospectionAnswerShapes(t *testing.T) {
+	exp := time.Now().Add(time.Hour).Unix()
+	var answer string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(answer))
+	}))
+	t.Cleanup(srv.Close)
+	auth := ClientAuth{Method: AuthBasic, ClientID: testClientID, ClientSecret: testClientSecret}
+	for _, c := range []struct {
+		answer        string
+		introspection bool // with client authentication
+		valid         bool
+	}{
+		{`{"active":true,"sub":"a","aud":"sdk","exp":%d}`, true, true},
+		{`{"active":true,"sub":"a","exp":%d,"client_id":"sdk"}`, true, true},
+		{`{"active":true,"sub":"a","aud":[],"exp":%d,"client_id":"sdk"}`, true, true},
+		{`{"active":true,"sub":"a","exp":%d,"client_id":"another-app"}`, true, false},
+		{`{"active":true,"sub":"a","exp":%d}`, true, false},
+		{`{"active":true,"sub":"a","aud":"other","exp":%d,"client_id":"sdk"}`, true, false},
+		{`{"sub":"a","aud":"sdk","exp":%d}`, true, false},
+		{`{"sub":"a","aud":"sdk","exp":%d}`, false, true},                      // tokeninfo style
+		{`{"active":true,"sub":"a","exp":%d,"client_id":"sdk"}`, false, false}, // tokeninfo: aud required
+	} {
+		answer = fmt.Sprintf(c.answer, exp)
+		a := ClientAuth{}
+		if c.introspection {
+			a = auth
+		}
+		v := newIntrospection(t, srv.URL, a, func(cfg *TokenInfoConfig) { cfg.CacheTTL = 0; cfg.CacheSize = 1 })
+		u, err := v.Check(context.Background(), fmt.Sprintf("tok-%d", time.Now().UnixNano()))
+		if c.valid != (err == nil && u.ExternalID == "a") {
+			t.Errorf("%s (introspection %v): %+v %v, want valid %v", answer, c.introspection, u, err, c.valid)
+		}
+		if !c.valid && !isRefusal(err) {
+			t.Errorf("%s: %v, want a refusal (the user's token, not an outage)", answer, err)
+		}
+	}
+}

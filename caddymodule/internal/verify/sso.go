@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -269,9 +270,12 @@ func (v *TokenInfo) judge(info *tokenInfo) *ssoOutcome {
 	switch {
 	case info.Active != nil && !bool(*info.Active):
 		return v.refused("the SSO token is not active")
+	case info.Active == nil && v.introspection():
+		// RFC 7662 §2.2: active is required; without it nothing is known.
+		return v.refused("the introspection answer does not say the token is active")
 	case !HeaderValue(info.Sub, MaxExternalIDLen):
 		return v.refused("the token-info answer has no usable sub")
-	case !info.Aud.hasAny(v.audience):
+	case !v.forUs(info):
 		return v.refused("the SSO token was issued for another audience")
 	case info.Exp == nil:
 		return v.refused("the token-info answer has no exp")
@@ -288,6 +292,17 @@ func (v *TokenInfo) judge(info *tokenInfo) *ssoOutcome {
 	}
 	v.observe("valid")
 	return o
+}
+
+// forUs reports whether the answer's token was issued for this service:
+// its aud holds one of the audiences. An introspection answer may leave aud
+// out (it is optional in RFC 7662, and Ory Hydra sends it empty); then its
+// client_id, the client the token was issued to, must be one of them.
+func (v *TokenInfo) forUs(info *tokenInfo) bool {
+	if len(info.Aud) == 0 && v.introspection() {
+		return slices.Contains(v.audience, info.ClientID)
+	}
+	return info.Aud.hasAny(v.audience)
 }
 
 func (v *TokenInfo) refused(why string) *ssoOutcome {
@@ -315,6 +330,7 @@ func (v *TokenInfo) clientRefused(why string) *ssoOutcome {
 type tokenInfo struct {
 	Sub           string       `json:"sub"`
 	Aud           claimStrings `json:"aud"`
+	ClientID      string       `json:"client_id"` // RFC 7662: whom the token was issued to
 	Exp           *flexNumber  `json:"exp"`
 	Iat           *flexNumber  `json:"iat"`
 	Email         string       `json:"email"`
