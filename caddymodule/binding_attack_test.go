@@ -330,3 +330,48 @@ func TestAttackSignedAttributesPlain(t *testing.T) {
 		t.Fatalf("plain signature beside an unverified id: X-Verified-Email=%q", got.Get("X-Verified-Email"))
 	}
 }
+
+// TestAttackUnverifiedExternalIDBesideAnotherCredential: an external id
+// that did not verify (report or off mode) names nobody when another
+// credential is present: beside an install or a verified session of
+// another user, the request is that credential's (report mode observes,
+// it never refuses), the upstream never sees the unverified id, and the
+// unverified id never takes the other credential's user either.
+func TestAttackUnverifiedExternalIDBesideAnotherCredential(t *testing.T) {
+	e := startBindEnv(t, "")
+	status, body, _ := e.do("POST", "/idlink/installs", "")
+	var inst struct {
+		InstallID string `json:"install_id"`
+		UserID    string `json:"user_id"`
+	}
+	if status != 201 || json.Unmarshal([]byte(body), &inst) != nil {
+		t.Fatalf("install: %d %s", status, body)
+	}
+	sess := e.login(201, "", "X-External-Id", "bob", "X-External-Id-Signature", sign(bindIOSSecret, "bob"))
+	for _, c := range []struct {
+		name, platform string
+		other          []string
+		user, source   string
+	}{
+		{"report mode, install", "web", []string{"X-Install-Id", inst.InstallID}, inst.UserID, "install"},
+		{"off mode, install", "legacy", []string{"X-Install-Id", inst.InstallID}, inst.UserID, "install"},
+		{"report mode, session", "web", []string{"X-Session-Id", sess["session_id"].(string)}, sess["user_id"].(string), "session"},
+	} {
+		h := append([]string{"X-Platform", c.platform, "X-External-Id", "mallory-" + c.platform, "X-External-Id-Signature", strings.Repeat("0", 64)}, c.other...)
+		status, body, got := e.do("GET", "/app", "", h...)
+		if status != 200 || got == nil {
+			t.Fatalf("%s: %d %s, want the request to pass as its other credential", c.name, status, body)
+		}
+		if got.Get("X-Platform-User-Id") != c.user || got.Get("X-Identity-Source") != c.source {
+			t.Errorf("%s: upstream user %q source %q, want %q %q", c.name, got.Get("X-Platform-User-Id"), got.Get("X-Identity-Source"), c.user, c.source)
+		}
+		if strings.HasPrefix(got.Get("X-External-Id"), "mallory") {
+			t.Errorf("%s: the unverified external id reached the upstream: %q", c.name, got.Get("X-External-Id"))
+		}
+	}
+	// A signed external id and another user's install still disagree.
+	if status, body, _ := e.do("GET", "/app", "", "X-External-Id", "carol", "X-External-Id-Signature", sign(bindIOSSecret, "carol"),
+		"X-Install-Id", inst.InstallID); status != 401 || !strings.Contains(body, "identity_mismatch") {
+		t.Fatalf("verified id beside another user's install: %d %s", status, body)
+	}
+}

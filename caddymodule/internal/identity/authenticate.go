@@ -79,6 +79,19 @@ func (d *Domain) Identify(ctx context.Context, c *Credentials) (Identity, error)
 			continue
 		}
 		if claim.UserID != id.UserID {
+			// An external id that did not verify (report or off mode) is
+			// the client's own writing: it observes, it never binds, so it
+			// gives way to the credential idlink issued or verified rather
+			// than refusing the request (which report mode must not do).
+			switch {
+			case unverifiedExternal(id):
+				d.debug("unverified external id ignored: another credential names another user", zap.String("other", claim.Source))
+				id = claim
+				continue
+			case unverifiedExternal(claim):
+				d.debug("unverified external id ignored: another credential names another user", zap.String("primary", id.Source))
+				continue
+			}
 			d.debug("credentials disagree", zap.String("primary", id.Source), zap.String("other", claim.Source))
 			return Identity{}, apierr.IdentityMismatch("the credentials presented name different users")
 		}
@@ -121,6 +134,10 @@ func (d *Domain) Identify(ctx context.Context, c *Credentials) (Identity, error)
 	}
 	return *id, nil
 }
+
+// unverifiedExternal reports a claim made by an external id whose
+// signature did not verify (report or off mode).
+func unverifiedExternal(id *Identity) bool { return id.Source == SourceHMAC && !id.Verified }
 
 // tracedCheck runs a credential check in its span idlink.verify.<name>,
 // ended with its outcome: verified, unverified, a refusal's code, or
