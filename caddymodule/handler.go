@@ -212,10 +212,13 @@ func underPrefix(p, prefix string) (string, bool) {
 }
 
 // presented is what the client sent, as the first idlink handler of the
-// request read it (before stripping), for idlink handlers further in.
+// request read it (before stripping), for idlink handlers further in: the
+// credential headers and the Cookie header (each tenant reads its own
+// cookies from it).
 type presented struct {
-	creds identity.Credentials
-	bad   *apiError
+	creds   identity.Credentials
+	bad     *apiError
+	cookies http.Header
 }
 
 type presentedKey struct{}
@@ -239,15 +242,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// idlink handler, which may have removed it), then delete every
 	// identity header (and, unless forwarded, every credential) before
 	// anything can fail.
-	var creds identity.Credentials
-	var bad *apiError
-	if p, ok := r.Context().Value(presentedKey{}).(*presented); ok {
-		creds, bad = p.creds, p.bad
-	} else {
-		creds, bad = readCredentials(r.Header)
-		r = r.WithContext(context.WithValue(r.Context(), presentedKey{}, &presented{creds: creds, bad: bad}))
+	p, ok := r.Context().Value(presentedKey{}).(*presented)
+	if !ok {
+		p = &presented{cookies: http.Header{"Cookie": r.Header["Cookie"]}}
+		p.creds, p.bad = readCredentials(r.Header)
+		r = r.WithContext(context.WithValue(r.Context(), presentedKey{}, p))
+	}
+	creds, bad := p.creds, p.bad
+	if bad == nil {
+		var fromCookie bool
+		if fromCookie, bad = h.tenant.Cookie.merge(p.cookies, &creds); bad == nil {
+			bad = h.tenant.checkCSRF(r, fromCookie, &p.creds)
+		}
 	}
 	h.strip.strip(r.Header)
+	h.tenant.Cookie.strip(r.Header)
 	h.hop.stripTokens(r.Header, "Connection")
 	h.trailers.stripTrailers(r)
 	if creds.Bearer != "" && h.tenant.ContactToken != nil && !h.ForwardCredentials {
