@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -25,6 +26,7 @@ import (
 type cookieSite struct {
 	t      *testing.T
 	port   int
+	log    string // the access log (format idlink)
 	up     *testenv.Upstream
 	client *http.Client
 }
@@ -35,7 +37,8 @@ func startCookieSite(t *testing.T) *cookieSite {
 	if u := testRedisURL(t); u != "" {
 		redis = "redis " + u
 	}
-	s := &cookieSite{t: t, port: testenv.FreePort(t), up: testenv.StartUpstream(t)}
+	s := &cookieSite{t: t, port: testenv.FreePort(t), up: testenv.StartUpstream(t),
+		log: filepath.Join(t.TempDir(), "access.log")}
 	testenv.StartCaddy(t, fmt.Sprintf(`{
 	local_certs
 	skip_install_trust
@@ -62,12 +65,16 @@ func startCookieSite(t *testing.T) *cookieSite {
 
 https://www.acme.test:%[2]d, https://app.acme.test:%[2]d {
 	tls internal
+	log {
+		output file %[5]s
+		format idlink
+	}
 	idlink acme {
 		api /idlink
 	}
 	reverse_proxy %[4]s
 }
-`, testenv.FreePort(t), s.port, redis, s.up.Addr()))
+`, testenv.FreePort(t), s.port, redis, s.up.Addr(), s.log))
 	s.client = s.newClient(true)
 	// The internal CA issues the certificates in the background: wait for
 	// the first handshake.
@@ -310,5 +317,12 @@ func TestCookiesAcrossSubdomains(t *testing.T) {
 	resp, body = s.do(bare, "GET", s.url("app", "/"), [2]string{"Cookie", sessionCookie + "=" + login.SessionID})
 	if resp.StatusCode != 401 {
 		t.Fatalf("replayed session cookie: %d %s", resp.StatusCode, body)
+	}
+
+	// The access log holds the Cookie and Set-Cookie headers, redacted.
+	log := readAccessLog(t, s.log, 20)
+	if strings.Contains(log, login.SessionID) || strings.Contains(log, inst.InstallID) ||
+		!strings.Contains(log, `"Cookie":"REDACTED"`) || !strings.Contains(log, `"Set-Cookie":"REDACTED"`) {
+		t.Fatalf("access log: session id logged or cookies not redacted:\n%s", log)
 	}
 }
