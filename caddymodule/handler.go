@@ -60,10 +60,18 @@ const (
 // tenant), 401 session_ended with "reason" (X-Session-Id, or the sid of a
 // contact token, evicted, logged_out, revoked, idle or expired), 401
 // unknown_session, 401 identity_mismatch (credentials naming different
-// users), 401 authentication_required (anonymous deny), 503
+// users, or a header and its cookie that differ), 401
+// authentication_required (anonymous deny), 403 csrf_refused (a
+// state change relying on a cookie without proof of its origin:
+// cookies.go), 503
 // key_source_unavailable (JWKS down, no key), 503 sso_unavailable
 // (token-info URL down), 503
 // store_unavailable with Retry-After (store down, fail_closed).
+//
+// With the tenant's cookie option, the install and session cookies stand
+// in for X-Install-Id and X-Session-Id when those are absent, and are
+// removed from the Cookie header before the next handler (the other
+// cookies stay).
 //
 // CORS preflight requests (OPTIONS with Access-Control-Request-Method) are
 // passed on without authentication (identity headers are still removed).
