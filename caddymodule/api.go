@@ -33,7 +33,8 @@ const maxBodyBytes = 16 << 10
 // Endpoints: apiRoutes.
 //
 // Every error is {"error": "<code>", "message": "<sentence>"}: 400
-// invalid_request, 401 invalid_api_key, 403 insufficient_scope, 403
+// invalid_request, 401 invalid_api_key, 403 csrf_refused (cookies.go),
+// 403 insufficient_scope, 403
 // install_wrong_tenant, 403 session_unverified, 404 not_found, 404
 // install_not_found, 404 user_not_found, 404 unknown_session, 405 method_not_allowed, 409 link_in_progress (with
 // Retry-After), 413 body_too_large, 415 unsupported_media_type, 503

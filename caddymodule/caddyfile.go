@@ -310,6 +310,15 @@ func (t *Tenant) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			t.CORS = c
+		case "cookie":
+			if t.Cookie != nil {
+				return d.Err("cookie already specified")
+			}
+			c, err := parseCookie(d)
+			if err != nil {
+				return err
+			}
+			t.Cookie = c
 		case "regulation":
 			if t.Regulation != nil {
 				return d.Err("regulation already specified")

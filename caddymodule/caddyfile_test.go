@@ -75,6 +75,8 @@ func TestConfigChecksAgree(t *testing.T) {
 		{"{\n\tidlink {\n\t\ttenant acme {\n\t\t\tanonymous maybe\n\t\t}\n\t}\n}\n", `{"tenants":{"acme":{"anonymous":"maybe"}}}`},
 		{"{\n\tidlink {\n\t\ttenant acme {\n\t\t\tsso {\n\t\t\t\ttoken_info_url https://sso.example.com/i\n\t\t\t\taudience sdk\n\t\t\t\tclient_secret s\n\t\t\t}\n\t\t}\n\t}\n}\n", `{"tenants":{"acme":{"sso":{"token_info_url":"https://sso.example.com/i","audience":["sdk"],"client_secret":"s"}}}}`},
 		{"{\n\tidlink {\n\t\ttenant acme {\n\t\t\tsso {\n\t\t\t\ttoken_info_url https://sso.example.com/i\n\t\t\t\taudience sdk\n\t\t\t\tauth_method bearer\n\t\t\t}\n\t\t}\n\t}\n}\n", `{"tenants":{"acme":{"sso":{"token_info_url":"https://sso.example.com/i","audience":["sdk"],"auth_method":"bearer"}}}}`},
+		{"{\n\tidlink {\n\t\ttenant acme {\n\t\t\tcookie {\n\t\t\t\tdomain .acme.com\n\t\t\t\tsame_site none\n\t\t\t}\n\t\t}\n\t}\n}\n", `{"tenants":{"acme":{"cookie":{"domain":".acme.com","same_site":"none"}}}}`},
+		{"{\n\tidlink {\n\t\ttenant acme {\n\t\t\tcookie {\n\t\t\t\tdomain localhost\n\t\t\t}\n\t\t}\n\t}\n}\n", `{"tenants":{"acme":{"cookie":{"domain":"localhost"}}}}`},
 		{"{\n\tidlink {\n\t\ttenant acme {\n\t\t\tsigned_attributes raw\n\t\t}\n\t}\n}\n", `{"tenants":{"acme":{"signed_attributes":"raw"}}}`},
 		{"{\n\tidlink {\n\t\ttenant acme {\n\t\t\tplatform ios {\n\t\t\t\tmode strict\n\t\t\t}\n\t\t}\n\t}\n}\n", `{"tenants":{"acme":{"platforms":{"ios":{"mode":"strict","secrets":["s-0123456789abcdef"]}}}}}`},
 	} {

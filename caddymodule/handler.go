@@ -62,10 +62,18 @@ const (
 // tenant), 401 session_ended with "reason" (X-Session-Id, or the sid of a
 // contact token, evicted, logged_out, revoked, idle or expired), 401
 // unknown_session, 401 identity_mismatch (credentials naming different
-// users), 401 authentication_required (anonymous deny), 503
+// users, or a header and its cookie that differ), 401
+// authentication_required (anonymous deny), 403 csrf_refused (a
+// state change relying on a cookie without proof of its origin:
+// cookies.go), 503
 // key_source_unavailable (JWKS down, no key), 503 sso_unavailable
 // (token-info URL down), 503
 // store_unavailable with Retry-After (store down, fail_closed).
+//
+// With the tenant's cookie option, the install and session cookies stand
+// in for X-Install-Id and X-Session-Id when those are absent, and are
+// removed from the Cookie header before the next handler (the other
+// cookies stay).
 //
 // CORS preflight requests (OPTIONS with Access-Control-Request-Method) are
 // passed on without authentication (identity headers are still removed).
@@ -214,10 +222,13 @@ func underPrefix(p, prefix string) (string, bool) {
 }
 
 // presented is what the client sent, as the first idlink handler of the
-// request read it (before stripping), for idlink handlers further in.
+// request read it (before stripping), for idlink handlers further in: the
+// credential headers and the Cookie header (each tenant reads its own
+// cookies from it).
 type presented struct {
-	creds identity.Credentials
-	bad   *apiError
+	creds   identity.Credentials
+	bad     *apiError
+	cookies http.Header
 }
 
 type presentedKey struct{}
@@ -241,15 +252,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// idlink handler, which may have removed it), then delete every
 	// identity header (and, unless forwarded, every credential) before
 	// anything can fail.
-	var creds identity.Credentials
-	var bad *apiError
-	if p, ok := r.Context().Value(presentedKey{}).(*presented); ok {
-		creds, bad = p.creds, p.bad
-	} else {
-		creds, bad = readCredentials(r.Header)
-		r = r.WithContext(context.WithValue(r.Context(), presentedKey{}, &presented{creds: creds, bad: bad}))
+	p, ok := r.Context().Value(presentedKey{}).(*presented)
+	if !ok {
+		p = &presented{cookies: http.Header{"Cookie": r.Header["Cookie"]}}
+		p.creds, p.bad = readCredentials(r.Header)
+		r = r.WithContext(context.WithValue(r.Context(), presentedKey{}, p))
+	}
+	creds, bad := p.creds, p.bad
+	if bad == nil {
+		var fromCookie bool
+		if fromCookie, bad = h.tenant.Cookie.merge(p.cookies, &creds); bad == nil {
+			bad = h.tenant.checkCSRF(r, fromCookie, &p.creds)
+		}
 	}
 	h.strip.strip(r.Header)
+	h.tenant.Cookie.strip(r.Header)
 	h.hop.stripTokens(r.Header, "Connection")
 	h.trailers.stripTrailers(r)
 	if creds.Bearer != "" && h.tenant.ContactToken != nil && !h.ForwardCredentials {

@@ -181,13 +181,22 @@ func (a *API) getUser(w http.ResponseWriter, r *http.Request) {
 // createInstall is POST /installs: the SDK's first call on a device. It
 // issues an install id with a new anonymous user, both expiring after the
 // tenant's install_ttl unless used or linked, and answers 201
-// {install_id, user_id}. The body, if any, is ignored.
+// {install_id, user_id}. The body, if any, is ignored. With cookies, the
+// answer sets the install cookie, and a request from a foreign Origin is
+// 403 csrf_refused (a page elsewhere must not swap a browser's install).
 func (a *API) createInstall(w http.ResponseWriter, r *http.Request) {
+	if a.tenant.Cookie != nil {
+		if _, e := a.tenant.checkOriginOf(r); e != nil {
+			writeError(w, e)
+			return
+		}
+	}
 	installID, userID, err := a.tenant.id.CreateInstall(r.Context())
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
+	a.tenant.Cookie.setInstall(w, installID)
 	writeJSON(w, http.StatusCreated, struct {
 		InstallID string `json:"install_id"`
 		UserID    string `json:"user_id"`

@@ -50,6 +50,9 @@ func (e *LogEncoder) Provision(ctx caddy.Context) error {
 	for _, h := range logRedacted {
 		e.Fields["request>headers>"+http.CanonicalHeaderKey(h)] = &logging.ReplaceFilter{Value: "REDACTED"}
 	}
+	// The install and session cookies idlink sets (Caddy redacts
+	// Set-Cookie too, unless should_log_credentials).
+	e.Fields["resp_headers>Set-Cookie"] = &logging.ReplaceFilter{Value: "REDACTED"}
 	return e.FilterEncoder.Provision(ctx)
 }
 

@@ -51,7 +51,8 @@ type startSessionResponse struct {
 // handler does, links the install it presents (X-Install-Id) to the user,
 // admits a new session under the user's limit, stores the external
 // attributes and verified email/phone, and answers 201
-// startSessionResponse.
+// startSessionResponse. With cookies, the answer sets the session
+// cookie.
 //
 // Errors, besides those of the credentials: 401 authentication_required
 // (no user credential: anonymous, an install or a session alone), 401
@@ -59,7 +60,13 @@ type startSessionResponse struct {
 // attributes_too_large (nothing stored), 503 store_unavailable.
 func (a *API) startSession(w http.ResponseWriter, r *http.Request) {
 	t := a.tenant
-	creds, bad := readCredentials(r.Header)
+	if t.Cookie != nil {
+		if _, e := t.checkOriginOf(r); e != nil {
+			writeError(w, e)
+			return
+		}
+	}
+	creds, bad := a.tenant.credentials(r)
 	if bad != nil {
 		writeError(w, bad)
 		return
@@ -96,23 +103,25 @@ func (a *API) startSession(w http.ResponseWriter, r *http.Request) {
 		s := res.ExpiresAt.Format(time.RFC3339Nano)
 		resp.ExpiresAt = &s
 	}
+	t.Cookie.setSession(w, res.SessionID, res.ExpiresAt, t.now())
 	writeJSON(w, http.StatusCreated, resp)
 }
 
 // --- DELETE /sessions/current -------------------------------------------
 
 // endCurrentSession is DELETE /sessions/current: logout of the session
-// named by X-Session-Id. Its id never works again, on any instance. It is
-// idempotent: a session that had already ended answers 200 too, with the
-// reason it ended for.
+// named by X-Session-Id (or the session cookie). Its id never works
+// again, on any instance. It is idempotent: a session that had already
+// ended answers 200 too, with the reason it ended for. With cookies, the
+// answer clears the install and session cookies.
 func (a *API) endCurrentSession(w http.ResponseWriter, r *http.Request) {
-	creds, bad := readCredentials(r.Header)
+	creds, bad := a.tenant.credentials(r)
 	if bad != nil {
 		writeError(w, bad)
 		return
 	}
 	if creds.SessionID == "" {
-		writeError(w, apierr.AuthRequired("send the session to end as X-Session-Id"))
+		writeError(w, apierr.AuthRequired("send the session to end as X-Session-Id (or its cookie)"))
 		return
 	}
 	why, err := a.tenant.id.Logout(r.Context(), creds.SessionID)
@@ -120,6 +129,7 @@ func (a *API) endCurrentSession(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
+	a.tenant.Cookie.clear(w)
 	writeJSON(w, http.StatusOK, struct {
 		Ended  bool   `json:"ended"`
 		Reason string `json:"reason"`

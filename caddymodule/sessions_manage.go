@@ -95,7 +95,7 @@ func (a *API) endOwnSessions(w http.ResponseWriter, r *http.Request) {
 // sessionOwner authenticates the caller of GET and DELETE /sessions, or
 // answers the refusal.
 func (a *API) sessionOwner(w http.ResponseWriter, r *http.Request) (userID, current string, ok bool) {
-	creds, bad := readCredentials(r.Header)
+	creds, bad := a.tenant.credentials(r)
 	if bad != nil {
 		writeError(w, bad)
 		return "", "", false

@@ -94,6 +94,11 @@ type Tenant struct {
 	// cors.go). Default: none (browsers refuse cross-origin calls).
 	CORS *CORS `json:"cors,omitempty"`
 
+	// Cookie sets and reads the install and session ids as cookies on a
+	// parent domain, for one identity across subdomains (see cookies.go).
+	// Default: none (headers only).
+	Cookie *Cookie `json:"cookie,omitempty"`
+
 	// Regulation limits failed verifications per client and per session
 	// (see regulation.go). Default: none.
 	Regulation *Regulation `json:"regulation,omitempty"`
@@ -189,6 +194,9 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 
 	platforms, err := t.provisionPlatforms()
 	if err != nil {
+		return err
+	}
+	if err := t.Cookie.provision(); err != nil {
 		return err
 	}
 	regulation, err := t.Regulation.provision()

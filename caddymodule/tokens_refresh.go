@@ -15,7 +15,7 @@ func (a *API) refreshContactToken(w http.ResponseWriter, r *http.Request) {
 		writeError(w, identity.ErrNoSigningKey)
 		return
 	}
-	creds, bad := readCredentials(r.Header)
+	creds, bad := a.tenant.credentials(r)
 	if bad != nil {
 		writeError(w, bad)
 		return
