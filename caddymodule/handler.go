@@ -100,9 +100,11 @@ type Handler struct {
 
 	api    *API
 	tenant *Tenant
-	app    *App
-	logger *zap.Logger
-	strip  headerSet
+	// tenantName is Tenant as the idlink.tenant placeholder's value.
+	tenantName any
+	app        *App
+	logger     *zap.Logger
+	strip      headerSet
 	// hop are the names a client may not nominate in Connection (so that
 	// reverse_proxy would drop them as hop-by-hop) nor send as trailers:
 	// every identity, claim and credential header, whatever
@@ -132,6 +134,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // provisionWith binds the handler to a provisioned app.
 func (h *Handler) provisionWith(app *App) (err error) {
 	h.app = app
+	h.tenantName = h.Tenant // boxed once, not on every request
 	if h.Tenant == "" {
 		return fmt.Errorf("tenant is required")
 	}
@@ -226,7 +229,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if repl == nil {
 		repl = caddy.NewReplacer()
 	}
-	repl.Set("idlink.tenant", h.Tenant)
+	if h.tenantName != nil {
+		repl.Set("idlink.tenant", h.tenantName)
+	} else {
+		repl.Set("idlink.tenant", h.Tenant)
+	}
 
 	// The API's paths go to the API as sent; its answer ends the request.
 	if h.api != nil {
@@ -239,14 +246,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// idlink handler, which may have removed it), then delete every
 	// identity header (and, unless forwarded, every credential) before
 	// anything can fail.
-	var creds identity.Credentials
-	var bad *apiError
-	if p, ok := r.Context().Value(presentedKey{}).(*presented); ok {
-		creds, bad = p.creds, p.bad
-	} else {
-		creds, bad = readCredentials(r.Header)
-		r = r.WithContext(context.WithValue(r.Context(), presentedKey{}, &presented{creds: creds, bad: bad}))
+	// Authenticate only reads the credentials, so every idlink handler of
+	// the request reads them from the one presented value.
+	p, ok := r.Context().Value(presentedKey{}).(*presented)
+	if !ok {
+		creds, bad := readCredentials(r.Header)
+		p = &presented{creds: creds, bad: bad}
+		r = r.WithContext(context.WithValue(r.Context(), presentedKey{}, p))
 	}
+	creds, bad := &p.creds, p.bad
 	h.strip.strip(r.Header)
 	h.hop.stripTokens(r.Header, "Connection")
 	h.trailers.stripTrailers(r)
@@ -266,7 +274,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if banned != nil {
 		return h.refuse(w, repl, banned)
 	}
-	id, aerr := h.tenant.id.Authenticate(r.Context(), &creds)
+	id, aerr := h.tenant.id.Authenticate(r.Context(), creds)
 	if aerr != nil {
 		return h.refuse(w, repl, failed(h.tenant, r, subject, creds.SessionID, aerr))
 	}
@@ -289,25 +297,45 @@ var (
 
 // applyIdentity sets the identity headers on the request to the upstream
 // (which were all deleted before) and the placeholders.
+//
+// It runs on every accepted request, so it allocates little: the header
+// values share one backing array, each value a slice of its own element
+// with capacity 1 (an append by a later handler copies, never writes into
+// a neighbour), and the placeholders that can only take a few constant
+// values are set from constants (no boxing into an interface).
 func applyIdentity(id *identity.Identity, h http.Header, repl *caddy.Replacer) {
 	verified := "false"
 	if id.Verified {
 		verified = "true"
 	}
-	h[hdrIdentitySource] = []string{id.Source}
-	h[hdrIdentityVerified] = []string{verified}
-	setIf(h, hdrPlatformUserID, id.UserID)
-	setIf(h, hdrExternalID, id.ExternalID)
-	setIf(h, hdrInstallID, id.InstallID)
-	setIf(h, hdrSessionID, id.SessionID)
-	setIf(h, hdrVerifiedEmail, id.VerifiedEmail)
-	setIf(h, hdrVerifiedPhone, id.VerifiedPhone)
+	vals := make([]string, 0, 8)
+	put := func(name, v string) {
+		vals = append(vals, v)
+		h[name] = vals[len(vals)-1 : len(vals) : len(vals)]
+	}
+	set := func(name, v string) {
+		if v != "" {
+			put(name, v)
+		}
+	}
+	put(hdrIdentitySource, id.Source)
+	put(hdrIdentityVerified, verified)
+	set(hdrPlatformUserID, id.UserID)
+	set(hdrExternalID, id.ExternalID)
+	set(hdrInstallID, id.InstallID)
+	set(hdrSessionID, id.SessionID)
+	set(hdrVerifiedEmail, id.VerifiedEmail)
+	set(hdrVerifiedPhone, id.VerifiedPhone)
 	for _, hv := range id.ClaimHeaders {
 		h[hv.Name] = []string{hv.Value}
 	}
 
-	repl.Set("idlink.source", id.Source)
-	repl.Set("idlink.verified", verified)
+	repl.Set("idlink.source", constantSource(id.Source))
+	if id.Verified {
+		repl.Set("idlink.verified", "true")
+	} else {
+		repl.Set("idlink.verified", "false")
+	}
 	repl.Set("idlink.user_id", id.UserID)
 	repl.Set("idlink.external_id", id.ExternalID)
 	repl.Set("idlink.install_id", id.InstallID)
@@ -317,8 +345,23 @@ func applyIdentity(id *identity.Identity, h http.Header, repl *caddy.Replacer) {
 	}
 }
 
-func setIf(h http.Header, name, v string) {
-	if v != "" {
-		h[name] = []string{v}
+// constantSource returns source as an interface value without an
+// allocation when it is one of the identity sources (a constant converts
+// to an interface statically).
+func constantSource(source string) any {
+	switch source {
+	case identity.SourceContactToken:
+		return identity.SourceContactToken
+	case identity.SourceHMAC:
+		return identity.SourceHMAC
+	case identity.SourceSSO:
+		return identity.SourceSSO
+	case identity.SourceSession:
+		return identity.SourceSession
+	case identity.SourceInstall:
+		return identity.SourceInstall
+	case identity.SourceAnonymous:
+		return identity.SourceAnonymous
 	}
+	return source
 }
