@@ -199,13 +199,16 @@ http://127.0.0.1:%d {
 		var pl, id, ratios []float64
 		for r := range rounds {
 			var a, b float64
+			var da, db int // the dumps of each
 			if r%2 == 0 {
 				a, b = window(plainURL, p.headers), window(idlinkURL, p.headers)
+				da, db = dump-1, dump
 			} else {
 				b, a = window(idlinkURL, p.headers), window(plainURL, p.headers)
+				da, db = dump, dump-1
 			}
 			pl, id, ratios = append(pl, a), append(id, b), append(ratios, b/a)
-			t.Logf("  %s round %d: plain %.0f, idlink %.0f instructions/request (dumps %d, %d)", p.name, r+1, a, b, dump-1, dump)
+			t.Logf("  %s round %d: plain %.0f (dump %d), idlink %.0f (dump %d) instructions/request", p.name, r+1, a, da, b, db)
 		}
 		t.Logf("%-14s %12.0f %12.0f %8.3f", p.name, medianOf(pl), medianOf(id), medianOf(ratios))
 		fmt.Printf("INSTR path=%q plain=%.0f idlink=%.0f ratio=%.3f\n", p.name, medianOf(pl), medianOf(id), medianOf(ratios))
