@@ -110,9 +110,11 @@ type Handler struct {
 
 	api    *API
 	tenant *Tenant
-	app    *App
-	logger *zap.Logger
-	strip  headerSet
+	// tenantName is Tenant as the idlink.tenant placeholder's value.
+	tenantName any
+	app        *App
+	logger     *zap.Logger
+	strip      headerSet
 	// hop are the names a client may not nominate in Connection (so that
 	// reverse_proxy would drop them as hop-by-hop) nor send as trailers:
 	// every identity, claim and credential header, whatever
@@ -142,6 +144,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // provisionWith binds the handler to a provisioned app.
 func (h *Handler) provisionWith(app *App) (err error) {
 	h.app = app
+	h.tenantName = h.Tenant // boxed once, not on every request
 	if h.Tenant == "" {
 		return fmt.Errorf("tenant is required")
 	}
@@ -228,7 +231,7 @@ func underPrefix(p, prefix string) (string, bool) {
 type presented struct {
 	creds   identity.Credentials
 	bad     *apiError
-	cookies http.Header
+	cookies []string // the Cookie lines
 }
 
 type presentedKey struct{}
@@ -239,7 +242,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if repl == nil {
 		repl = caddy.NewReplacer()
 	}
-	repl.Set("idlink.tenant", h.Tenant)
+	if h.tenantName != nil {
+		repl.Set("idlink.tenant", h.tenantName)
+	} else {
+		repl.Set("idlink.tenant", h.Tenant)
+	}
 
 	// The API's paths go to the API as sent; its answer ends the request.
 	if h.api != nil {
@@ -252,18 +259,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// idlink handler, which may have removed it), then delete every
 	// identity header (and, unless forwarded, every credential) before
 	// anything can fail.
+	// Authenticate only reads the credentials, so every idlink handler of
+	// the request reads them from the one presented value, unless this
+	// tenant adds its own cookies to them.
 	p, ok := r.Context().Value(presentedKey{}).(*presented)
 	if !ok {
-		p = &presented{cookies: http.Header{"Cookie": r.Header["Cookie"]}}
+		p = &presented{cookies: r.Header["Cookie"]}
 		p.creds, p.bad = readCredentials(r.Header)
 		r = r.WithContext(context.WithValue(r.Context(), presentedKey{}, p))
 	}
-	creds, bad := p.creds, p.bad
-	if bad == nil {
+	creds, bad := &p.creds, p.bad
+	if bad == nil && h.tenant.Cookie != nil && len(p.cookies) > 0 {
+		merged := p.creds
 		var fromCookie bool
-		if fromCookie, bad = h.tenant.Cookie.merge(p.cookies, &creds); bad == nil {
+		if fromCookie, bad = h.tenant.Cookie.merge(http.Header{"Cookie": p.cookies}, &merged); bad == nil {
 			bad = h.tenant.checkCSRF(r, fromCookie, &p.creds)
 		}
+		creds = &merged
 	}
 	h.strip.strip(r.Header)
 	h.tenant.Cookie.strip(r.Header)
@@ -286,7 +298,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.refuse(w, repl, banned)
 	}
 	ctx, span := spans.StartTenant(r.Context(), "idlink.authenticate", h.Tenant)
-	id, aerr := h.tenant.id.Authenticate(ctx, &creds)
+	id, aerr := h.tenant.id.Authenticate(ctx, creds)
 	if aerr != nil {
 		aerr = failed(h.tenant, r, subject, creds.SessionID, aerr)
 		spans.End(span, aerr.Code, true)
@@ -319,25 +331,45 @@ var (
 
 // applyIdentity sets the identity headers on the request to the upstream
 // (which were all deleted before) and the placeholders.
+//
+// It runs on every accepted request, so it allocates little: the header
+// values share one backing array, each value a slice of its own element
+// with capacity 1 (an append by a later handler copies, never writes into
+// a neighbour), and the placeholders that can only take a few constant
+// values are set from constants (no boxing into an interface).
 func applyIdentity(id *identity.Identity, h http.Header, repl *caddy.Replacer) {
 	verified := "false"
 	if id.Verified {
 		verified = "true"
 	}
-	h[hdrIdentitySource] = []string{id.Source}
-	h[hdrIdentityVerified] = []string{verified}
-	setIf(h, hdrPlatformUserID, id.UserID)
-	setIf(h, hdrExternalID, id.ExternalID)
-	setIf(h, hdrInstallID, id.InstallID)
-	setIf(h, hdrSessionID, id.SessionID)
-	setIf(h, hdrVerifiedEmail, id.VerifiedEmail)
-	setIf(h, hdrVerifiedPhone, id.VerifiedPhone)
+	vals := make([]string, 0, 8)
+	put := func(name, v string) {
+		vals = append(vals, v)
+		h[name] = vals[len(vals)-1 : len(vals) : len(vals)]
+	}
+	set := func(name, v string) {
+		if v != "" {
+			put(name, v)
+		}
+	}
+	put(hdrIdentitySource, id.Source)
+	put(hdrIdentityVerified, verified)
+	set(hdrPlatformUserID, id.UserID)
+	set(hdrExternalID, id.ExternalID)
+	set(hdrInstallID, id.InstallID)
+	set(hdrSessionID, id.SessionID)
+	set(hdrVerifiedEmail, id.VerifiedEmail)
+	set(hdrVerifiedPhone, id.VerifiedPhone)
 	for _, hv := range id.ClaimHeaders {
 		h[hv.Name] = []string{hv.Value}
 	}
 
-	repl.Set("idlink.source", id.Source)
-	repl.Set("idlink.verified", verified)
+	repl.Set("idlink.source", constantSource(id.Source))
+	if id.Verified {
+		repl.Set("idlink.verified", "true")
+	} else {
+		repl.Set("idlink.verified", "false")
+	}
 	repl.Set("idlink.user_id", id.UserID)
 	repl.Set("idlink.external_id", id.ExternalID)
 	repl.Set("idlink.install_id", id.InstallID)
@@ -347,8 +379,23 @@ func applyIdentity(id *identity.Identity, h http.Header, repl *caddy.Replacer) {
 	}
 }
 
-func setIf(h http.Header, name, v string) {
-	if v != "" {
-		h[name] = []string{v}
+// constantSource returns source as an interface value without an
+// allocation when it is one of the identity sources (a constant converts
+// to an interface statically).
+func constantSource(source string) any {
+	switch source {
+	case identity.SourceContactToken:
+		return identity.SourceContactToken
+	case identity.SourceHMAC:
+		return identity.SourceHMAC
+	case identity.SourceSSO:
+		return identity.SourceSSO
+	case identity.SourceSession:
+		return identity.SourceSession
+	case identity.SourceInstall:
+		return identity.SourceInstall
+	case identity.SourceAnonymous:
+		return identity.SourceAnonymous
 	}
+	return source
 }

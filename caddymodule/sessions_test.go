@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/idlink/idlink/caddymodule/internal/apierr"
+	"github.com/idlink/idlink/caddymodule/internal/identity"
 	"github.com/idlink/idlink/caddymodule/store"
 	"github.com/idlink/idlink/testenv"
 )
@@ -914,6 +915,7 @@ func BenchmarkSessionCheckWarm(b *testing.B) {
 	sid := login(b, api, "bench").SessionID
 	serve(h, sessionRequest(sid))
 	counter := monitorCommands(b, r.Addr(), sid) // any command about this session
+	start := time.Now()
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
@@ -930,8 +932,12 @@ func BenchmarkSessionCheckWarm(b *testing.B) {
 		}
 	})
 	b.StopTimer()
-	if n := counter.count(); n != 0 {
-		b.Fatalf("%d Redis commands during %d warm checks", n, b.N)
+	// The requests make none; the session's activity is written behind
+	// them, at most once per identity.ActivityEvery (identity/activity.go),
+	// plus one EVAL after the first EVALSHA finds the script unloaded.
+	flushes := int(time.Since(start)/identity.ActivityEvery) + 2
+	if n := counter.count(); n > flushes {
+		b.Fatalf("%d Redis commands during %d warm checks (%d activity writes allowed)", n, b.N, flushes)
 	}
 }
 

@@ -156,6 +156,12 @@ func TestWarmPathAllocations(t *testing.T) {
 	}
 	tokCreds := &Credentials{ContactToken: tok}
 	ssoCreds := &Credentials{SSOToken: "sso-tok"}
+	hmacCreds := &Credentials{Platform: "ios", ExternalID: "alice", ExternalIDSig: sign("alice")}
+	login, err := d.Login(ctx, Credentials{Platform: "ios", ExternalID: "bob", ExternalIDSig: sign("bob")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sessCreds := &Credentials{SessionID: login.SessionID}
 	for _, c := range []struct {
 		name string
 		max  float64
@@ -165,6 +171,8 @@ func TestWarmPathAllocations(t *testing.T) {
 		{"install user", 0, func() error { _, err := d.installs.user(ctx, installID); return err }},
 		{"checkContactToken", 1, func() error { _, err := d.checkContactToken(ctx, tokCreds); return err }}, // the identity
 		{"checkSSO", 2, func() error { _, err := d.checkSSO(ctx, ssoCreds); return err }},
+		{"checkHMAC", 3, func() error { _, err := d.checkHMAC(ctx, hmacCreds); return err }},       // the identity, the MAC state, the decoded signature
+		{"checkSession", 1, func() error { _, err := d.checkSession(ctx, sessCreds); return err }}, // the identity
 	} {
 		if err := c.run(); err != nil { // warm it
 			t.Fatalf("%s: %v", c.name, err)
