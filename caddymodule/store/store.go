@@ -83,6 +83,7 @@ func Open(rawURL string, timeout time.Duration) (*Store, error) {
 		applySimple(o, timeout)
 		rdb, kind = redis.NewClient(o), "standalone"
 	}
+	rdb.AddHook(metricsHook{})
 	return &Store{rdb: rdb, timeout: timeout, kind: kind}, nil
 }
 
@@ -102,7 +103,9 @@ func OpenEmbedded(timeout time.Duration) (*Store, error) {
 	}
 	o := &redis.Options{Addr: m.Addr()}
 	applySimple(o, timeout)
-	return &Store{rdb: redis.NewClient(o), timeout: timeout, embedded: m, kind: "embedded"}, nil
+	rdb := redis.NewClient(o)
+	rdb.AddHook(metricsHook{})
+	return &Store{rdb: rdb, timeout: timeout, embedded: m, kind: "embedded"}, nil
 }
 
 // Kind is "standalone", "cluster", "sentinel" or "embedded".
