@@ -258,24 +258,27 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 	if bad != nil {
-		return h.refuse(w, repl, bad)
+		return h.refuse(w, repl, &creds, bad)
 	}
 	// A banned client is refused before anything is verified; a failed
 	// verification is counted (regulation.go).
 	subject, banned := checkBan(h.tenant, r)
 	if banned != nil {
-		return h.refuse(w, repl, banned)
+		return h.refuse(w, repl, &creds, banned)
 	}
 	id, aerr := h.tenant.id.Authenticate(r.Context(), &creds)
 	if aerr != nil {
-		return h.refuse(w, repl, failed(h.tenant, r, subject, creds.SessionID, aerr))
+		return h.refuse(w, repl, &creds, failed(h.tenant, r, subject, creds.SessionID, aerr))
 	}
+	h.tenant.countAccepted(&creds, &id)
 	applyIdentity(&id, r.Header, repl)
 	return next.ServeHTTP(w, r)
 }
 
-// refuse answers a refused request and records its code for logs.
-func (h *Handler) refuse(w http.ResponseWriter, repl *caddy.Replacer, e *apiError) error {
+// refuse answers a refused request, records its code for logs and counts
+// it (idlink_requests_total).
+func (h *Handler) refuse(w http.ResponseWriter, repl *caddy.Replacer, creds *identity.Credentials, e *apiError) error {
+	h.tenant.countRefused(creds, e.Code)
 	repl.Set("idlink.error", e.Code)
 	writeError(w, e)
 	return nil

@@ -18,7 +18,12 @@ type TTL[K comparable, V any] struct {
 	lru *lru.Cache[K, ttlEntry[V]]
 	ttl time.Duration
 	now func() time.Time
+
+	hits, misses atomic.Uint64 // lookups (Get, Load) that found a live entry, or did not
 }
+
+// Stats are a cache's lookups since it was made.
+type Stats struct{ Hits, Misses uint64 }
 
 type ttlEntry[V any] struct {
 	val     V
@@ -39,15 +44,27 @@ func New[K comparable, V any](size int, ttl time.Duration, now func() time.Time)
 func (c *TTL[K, V]) Get(key K) (V, bool) {
 	e, ok := c.lru.Get(key)
 	if !ok {
+		c.misses.Add(1)
 		var zero V
 		return zero, false
 	}
 	if c.now().UnixNano() >= e.expires {
 		c.lru.Remove(key)
+		c.misses.Add(1)
 		var zero V
 		return zero, false
 	}
+	c.hits.Add(1)
 	return e.val, true
+}
+
+// Stats returns the lookups of the cache so far (two atomic loads: cheap
+// enough for every scrape). A nil cache has none.
+func (c *TTL[K, V]) Stats() Stats {
+	if c == nil {
+		return Stats{}
+	}
+	return Stats{Hits: c.hits.Load(), Misses: c.misses.Load()}
 }
 
 // Add stores key for the cache's ttl.
