@@ -40,21 +40,29 @@ func New[K comparable, V any](size int, ttl time.Duration, now func() time.Time)
 	return &TTL[K, V]{lru: c, ttl: ttl, now: now}
 }
 
-// Get returns the live value of key.
+// Get returns the live value of key, counted as a hit or a miss.
 func (c *TTL[K, V]) Get(key K) (V, bool) {
+	v, ok := c.get(key)
+	if ok {
+		c.hits.Add(1)
+	} else {
+		c.misses.Add(1)
+	}
+	return v, ok
+}
+
+// get is Get uncounted.
+func (c *TTL[K, V]) get(key K) (V, bool) {
 	e, ok := c.lru.Get(key)
 	if !ok {
-		c.misses.Add(1)
 		var zero V
 		return zero, false
 	}
 	if c.now().UnixNano() >= e.expires {
 		c.lru.Remove(key)
-		c.misses.Add(1)
 		var zero V
 		return zero, false
 	}
-	c.hits.Add(1)
 	return e.val, true
 }
 
@@ -109,9 +117,11 @@ func NewLoader[K comparable, V any](size int, ttl time.Duration, now func() time
 // ttl: the cache's ttl; negative: not kept), unless the key was dropped
 // while it loaded. A caller whose ctx ends first gets ctx's error.
 func (l *Loader[K, V]) Load(ctx context.Context, key K, load func(ctx context.Context) (V, time.Duration, error)) (V, error) {
-	if v, ok := l.Get(key); ok {
+	if v, ok := l.get(key); ok {
+		l.hits.Add(1)
 		return v, nil
 	}
+	l.misses.Add(1)
 	ch := l.flight.DoChan(l.flightKey(key), func() (any, error) {
 		gen := l.gen.Load()
 		v, keep, err := load(context.WithoutCancel(ctx))
@@ -128,6 +138,17 @@ func (l *Loader[K, V]) Load(ctx context.Context, key K, load func(ctx context.Co
 		var zero V
 		return zero, ctx.Err()
 	}
+}
+
+// Get returns the live value of key. A hit counts as one; a miss does
+// not, since a loader's misses are its loads (callers look a key up with
+// Get before they make Load's closure, then Load it).
+func (l *Loader[K, V]) Get(key K) (V, bool) {
+	v, ok := l.get(key)
+	if ok {
+		l.hits.Add(1)
+	}
+	return v, ok
 }
 
 // Forget drops key; a load of it in flight keeps what it read to itself.
