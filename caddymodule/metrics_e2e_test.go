@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -168,5 +169,23 @@ func TestMetricsRolloutE2E(t *testing.T) {
 	}
 	if got := metricValue(mf, "idlink_store_duration_seconds", map[string]string{"op": "resolve"}); got < 1 {
 		t.Errorf("resolve calls measured: %v, want at least 1", got)
+	}
+}
+
+// TestRequestCountersAllocateNothing: counting a request, once its series
+// is resolved, allocates nothing; an unknown platform, source or outcome
+// falls into the bounded fallbacks.
+func TestRequestCountersAllocateNothing(t *testing.T) {
+	rc := newRequestCounters("alloc-test", []string{"web", "ios"})
+	rc.inc("web", SourceHMAC, outcomeWouldRefuse)
+	if n := testing.AllocsPerRun(1000, func() { rc.inc("web", SourceHMAC, outcomeWouldRefuse) }); n != 0 {
+		t.Fatalf("a warm count allocates %v times", n)
+	}
+	rc.inc("made-up", "made-up", "made-up")
+	if got := testutil.ToFloat64(requestsTotal.WithLabelValues("alloc-test", platformUnknown, SourceAnonymous, outcomeOther)); got != 1 {
+		t.Fatalf("fallback series = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(requestsTotal.WithLabelValues("alloc-test", "web", SourceHMAC, outcomeWouldRefuse)); got != 1002 {
+		t.Fatalf("web/hmac/would_refuse = %v, want 1002", got)
 	}
 }
