@@ -189,3 +189,43 @@ func TestRequestCountersAllocateNothing(t *testing.T) {
 		t.Fatalf("web/hmac/would_refuse = %v, want 1002", got)
 	}
 }
+
+// TestRolloutCommand: `caddy idlink rollout` reads a real Caddy's metrics
+// after known traffic: the report-mode platform with bad signatures is
+// "check clients", the one whose requests all verified "safe to enforce".
+func TestRolloutCommand(t *testing.T) {
+	r := testenv.StartRedis(t)
+	if r == nil {
+		t.Skip("needs redis-server")
+	}
+	up := testenv.StartUpstream(t)
+	port, mport := testenv.FreePort(t), testenv.FreePort(t)
+	testenv.StartCaddy(t, strings.ReplaceAll(metricsCaddyfile(r.URL(), port, mport, up.Addr()), "rollout", "rollcmd"))
+	e := &e2e{t: t, base: fmt.Sprintf("http://127.0.0.1:%d", port), upstream: up}
+	for range 3 {
+		e.do("GET", "/", [][2]string{{"X-Platform", "web"}, {"X-External-Id", "alice"}, {"X-External-Id-Signature", "00"}})
+	}
+	e.do("GET", "/", signed("bob", testSecret, [2]string{"X-Platform", "web"}))
+	for range 2 {
+		e.do("GET", "/", signed("carol", testSecret, [2]string{"X-Platform", "ios"}))
+	}
+	out, _, err := runIdlink(t, "", "rollout", "--metrics-url", fmt.Sprintf("http://127.0.0.1:%d/metrics", mport))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := map[string]string{}
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) > 2 && f[0] == "rollcmd" {
+			lines[f[1]] = strings.Join(f[2:], " ")
+		}
+	}
+	if want := "4 0 3 75.00% check clients"; lines["web"] != want {
+		t.Errorf("web: %q, want %q\n%s", lines["web"], want, out)
+	}
+	if want := "2 0 0 0.00% safe to enforce"; lines["ios"] != want {
+		t.Errorf("ios: %q, want %q\n%s", lines["ios"], want, out)
+	}
+	if _, _, err := runIdlink(t, "", "rollout", "--metrics-url", up.URL()); err == nil {
+		t.Error("a URL without idlink's metrics gave no error")
+	}
+}
