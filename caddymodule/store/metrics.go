@@ -92,16 +92,20 @@ func opFor(op string) *opMetrics {
 func cmdOp(cmd redis.Cmder) *opMetrics {
 	opsOnce.Do(loadOps)
 	name := cmd.Name()
+	args := cmd.Args()
+	if len(args) < 2 {
+		return opFor(name)
+	}
 	switch name {
 	case "evalsha", "evalsha_ro":
-		if sha, ok := cmd.Args()[1].(string); ok {
+		if sha, ok := args[1].(string); ok {
 			if s, ok := scriptSHA[sha]; ok { // redis.Script hashes are lower-case hex
 				return opFor(s)
 			}
 		}
 		return opFor("script_unknown")
 	case "eval", "eval_ro":
-		if src, ok := cmd.Args()[1].(string); ok {
+		if src, ok := args[1].(string); ok {
 			for s, known := range scriptSources {
 				if known == src {
 					return opFor(s)
