@@ -39,6 +39,7 @@ Operator tools for idlink. Run "caddy idlink <command> --help" for each:
   keygen   make a contact-token signing key (PEM) and print its public JWK
   sign     sign an external id with a platform secret (what an SDK sends)
   api-key  make a server API key and print the line for the Caddyfile
+  rollout  per tenant and platform, how many requests enforce would refuse
 
 Secrets are never taken as flag values (they would land in shell history):
 they come from an environment variable, a file, or standard input.`,

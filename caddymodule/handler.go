@@ -289,20 +289,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 	if bad != nil {
-		return h.refuse(w, repl, bad)
+		return h.refuse(w, repl, creds, bad)
 	}
 	// A banned client is refused before anything is verified; a failed
 	// verification is counted (regulation.go).
 	subject, banned := checkBan(h.tenant, r)
 	if banned != nil {
-		return h.refuse(w, repl, banned)
+		return h.refuse(w, repl, creds, banned)
 	}
 	ctx, span := spans.StartTenant(r.Context(), "idlink.authenticate", h.Tenant)
 	id, aerr := h.tenant.id.Authenticate(ctx, creds)
 	if aerr != nil {
 		aerr = failed(h.tenant, r, subject, creds.SessionID, aerr)
 		spans.End(span, aerr.Code, true)
-		return h.refuse(w, repl, aerr)
+		return h.refuse(w, repl, creds, aerr)
 	}
 	if span.IsRecording() {
 		span.SetAttributes(attribute.String("idlink.source", id.Source))
@@ -312,12 +312,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		spans.End(span, outcome, false)
 	}
+	h.tenant.countAccepted(creds, &id)
 	applyIdentity(&id, r.Header, repl)
 	return next.ServeHTTP(w, r)
 }
 
-// refuse answers a refused request and records its code for logs.
-func (h *Handler) refuse(w http.ResponseWriter, repl *caddy.Replacer, e *apiError) error {
+// refuse answers a refused request, records its code for logs and counts
+// it (idlink_requests_total).
+func (h *Handler) refuse(w http.ResponseWriter, repl *caddy.Replacer, creds *identity.Credentials, e *apiError) error {
+	h.tenant.countRefused(creds, e.Code)
 	repl.Set("idlink.error", e.Code)
 	writeError(w, e)
 	return nil

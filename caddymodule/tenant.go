@@ -132,6 +132,8 @@ type Tenant struct {
 	// id is the tenant's identity domain, built at provision from the
 	// config above.
 	id *identity.Domain
+	// requests are the tenant's idlink_requests_total series.
+	requests *requestCounters
 }
 
 // Platform is one client platform's trusted-identity settings.
@@ -211,6 +213,7 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 		FailOpen:         app.OnStoreError == FailOpen,
 		CacheSize:        t.CacheSize, CacheTTL: time.Duration(t.CacheTTL),
 		Sessions: sessions, Expiry: expiry, Regulation: regulation,
+		Observe: t.observer(),
 	}
 	if c := t.ContactToken; c != nil {
 		cfg.Tokens, cfg.MappedClaims, cfg.Logout = c.v, c.mapped, c.logout
@@ -222,6 +225,11 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 		cfg.SSO = t.SSO.v
 	}
 	t.id = identity.New(cfg)
+	names := make([]string, 0, len(platforms))
+	for p := range platforms {
+		names = append(names, p)
+	}
+	t.requests = newRequestCounters(name, names)
 	return t.provisionEvents()
 }
 

@@ -151,8 +151,7 @@ http://127.0.0.1:%d {
 	for _, s := range all {
 		if strings.HasPrefix(s.Name, "redis ") && strings.HasPrefix(byID[s.Parent.SpanID].Name, "idlink.verify.") {
 			redisUnder++
-			if s.Name != "redis evalsha resolve" && s.Name != "redis eval resolve" && !strings.HasPrefix(s.Name, "redis evalsha session_") &&
-				!strings.HasPrefix(s.Name, "redis eval session_") {
+			if s.Name != "redis resolve" && !strings.HasPrefix(s.Name, "redis session_") {
 				t.Errorf("redis span %q", s.Name)
 			}
 		}

@@ -84,6 +84,7 @@ func Open(rawURL string, timeout time.Duration) (*Store, error) {
 		rdb, kind = redis.NewClient(o), "standalone"
 	}
 	rdb.AddHook(spanHook{})
+	rdb.AddHook(metricsHook{})
 	return &Store{rdb: rdb, timeout: timeout, kind: kind}, nil
 }
 
@@ -105,6 +106,7 @@ func OpenEmbedded(timeout time.Duration) (*Store, error) {
 	applySimple(o, timeout)
 	rdb := redis.NewClient(o)
 	rdb.AddHook(spanHook{})
+	rdb.AddHook(metricsHook{})
 	return &Store{rdb: rdb, timeout: timeout, embedded: m, kind: "embedded"}, nil
 }
 

@@ -2,12 +2,9 @@ package store
 
 import (
 	"context"
-	"crypto/sha1"
-	"encoding/hex"
 	"errors"
 	"net"
 	"strings"
-	"sync"
 
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/attribute"
@@ -16,8 +13,8 @@ import (
 )
 
 // spanHook makes a span of every Redis call made for a traced request
-// (Caddy's tracing directive): "redis <command>", a script named by its
-// file ("redis evalsha session_touch"). Keys and arguments are never
+// (Caddy's tracing directive): "redis <operation>", the operation named
+// as in the store metrics (a script by its file: "redis session_touch"). Keys and arguments are never
 // recorded: they hold external ids and session ids.
 type spanHook struct{}
 
@@ -28,7 +25,7 @@ func (spanHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		if !spans.Recording(ctx) {
 			return next(ctx, cmd)
 		}
-		ctx, span := spans.Start(ctx, "redis "+operation(cmd), attribute.String("db.system", "redis"))
+		ctx, span := spans.Start(ctx, "redis "+opName(cmd), attribute.String("db.system", "redis"))
 		err := next(ctx, cmd)
 		spans.End(span, outcome(err), failed(err))
 		return err
@@ -42,7 +39,7 @@ func (spanHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Proces
 		}
 		ops := make([]string, 0, len(cmds))
 		for _, c := range cmds {
-			ops = append(ops, operation(c))
+			ops = append(ops, opName(c))
 		}
 		ctx, span := spans.Start(ctx, "redis pipeline", attribute.String("db.system", "redis"),
 			attribute.StringSlice("db.operations", ops))
@@ -51,38 +48,6 @@ func (spanHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Proces
 		return err
 	}
 }
-
-// operation is a command's name, with the script's name for EVAL and
-// EVALSHA.
-func operation(cmd redis.Cmder) string {
-	name := cmd.Name()
-	if name != "evalsha" && name != "eval" && name != "evalsha_ro" && name != "eval_ro" {
-		return name
-	}
-	args := cmd.Args()
-	if len(args) < 2 {
-		return name
-	}
-	body, _ := args[1].(string)
-	if name == "eval" || name == "eval_ro" {
-		sum := sha1.Sum([]byte(body))
-		body = hex.EncodeToString(sum[:])
-	}
-	if script := scriptNames()[body]; script != "" {
-		return name + " " + script
-	}
-	return name
-}
-
-// scriptNames maps each script's SHA-1 to its name.
-var scriptNames = sync.OnceValue(func() map[string]string {
-	m := make(map[string]string, len(scriptSources))
-	for name, src := range scriptSources {
-		sum := sha1.Sum([]byte(src))
-		m[hex.EncodeToString(sum[:])] = name
-	}
-	return m
-})
 
 // outcome is "ok", "nil" (no such key: an answer), "timeout", "noscript"
 // or "error": never Redis's text, which may quote arguments.
@@ -100,5 +65,3 @@ func outcome(err error) string {
 	}
 	return "error"
 }
-
-func failed(err error) bool { return err != nil && !errors.Is(err, redis.Nil) }

@@ -18,7 +18,12 @@ type TTL[K comparable, V any] struct {
 	lru *lru.Cache[K, ttlEntry[V]]
 	ttl time.Duration
 	now func() time.Time
+
+	hits, misses atomic.Uint64 // lookups (Get, Load) that found a live entry, or did not
 }
+
+// Stats are a cache's lookups since it was made.
+type Stats struct{ Hits, Misses uint64 }
 
 type ttlEntry[V any] struct {
 	val     V
@@ -35,8 +40,19 @@ func New[K comparable, V any](size int, ttl time.Duration, now func() time.Time)
 	return &TTL[K, V]{lru: c, ttl: ttl, now: now}
 }
 
-// Get returns the live value of key.
+// Get returns the live value of key, counted as a hit or a miss.
 func (c *TTL[K, V]) Get(key K) (V, bool) {
+	v, ok := c.get(key)
+	if ok {
+		c.hits.Add(1)
+	} else {
+		c.misses.Add(1)
+	}
+	return v, ok
+}
+
+// get is Get uncounted.
+func (c *TTL[K, V]) get(key K) (V, bool) {
 	e, ok := c.lru.Get(key)
 	if !ok {
 		var zero V
@@ -48,6 +64,15 @@ func (c *TTL[K, V]) Get(key K) (V, bool) {
 		return zero, false
 	}
 	return e.val, true
+}
+
+// Stats returns the lookups of the cache so far (two atomic loads: cheap
+// enough for every scrape). A nil cache has none.
+func (c *TTL[K, V]) Stats() Stats {
+	if c == nil {
+		return Stats{}
+	}
+	return Stats{Hits: c.hits.Load(), Misses: c.misses.Load()}
 }
 
 // Add stores key for the cache's ttl.
@@ -92,9 +117,11 @@ func NewLoader[K comparable, V any](size int, ttl time.Duration, now func() time
 // ttl: the cache's ttl; negative: not kept), unless the key was dropped
 // while it loaded. A caller whose ctx ends first gets ctx's error.
 func (l *Loader[K, V]) Load(ctx context.Context, key K, load func(ctx context.Context) (V, time.Duration, error)) (V, error) {
-	if v, ok := l.Get(key); ok {
+	if v, ok := l.get(key); ok {
+		l.hits.Add(1)
 		return v, nil
 	}
+	l.misses.Add(1)
 	ch := l.flight.DoChan(l.flightKey(key), func() (any, error) {
 		gen := l.gen.Load()
 		v, keep, err := load(context.WithoutCancel(ctx))
@@ -111,6 +138,17 @@ func (l *Loader[K, V]) Load(ctx context.Context, key K, load func(ctx context.Co
 		var zero V
 		return zero, ctx.Err()
 	}
+}
+
+// Get returns the live value of key. A hit counts as one; a miss does
+// not, since a loader's misses are its loads (callers look a key up with
+// Get before they make Load's closure, then Load it).
+func (l *Loader[K, V]) Get(key K) (V, bool) {
+	v, ok := l.get(key)
+	if ok {
+		l.hits.Add(1)
+	}
+	return v, ok
 }
 
 // Forget drops key; a load of it in flight keeps what it read to itself.

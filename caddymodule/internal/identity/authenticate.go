@@ -84,12 +84,19 @@ func (d *Domain) Identify(ctx context.Context, c *Credentials) (Identity, error)
 			// gives way to the credential idlink issued or verified rather
 			// than refusing the request (which report mode must not do).
 			switch {
+			// Enforce mode would have refused it: that is still counted.
 			case unverifiedExternal(id):
 				d.debug("unverified external id ignored: another credential names another user", zap.String("other", claim.Source))
+				if claim.WouldRefuse == "" {
+					claim.WouldRefuse = id.WouldRefuse
+				}
 				id = claim
 				continue
 			case unverifiedExternal(claim):
 				d.debug("unverified external id ignored: another credential names another user", zap.String("primary", id.Source))
+				if id.WouldRefuse == "" {
+					id.WouldRefuse = claim.WouldRefuse
+				}
 				continue
 			}
 			d.debug("credentials disagree", zap.String("primary", id.Source), zap.String("other", claim.Source))
@@ -111,6 +118,9 @@ func (d *Domain) Identify(ctx context.Context, c *Credentials) (Identity, error)
 		if id.ClaimHeaders == nil {
 			id.ClaimHeaders = claim.ClaimHeaders
 		}
+		if id.WouldRefuse == "" {
+			id.WouldRefuse = claim.WouldRefuse
+		}
 	}
 	if id == nil {
 		if d.cfg.AnonymousDeny {
@@ -122,9 +132,12 @@ func (d *Domain) Identify(ctx context.Context, c *Credentials) (Identity, error)
 	// login stored for the user; they count only beside a verified
 	// external id.
 	if id.Verified && id.ExternalID != "" {
-		email, phone, err := d.verifyAttributes(c, id.ExternalID)
+		email, phone, wouldRefuse, err := d.verifyAttributes(c, id.ExternalID)
 		if err != nil {
 			return Identity{}, err
+		}
+		if id.WouldRefuse == "" {
+			id.WouldRefuse = wouldRefuse
 		}
 		if email != "" || phone != "" {
 			id.VerifiedEmail, id.VerifiedPhone = email, phone
@@ -175,11 +188,12 @@ func AttributeMessage(format, field, externalID, value string) string {
 // verifyAttributes checks the signed email and phone of a request whose
 // verified external id is externalID. They are injected only when their
 // signature verifies; a bad one is refused in enforce mode and dropped
-// otherwise.
-func (d *Domain) verifyAttributes(c *Credentials, externalID string) (email, phone string, err error) {
+// otherwise (wouldRefuse: in report mode, the code enforce would refuse
+// it with).
+func (d *Domain) verifyAttributes(c *Credentials, externalID string) (email, phone, wouldRefuse string, err error) {
 	platform, mode := d.platformFor(c.Platform)
 	if platform == nil || mode == ModeOff {
-		return "", "", nil
+		return "", "", "", nil
 	}
 	check := func(v, sig, what string) (string, error) {
 		if v == "" || sig == "" {
@@ -191,13 +205,16 @@ func (d *Domain) verifyAttributes(c *Credentials, externalID string) (email, pho
 		if mode == ModeEnforce {
 			return "", d.badSignature("the " + what + " signature does not match")
 		}
+		wouldRefuse = apierr.CodeInvalidSignature
 		return "", nil
 	}
 	if email, err = check(c.Email, c.EmailSig, "email"); err != nil {
-		return "", "", err
+		return "", "", "", err
 	}
-	phone, err = check(c.Phone, c.PhoneSig, "phone")
-	return email, phone, err
+	if phone, err = check(c.Phone, c.PhoneSig, "phone"); err != nil {
+		return "", "", "", err
+	}
+	return email, phone, wouldRefuse, nil
 }
 
 // checkHMAC verifies X-External-Id with X-External-Id-Signature under the
@@ -222,7 +239,11 @@ func (d *Domain) checkHMAC(ctx context.Context, c *Credentials) (*Identity, erro
 	if err != nil {
 		return nil, err
 	}
-	return &Identity{Source: SourceHMAC, Verified: verified, UserID: userID, ExternalID: c.ExternalID}, nil
+	id := &Identity{Source: SourceHMAC, Verified: verified, UserID: userID, ExternalID: c.ExternalID}
+	if !verified && mode == ModeReport {
+		id.WouldRefuse = apierr.CodeInvalidSignature
+	}
+	return id, nil
 }
 
 // verifyExternalID checks the signature of X-External-Id under its

@@ -76,6 +76,10 @@ type Identity struct {
 	VerifiedEmail string
 	VerifiedPhone string
 	ClaimHeaders  []verify.Header // from a contact token's claim_header mappings
+	// WouldRefuse is the code enforce mode would have refused the request
+	// with (apierr.CodeInvalidSignature) when report mode let a failed
+	// signature pass; "" otherwise. For metrics only: never a header.
+	WouldRefuse string
 }
 
 // Credentials is what a request presented.
@@ -158,6 +162,9 @@ type Config struct {
 	// Logout verifies the logout tokens of back-channel logout; nil: the
 	// tenant does not accept them.
 	Logout *verify.Logout
+
+	// Observe is told of session and link events (metrics).
+	Observe Observer
 }
 
 // Domain is one tenant's identity domain.

@@ -64,6 +64,7 @@ func (in *installs) link(ctx context.Context, installID, externalID string) (sto
 		Channel:    store.InvalidationChannel,
 		Message:    store.InvalidationMessage(d.cfg.Tenant, InvalidateInstall, installID),
 	}, store.LinkOptions{})
+	d.observeLink(res, err)
 	if res.Moved {
 		// Every instance drops it when the script's message arrives; this
 		// one need not wait for the round trip.

@@ -67,7 +67,7 @@ func (d *Domain) Login(ctx context.Context, c Credentials, attrs *store.Attribut
 			return nil, d.badSignature(why)
 		}
 		if ok {
-			if _, _, err := d.verifyAttributes(&c, c.ExternalID); err != nil {
+			if _, _, _, err := d.verifyAttributes(&c, c.ExternalID); err != nil {
 				return nil, err
 			}
 			res, err := d.installs.link(ctx, installID, c.ExternalID)
@@ -160,6 +160,8 @@ func (d *Domain) admit(ctx context.Context, id Identity, attrs *store.AttributeU
 	for _, sid := range evicted {
 		d.sessions.drop(sid)
 	}
+	d.observeSession(EventStarted, verifiedReason(id.Verified), 1)
+	d.observeSession(EventEnded, store.ReasonEvicted, len(evicted))
 	res := &LoginResult{UserID: id.UserID, SessionID: ns.ID, Evicted: evicted, Verified: id.Verified}
 	if lt := d.sessions.policy.Lifetime; lt > 0 {
 		res.ExpiresAt = started.Add(lt).UTC().Truncate(time.Millisecond)
@@ -250,9 +252,12 @@ func (d *Domain) Logout(ctx context.Context, sid string) (reason string, err err
 	if _, err := store.ParseID(store.KindSession, sid); err != nil {
 		return "", apierr.UnknownSession()
 	}
-	why, _, known, err := d.cfg.Store.EndSession(context.WithoutCancel(ctx), d.keys, d.sessions.policy, sid, store.ReasonLoggedOut, d.cfg.Now())
+	why, endedNow, known, err := d.cfg.Store.EndSession(context.WithoutCancel(ctx), d.keys, d.sessions.policy, sid, store.ReasonLoggedOut, d.cfg.Now())
 	if err != nil {
 		return "", err
+	}
+	if endedNow {
+		d.observeSession(EventEnded, store.ReasonLoggedOut, 1)
 	}
 	if !known {
 		return "", apierr.UnknownSession()
@@ -281,4 +286,11 @@ func (d *Domain) Link(ctx context.Context, installID, externalID string) (store.
 // recently active first) in one round trip.
 func (d *Domain) UserSessions(ctx context.Context, userID string) (attrs string, live []store.LiveSession, err error) {
 	return d.cfg.Store.UserSessions(ctx, d.keys, d.sessions.policy, userID, d.cfg.Now())
+}
+
+func verifiedReason(v bool) string {
+	if v {
+		return "verified"
+	}
+	return "unverified"
 }

@@ -92,6 +92,7 @@ func (d *Domain) endSubject(ctx context.Context, externalID string) (int, error)
 	if err != nil {
 		return 0, err
 	}
+	d.observeSession(EventEnded, store.ReasonLoggedOut, len(ended))
 	for _, e := range ended {
 		d.sessions.drop(e.ID)
 	}

@@ -92,6 +92,7 @@ func (d *Domain) revoke(ctx context.Context, userID, handle, keep string) ([]sto
 	if err != nil {
 		return nil, err
 	}
+	d.observeSession(EventEnded, store.ReasonRevoked, len(ended))
 	// This instance refuses them from now on; the others hear it on the
 	// invalidation channel, which the script published to.
 	for _, e := range ended {

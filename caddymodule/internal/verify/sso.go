@@ -393,3 +393,6 @@ func (v *flexBool) UnmarshalJSON(b []byte) error {
 	}
 	return nil
 }
+
+// CacheStats are the lookups of the answers' cache.
+func (v *TokenInfo) CacheStats() cache.Stats { return v.cache.Stats() }

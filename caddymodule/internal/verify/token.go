@@ -370,3 +370,6 @@ func (c *Tokens) readClaims(claims jwt.MapClaims, vt *Token) error {
 	}
 	return nil
 }
+
+// CacheStats are the lookups of the verified-token cache.
+func (c *Tokens) CacheStats() cache.Stats { return c.cache.Stats() }
