@@ -32,7 +32,7 @@ func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "idlink",
 		Usage: "<command> [flags]",
-		Short: "Operator tools for idlink: signing keys, external-id signatures, API keys",
+		Short: "Operator tools for idlink: signing keys, external-id signatures, API keys, rollout",
 		Long: `
 Operator tools for idlink. Run "caddy idlink <command> --help" for each:
 
