@@ -214,13 +214,11 @@ func (l *linker) dropPrev(ctx context.Context, prev, cur string) (done bool, err
 	}
 	ctx, cancel := l.s.deadline(ctx)
 	defer cancel()
-	// Two removals, each idempotent: the field, and the member of an
+	// One script in the old user's slot: the field, and the member of an
 	// installs set of the old schema.
-	_, err = l.s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.HDel(ctx, l.k.User(sP, prev), InstallField(l.req.InstallID))
-		p.SRem(ctx, l.k.UserInstalls(sP, prev), l.req.InstallID)
-		return nil
-	})
+	err = l.s.runWrite(ctx, installDropScript,
+		[]string{l.k.User(sP, prev), l.k.UserInstalls(sP, prev)},
+		InstallField(l.req.InstallID), l.req.InstallID).Err()
 	if err := wrap(err); err != nil {
 		return false, err
 	}

@@ -50,6 +50,7 @@ var (
 	resolveScript           = scriptWith("resolve", "ext_lib")
 	installCreateScript     = script("install_create")
 	installExpiryScript     = script("install_expiry")
+	installDropScript       = script("install_drop")
 	userExpiryScript        = scriptWith("user_expiry", "ext_lib")
 	userGetScript           = script("user_get")
 	linkLockScript          = script("link_lock")
