@@ -8,6 +8,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/idlink/idlink/testenv"
 )
 
 // TestHandlerWarmAllocations: the whole idlink handler, for each warm path
@@ -18,6 +19,9 @@ import (
 // need valgrind, and on a shared machine a wall-clock ratio is too noisy to
 // catch an added allocation, which costs on every request.
 func TestHandlerWarmAllocations(t *testing.T) {
+	if testenv.RaceEnabled {
+		t.Skip("the race detector allocates: the ceilings are for normal builds (the README test command runs them)")
+	}
 	ec := newTestKey(t, "ec", "ES256")
 	app := newTestApp(t, "", func(a *App) {
 		a.Tenants["acme"].ContactToken = &ContactToken{SignKeys: []TokenKey{{KID: "ec", File: ec.writePEM(t, true)}}}
