@@ -8,16 +8,11 @@
 -- Returns {'banned', ms left} (already banned, or banned by this failure)
 -- or {'counted', failures in the window}.
 local now, window, max, ban = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local h = redis.call('HMGET', KEYS[1], 'n', 'start', 'ban')
-local banned = tonumber(h[3]) or 0
+local banned = tonumber(redis.call('HGET', KEYS[1], 'ban')) or 0
 if banned > now then
   return {'banned', banned - now}
 end
-local n, start = tonumber(h[1]) or 0, tonumber(h[2]) or 0
-if now - start >= window then
-  n, start = 0, now
-end
-n = n + 1
+local n, start = count_in_window(KEYS[1], now, window)
 if n > max then
   local till = string.format('%d', now + ban)
   redis.call('HSET', KEYS[1], 'n', '0', 'start', ARGV[1], 'ban', till)

@@ -13,12 +13,7 @@ local h = redis.call('HMGET', KEYS[2], 'state', 'user', 'started', 'install')
 if h[1] ~= 'live' then
   return {'not_live'}
 end
-local c = redis.call('HMGET', KEYS[3], 'n', 'start')
-local n, start = tonumber(c[1]) or 0, tonumber(c[2]) or 0
-if NOW - start >= window then
-  n, start = 0, NOW
-end
-n = n + 1
+local n, start = count_in_window(KEYS[3], NOW, window)
 if n > max then
   redis.call('DEL', KEYS[3])
   end_session(sid, h[2] or '', tonumber(h[3]) or 0, h[4], 'too_many_failures', nil, true)
