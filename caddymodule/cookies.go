@@ -147,13 +147,13 @@ func (c *Cookie) clear(w http.ResponseWriter) {
 	}
 }
 
-// merge fills creds' install and session ids from the cookies in h
-// where the headers left them empty, and reports whether it did. A
+// merge fills creds' install and session ids from the cookies of the
+// Cookie header lines where the headers left them empty, and reports whether it did. A
 // cookie sent twice (a sibling's tossed copy beside ours) or with an
 // invalid value is 400; a cookie naming another id than its header is
 // 401 identity_mismatch.
-func (c *Cookie) merge(h http.Header, creds *identity.Credentials) (bool, *apiError) {
-	if c == nil || len(h["Cookie"]) == 0 {
+func (c *Cookie) merge(lines []string, creds *identity.Credentials) (bool, *apiError) {
+	if c == nil || len(lines) == 0 {
 		return false, nil
 	}
 	used := false
@@ -161,7 +161,7 @@ func (c *Cookie) merge(h http.Header, creds *identity.Credentials) (bool, *apiEr
 		name, what string
 		v          *string
 	}{{c.installName, "install id", &creds.InstallID}, {c.sessionName, "session id", &creds.SessionID}} {
-		vals := cookieValues(h, f.name)
+		vals := cookieValues(lines, f.name)
 		switch {
 		case len(vals) == 0:
 			continue
@@ -178,10 +178,11 @@ func (c *Cookie) merge(h http.Header, creds *identity.Credentials) (bool, *apiEr
 	return used, nil
 }
 
-// cookieValues are the values of every cookie called name in h.
-func cookieValues(h http.Header, name string) []string {
+// cookieValues are the values of every cookie called name in the Cookie
+// header lines.
+func cookieValues(lines []string, name string) []string {
 	var out []string
-	for _, line := range h["Cookie"] {
+	for _, line := range lines {
 		for part := range strings.SplitSeq(line, ";") {
 			n, v, _ := strings.Cut(strings.TrimSpace(part), "=")
 			if n == name {
@@ -241,12 +242,8 @@ func (t *Tenant) checkOriginOf(r *http.Request) (bool, *apiError) {
 	if o == "https://"+strings.ToLower(r.Host) {
 		return true, nil
 	}
-	if t.CORS != nil {
-		for _, allowed := range t.CORS.Origins {
-			if norm, err := checkOrigin(allowed); err == nil && norm == o {
-				return true, nil
-			}
-		}
+	if t.CORS.allows(o) {
+		return true, nil
 	}
 	return true, csrfRefused("the request comes from origin " + o + ", which is neither this site nor a cors origin of the tenant")
 }
@@ -279,7 +276,7 @@ func (t *Tenant) credentials(r *http.Request) (identity.Credentials, *apiError) 
 		return creds, bad
 	}
 	sent := creds
-	fromCookie, bad := t.Cookie.merge(r.Header, &creds)
+	fromCookie, bad := t.Cookie.merge(r.Header["Cookie"], &creds)
 	if bad != nil {
 		return creds, bad
 	}

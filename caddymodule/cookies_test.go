@@ -56,7 +56,7 @@ func TestCookieMerge(t *testing.T) {
 		{"other name", "idlink-install=i_1", "", false, ""},
 	} {
 		creds := identity.Credentials{InstallID: tc.installHdr}
-		used, e := c.merge(http.Header{"Cookie": {tc.cookie}}, &creds)
+		used, e := c.merge([]string{tc.cookie}, &creds)
 		code := ""
 		if e != nil {
 			code = e.Code

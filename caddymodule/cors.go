@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -26,6 +27,9 @@ type CORS struct {
 	Origins []string `json:"origins"`
 	// MaxAge is how long a browser may cache a preflight. Default: 10m.
 	MaxAge caddy.Duration `json:"max_age,omitempty"`
+
+	origins []string   // Origins normalised (checkOrigin)
+	handler *cors.Cors // answers the API's preflights
 }
 
 // corsRequestHeaders are what the SDK sends: every credential header,
@@ -40,36 +44,43 @@ var corsRequestHeaders = []string{
 // corsExposedHeaders are the answer headers a page needs to read.
 var corsExposedHeaders = []string{"WWW-Authenticate", "Retry-After"}
 
-// provision checks the origins and builds the handler of the API's CORS.
-func (c *CORS) provision() (*cors.Cors, error) {
+// provision checks the origins and builds the handler of the API's CORS,
+// once per tenant (every API mount of the tenant shares it).
+func (c *CORS) provision() error {
 	if c == nil {
-		return nil, nil
+		return nil
 	}
 	if len(c.Origins) == 0 {
-		return nil, fmt.Errorf("cors needs at least one origin")
+		return fmt.Errorf("cors needs at least one origin")
 	}
-	origins := make([]string, 0, len(c.Origins))
+	c.origins = make([]string, 0, len(c.Origins))
 	for _, o := range c.Origins {
 		norm, err := checkOrigin(o)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		origins = append(origins, norm)
+		c.origins = append(c.origins, norm)
 	}
 	if c.MaxAge == 0 {
 		c.MaxAge = caddy.Duration(defaultCORSMaxAge)
 	}
 	if c.MaxAge < 0 {
-		return nil, fmt.Errorf("cors max_age must not be negative")
+		return fmt.Errorf("cors max_age must not be negative")
 	}
-	return cors.New(cors.Options{
-		AllowedOrigins:   origins,
+	c.handler = cors.New(cors.Options{
+		AllowedOrigins:   c.origins,
 		AllowedMethods:   []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete},
 		AllowedHeaders:   corsRequestHeaders,
 		ExposedHeaders:   corsExposedHeaders,
 		AllowCredentials: true,
 		MaxAge:           int(time.Duration(c.MaxAge) / time.Second),
-	}), nil
+	})
+	return nil
+}
+
+// allows reports whether origin (lower case) is one of the origins.
+func (c *CORS) allows(origin string) bool {
+	return c != nil && slices.Contains(c.origins, origin)
 }
 
 // checkOrigin accepts scheme://host[:port] (http or https) and answers it

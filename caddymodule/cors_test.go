@@ -131,10 +131,11 @@ func TestCORSCaddyfile(t *testing.T) {
 			t.Errorf("%q: %v, want %q", tc.in, err, tc.err)
 		}
 	}
-	if _, err := (&CORS{Origins: []string{"https://A.example.com:8443"}}).provision(); err != nil {
-		t.Fatal(err)
+	c := &CORS{Origins: []string{"https://A.example.com:8443"}}
+	if err := c.provision(); err != nil || !c.allows("https://a.example.com:8443") {
+		t.Fatal(err, c.origins)
 	}
-	if _, err := (&CORS{}).provision(); err == nil {
+	if err := (&CORS{}).provision(); err == nil {
 		t.Fatal("no origins: no error")
 	}
 }

@@ -272,7 +272,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if bad == nil && h.tenant.Cookie != nil && len(p.cookies) > 0 {
 		merged := p.creds
 		var fromCookie bool
-		if fromCookie, bad = h.tenant.Cookie.merge(http.Header{"Cookie": p.cookies}, &merged); bad == nil {
+		if fromCookie, bad = h.tenant.Cookie.merge(p.cookies, &merged); bad == nil {
 			bad = h.tenant.checkCSRF(r, fromCookie, &p.creds)
 		}
 		creds = &merged

@@ -205,6 +205,9 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 	if err != nil {
 		return err
 	}
+	if err := t.CORS.provision(); err != nil {
+		return err
+	}
 	cfg := identity.Config{
 		Tenant: name, Store: app.store, Now: t.now, Logger: t.logger,
 		Platforms: platforms, DefaultPlatform: t.DefaultPlatform,
