@@ -113,13 +113,7 @@ func TestBackchannelLogoutE2E(t *testing.T) {
 
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}
 	defer client.CloseIdleConnections()
-	var bases []string
-	for range 2 {
-		port := testenv.FreePort(t)
-		base := fmt.Sprintf("http://127.0.0.1:%d", port)
-		testenv.StartCaddyProcess(t, backchannelCaddyfile(r.URL(), port, jwks.URL, hook.URL), base+"/app")
-		bases = append(bases, base)
-	}
+	bases := startCaddyPair(t, func(port int) string { return backchannelCaddyfile(r.URL(), port, jwks.URL, hook.URL) }, "/app")
 	do := func(req *http.Request) (int, http.Header, string) {
 		t.Helper()
 		resp, err := client.Do(req)

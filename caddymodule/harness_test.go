@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -126,4 +127,20 @@ func errorBody(tb testing.TB, w *httptest.ResponseRecorder) (code, message strin
 		tb.Fatalf("error body %q is not JSON: %v", w.Body.String(), err)
 	}
 	return e.Error, e.Message
+}
+
+// startCaddyPair starts two Caddy processes of the built binary (two
+// instances sharing whatever the Caddyfile names, e.g. one Redis), each
+// with caddyfile(its port), waiting until waitPath answers, and returns
+// their base URLs.
+func startCaddyPair(t *testing.T, caddyfile func(port int) string, waitPath string) []string {
+	t.Helper()
+	bases := make([]string, 0, 2)
+	for range 2 {
+		port := testenv.FreePort(t)
+		base := fmt.Sprintf("http://127.0.0.1:%d", port)
+		testenv.StartCaddyProcess(t, caddyfile(port), base+waitPath)
+		bases = append(bases, base)
+	}
+	return bases
 }

@@ -137,12 +137,7 @@ func startRegulated(t *testing.T, trusted bool) (*regClient, *hookEvents) {
 	srv := httptest.NewServer(hook)
 	t.Cleanup(srv.Close)
 	c := &regClient{t: t}
-	for range 2 {
-		port := testenv.FreePort(t)
-		base := fmt.Sprintf("http://127.0.0.1:%d", port)
-		testenv.StartCaddyProcess(t, regulationCaddyfile(r.URL(), port, srv.URL, trusted), base+"/app")
-		c.bases = append(c.bases, base)
-	}
+	c.bases = startCaddyPair(t, func(port int) string { return regulationCaddyfile(r.URL(), port, srv.URL, trusted) }, "/app")
 	return c, hook
 }
 

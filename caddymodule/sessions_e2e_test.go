@@ -124,12 +124,7 @@ func TestE2ESessionsTwoInstances(t *testing.T) {
 		Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 2 * logins},
 	}}
 	defer c.http.CloseIdleConnections()
-	for range 2 {
-		port := testenv.FreePort(t)
-		base := fmt.Sprintf("http://127.0.0.1:%d", port)
-		testenv.StartCaddyProcess(t, sessionsCaddyfile(r.URL(), port), base+"/m1/app")
-		c.bases = append(c.bases, base)
-	}
+	c.bases = startCaddyPair(t, func(port int) string { return sessionsCaddyfile(r.URL(), port) }, "/m1/app")
 
 	for max := 1; max <= 3; max++ {
 		t.Run(fmt.Sprintf("max%d", max), func(t *testing.T) {

@@ -71,12 +71,7 @@ func TestE2ESessionManagementTwoInstances(t *testing.T) {
 	t.Setenv("IDLINK_E2E_NEW", e2eNew)
 	c := &sessionClient{t: t, http: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}}
 	defer c.http.CloseIdleConnections()
-	for range 2 {
-		port := testenv.FreePort(t)
-		base := fmt.Sprintf("http://127.0.0.1:%d", port)
-		testenv.StartCaddyProcess(t, sessionsCaddyfile(r.URL(), port), base+"/m1/app")
-		c.bases = append(c.bases, base)
-	}
+	c.bases = startCaddyPair(t, func(port int) string { return sessionsCaddyfile(r.URL(), port) }, "/m1/app")
 	var devices []startSessionResponse
 	for i := range max {
 		res, status := c.login(i%2, max, "eve")
