@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"net"
-	"strings"
 	"sync"
 	"time"
 
@@ -128,7 +127,7 @@ func opName(cmd redis.Cmder) string {
 // an answer, and NOSCRIPT is the EVALSHA miss that redis.Script.Run
 // answers with EVAL.
 func failed(err error) bool {
-	return err != nil && !errors.Is(err, redis.Nil) && !strings.HasPrefix(err.Error(), "NOSCRIPT")
+	return err != nil && !errors.Is(err, redis.Nil) && !isNoScript(err)
 }
 
 func (metricsHook) DialHook(next redis.DialHook) redis.DialHook {

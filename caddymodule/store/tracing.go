@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"strings"
 
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/attribute"
@@ -60,7 +59,7 @@ func outcome(err error) string {
 		return "nil"
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
 		return "timeout"
-	case strings.HasPrefix(err.Error(), "NOSCRIPT"):
+	case isNoScript(err):
 		return "noscript"
 	}
 	return "error"
