@@ -139,6 +139,13 @@ func (c *Cookie) setSession(w http.ResponseWriter, sessionID string, expires, no
 	c.set(w, c.sessionName, sessionID, age)
 }
 
+// clearSession clears the session cookie (its session has ended).
+func (c *Cookie) clearSession(w http.ResponseWriter) {
+	if c != nil {
+		c.set(w, c.sessionName, "", -1)
+	}
+}
+
 // clear clears both cookies.
 func (c *Cookie) clear(w http.ResponseWriter) {
 	if c != nil {

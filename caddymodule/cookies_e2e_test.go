@@ -326,3 +326,65 @@ func TestCookiesAcrossSubdomains(t *testing.T) {
 		t.Fatalf("access log: session id logged or cookies not redacted:\n%s", log)
 	}
 }
+
+// TestCookieOfEndedSessionCleared: a browser whose session cookie names an
+// ended session (evicted by a login elsewhere, revoked, ended by another
+// client) gets 401 session_ended once, with the session cookie cleared (the
+// page cannot clear an HttpOnly cookie itself), and its next request goes
+// on the install cookie alone instead of being refused on every page of
+// the site forever. The install cookie is kept.
+func TestCookieOfEndedSessionCleared(t *testing.T) {
+	s := startCookieSite(t)
+	const installCookie, sessionCookie = "__Secure-idlink-install", "__Secure-idlink-session"
+	resp, body := s.do(s.client, "POST", s.url("www", "/idlink/installs"), [2]string{"Origin", s.origin("www")})
+	if resp.StatusCode != 201 {
+		t.Fatalf("POST /installs: %d %s", resp.StatusCode, body)
+	}
+	ext := "carol"
+	resp, body = s.do(s.client, "POST", s.url("www", "/idlink/sessions"), [2]string{"Origin", s.origin("www")},
+		[2]string{"X-External-Id", ext}, [2]string{"X-External-Id-Signature", sign(e2eNew, ext)})
+	if resp.StatusCode != 201 {
+		t.Fatalf("POST /sessions: %d %s", resp.StatusCode, body)
+	}
+	var login startSessionResponse
+	decode(t, body, &login)
+	install := s.jarCookie("app", installCookie)
+
+	// Another client ends the session with its header: the browser's
+	// cookie still names it.
+	resp, body = s.do(s.newClient(false), "DELETE", s.url("app", "/idlink/sessions/current"), [2]string{"X-Session-Id", login.SessionID})
+	if resp.StatusCode != 200 {
+		t.Fatalf("logout by header: %d %s", resp.StatusCode, body)
+	}
+	if s.jarCookie("app", sessionCookie) != login.SessionID {
+		t.Fatal("the browser's session cookie went away with another client's logout")
+	}
+
+	resp, body = s.do(s.client, "GET", s.url("app", "/dashboard"))
+	if resp.StatusCode != 401 || !strings.Contains(body, "session_ended") {
+		t.Fatalf("ended session cookie: %d %s, want 401 session_ended", resp.StatusCode, body)
+	}
+	if _, reached := s.up.Last(); reached {
+		t.Fatal("the refused request reached the upstream")
+	}
+	scs := resp.Header.Values("Set-Cookie")
+	if len(scs) != 1 || !strings.HasPrefix(scs[0], sessionCookie+"=;") || !strings.Contains(scs[0], "Max-Age=0") ||
+		!strings.Contains(scs[0], "Domain=acme.test") {
+		t.Fatalf("Set-Cookie %q: want only the session cookie cleared on the parent domain", scs)
+	}
+	if s.jarCookie("www", sessionCookie) != "" || s.jarCookie("www", installCookie) != install {
+		t.Fatal("after the refusal the jar should hold the install cookie only")
+	}
+	resp, body = s.do(s.client, "GET", s.url("www", "/pricing"))
+	if rec := s.upstream(); resp.StatusCode != 200 || rec.Header.Get("X-Identity-Source") != "install" ||
+		rec.Header.Get("X-Install-Id") != install {
+		t.Fatalf("the next request: %d %s %v, want the install's identity", resp.StatusCode, body, rec.Header)
+	}
+
+	// A session header naming an ended session clears no cookie: the
+	// cookie did not carry it.
+	resp, _ = s.do(s.newClient(false), "GET", s.url("app", "/"), [2]string{"X-Session-Id", login.SessionID})
+	if resp.StatusCode != 401 || len(resp.Header.Values("Set-Cookie")) != 0 {
+		t.Fatalf("ended session header: %d, Set-Cookie %v: want 401 and no cookie change", resp.StatusCode, resp.Header.Values("Set-Cookie"))
+	}
+}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/idlink/idlink/caddymodule/internal/apierr"
 	"github.com/idlink/idlink/caddymodule/internal/identity"
 	"github.com/idlink/idlink/caddymodule/internal/spans"
 	"go.opentelemetry.io/otel/attribute"
@@ -302,6 +303,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if aerr != nil {
 		aerr = failed(h.tenant, r, subject, creds.SessionID, aerr)
 		spans.End(span, aerr.Code, true)
+		if aerr.Code == apierr.CodeSessionEnded && p.creds.SessionID == "" && creds.SessionID != "" {
+			// The session cookie names an ended session: clear it (a page
+			// cannot clear an HttpOnly cookie), so that the browser's next
+			// request goes on its install instead of this refusal.
+			h.tenant.Cookie.clearSession(w)
+		}
 		return h.refuse(w, repl, creds, aerr)
 	}
 	if span.IsRecording() {
