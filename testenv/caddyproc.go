@@ -54,7 +54,12 @@ func BuildCaddy(t testing.TB) string {
 	return buildPath
 }
 
-func buildCaddy() (string, error) {
+func buildCaddy() (string, error) { return buildBinary(caddyPkg, "caddy") }
+
+// buildBinary builds pkg (a package of idlink's module) into
+// $TMPDIR/idlink-testenv-<uid>/<name>-<pid>, after removing the <name>-*
+// binaries of test binaries that no longer run.
+func buildBinary(pkg, name string) (string, error) {
 	root, err := repoRoot()
 	if err != nil {
 		return "", err
@@ -67,32 +72,32 @@ func buildCaddy() (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
-	removeStaleBinaries(dir)
-	out := filepath.Join(dir, "caddy-"+strconv.Itoa(os.Getpid()))
+	removeStaleBinaries(dir, name+"-")
+	out := filepath.Join(dir, name+"-"+strconv.Itoa(os.Getpid()))
 
 	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, caddyPkg)
+	cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, pkg)
 	cmd.Dir = root
 	cmd.SysProcAttr = sysProcAttr()
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
 	output, err := cmd.CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("go build -o %s %s (in %s): %w\n%s", out, caddyPkg, root, err, output)
+		return "", fmt.Errorf("go build -o %s %s (in %s): %w\n%s", out, pkg, root, err, output)
 	}
 	return out, nil
 }
 
-// removeStaleBinaries removes the binaries in dir built by test binaries
-// that no longer run.
-func removeStaleBinaries(dir string) {
+// removeStaleBinaries removes the binaries <prefix><pid> in dir built by
+// test binaries that no longer run.
+func removeStaleBinaries(dir, prefix string) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return
 	}
 	for _, e := range entries {
-		pidStr, ok := strings.CutPrefix(e.Name(), "caddy-")
+		pidStr, ok := strings.CutPrefix(e.Name(), prefix)
 		if !ok {
 			continue
 		}
