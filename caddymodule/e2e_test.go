@@ -319,8 +319,9 @@ func TestE2EEmbeddedDefault(t *testing.T) {
 		t.Fatal(err)
 	}
 	app, upstream := testenv.FreePort(t), testenv.FreePort(t)
-	cfg := strings.ReplaceAll(string(raw), "localhost:8080", fmt.Sprintf("127.0.0.1:%d", app))
-	cfg = strings.ReplaceAll(cfg, "9080", fmt.Sprint(upstream))
+	cfg := strings.ReplaceAll(string(raw), "localhost:{$IDLINK_EXAMPLE_PORT:8080}", fmt.Sprintf("127.0.0.1:%d", app))
+	t.Setenv("IDLINK_ECHO_PORT", fmt.Sprint(upstream))
+	t.Setenv("IDLINK_DEMO_PORT", fmt.Sprint(testenv.FreePort(t)))
 	t.Setenv("IDLINK_DEMO_SECRET", "demo-secret-change-me")
 	base := fmt.Sprintf("http://127.0.0.1:%d/", app)
 	p := testenv.StartCaddyProcess(t, cfg, base)
