@@ -2,12 +2,6 @@ package load
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -57,43 +51,11 @@ func TestInstructions(t *testing.T) {
 		outDir = t.TempDir()
 	}
 
-	redisLine := "# embedded store"
-	if r := testenv.StartRedis(t); r != nil {
-		redisLine = "redis " + r.URL()
-	}
+	b := newBench(t)
 	up := testenv.StartUpstream(t)
 	dir := t.TempDir()
-	keyFile := writeECKey(t, dir)
 	plain, guarded, admin := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
-	cfg := fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	idlink {
-		%s
-		redis_timeout 10s
-		tenant bench {
-			platform ios {
-				secret %s
-			}
-			default_platform ios
-			contact_token {
-				sign_key k1 %s ES256
-			}
-			sessions {
-				max 5
-			}
-		}
-	}
-}
-http://127.0.0.1:%d {
-	reverse_proxy %s
-}
-http://127.0.0.1:%d {
-	idlink bench {
-		api /idlink
-	}
-	reverse_proxy %s
-}
-`, admin, redisLine, secret, keyFile, plain, up.Addr(), guarded, up.Addr())
+	cfg := b.caddyfile(fmt.Sprintf("admin 127.0.0.1:%d", admin), plain, guarded, up.Addr(), "")
 	file := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -136,35 +98,12 @@ http://127.0.0.1:%d {
 	}
 
 	// A login gives the session id and the contact token of the session.
-	req, _ := http.NewRequest(http.MethodPost, idlinkURL+"idlink/sessions", nil)
-	req.Header.Set("X-External-Id", "instr-user")
-	req.Header.Set("X-External-Id-Signature", sign("instr-user"))
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var login struct {
-		SessionID    string `json:"session_id"`
-		ContactToken string `json:"contact_token"`
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err := json.Unmarshal(body, &login); err != nil || resp.StatusCode != http.StatusCreated || login.ContactToken == "" {
-		t.Fatalf("login: %d %s %v", resp.StatusCode, body, err)
-	}
-	paths := []struct {
-		name    string
-		headers map[string]string
-	}{
-		{"hmac", map[string]string{"X-External-Id": "instr-user", "X-External-Id-Signature": sign("instr-user")}},
-		{"contact token", map[string]string{"Authorization": "Bearer " + login.ContactToken}},
-		{"session id", map[string]string{"X-Session-Id": login.SessionID}},
-	}
-	send := func(url string, headers map[string]string, n int) {
+	paths := paths(t, client, idlinkURL, []string{"instr-user"})
+	send := func(url string, headers [][2]string, n int) {
 		for range n {
 			req, _ := http.NewRequest(http.MethodGet, url, nil)
-			for k, v := range headers {
-				req.Header.Set(k, v)
+			for _, h := range headers {
+				req.Header.Set(h[0], h[1])
 			}
 			resp, err := client.Do(req)
 			if err != nil {
@@ -178,22 +117,22 @@ http://127.0.0.1:%d {
 		}
 	}
 	for _, p := range paths { // warm the caches, the connection pools and the code
-		send(plainURL, p.headers, 100)
-		send(idlinkURL, p.headers, 100)
+		send(plainURL, p.creds[0], 100)
+		send(idlinkURL, p.creds[0], 100)
 	}
 	if rec, ok := up.Last(); !ok || rec.Header.Get("X-Identity-Source") != "session" {
 		t.Fatalf("the upstream did not see the session identity: %+v", rec.Header)
 	}
 
 	dump := 0
-	window := func(url string, headers map[string]string) float64 {
+	window := func(url string, headers [][2]string) float64 {
 		control(t, ctl, cmd.Process.Pid, "-z")
 		send(url, headers, requests)
 		control(t, ctl, cmd.Process.Pid, "-d")
 		dump++
 		return float64(summary(t, fmt.Sprintf("%s.%d", out, dump))) / float64(requests)
 	}
-	t.Logf("%d requests per window, %d rounds, store: %s, dumps: %s.N", requests, rounds, redisLine, out)
+	t.Logf("%d requests per window, %d rounds, store: %s, dumps: %s.N", requests, rounds, b.redisLine, out)
 	t.Logf("%-14s %12s %12s %8s", "path", "plain", "idlink", "ratio")
 	for _, p := range paths {
 		var pl, id, ratios []float64
@@ -201,10 +140,10 @@ http://127.0.0.1:%d {
 			var a, b float64
 			var da, db int // the dumps of each
 			if r%2 == 0 {
-				a, b = window(plainURL, p.headers), window(idlinkURL, p.headers)
+				a, b = window(plainURL, p.creds[0]), window(idlinkURL, p.creds[0])
 				da, db = dump-1, dump
 			} else {
-				b, a = window(idlinkURL, p.headers), window(plainURL, p.headers)
+				b, a = window(idlinkURL, p.creds[0]), window(plainURL, p.creds[0])
 				da, db = dump, dump-1
 			}
 			pl, id, ratios = append(pl, a), append(id, b), append(ratios, b/a)
@@ -262,21 +201,4 @@ func envInt(t *testing.T, name string, def int) int {
 		t.Fatalf("%s=%q: not a positive number", name, v)
 	}
 	return n
-}
-
-// writeECKey writes a new P-256 key (PKCS #8 PEM) for sign_key.
-func writeECKey(t *testing.T, dir string) string {
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(dir, "sign.pem")
-	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return file
 }

@@ -1,14 +1,19 @@
 // Package load is idlink's load harness: one Caddy process serves the same
-// upstream twice, through a plain reverse_proxy site and through an
-// idlink + reverse_proxy site, and the harness drives both in alternating
-// rounds with the same client, concurrency and duration, then prints the
-// throughput of each and their ratio.
+// upstream through a plain reverse_proxy site, an idlink + reverse_proxy
+// site and the peers (a forward_auth site to the auth service of
+// testenv/peerauth, the way people do it without idlink), and the harness
+// drives them in alternating rounds with the same client, concurrency,
+// duration and request headers, for each of idlink's three warm paths: a
+// signed external id, a contact token and a session id. It prints the
+// throughput and latency of each site and its ratio to plain.
 //
-//	go test ./testenv/load -run 'TestLoad$' -v -count=1 -load.duration=5s -load.rounds=8
+//	go test ./testenv/load -run 'TestLoad$' -v -count=1 -load.duration=5s -load.rounds=4
 //
 // It uses wrk (Debian package "wrk") when it is on the PATH, else a Go
-// client. Without -load.duration it runs a one-second smoke round so that
-// the harness itself is tested in CI; figures come from a real run.
+// client. Without -load.duration it runs a one-second smoke round per site
+// and path with at most 100 users so that the harness itself is tested in
+// CI; figures come from a real run. -load.paths and -load.peers pick what
+// is measured.
 package load
 
 import (
@@ -25,23 +30,25 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/idlink/idlink/testenv"
+	"github.com/idlink/idlink/testenv/peerauth"
 )
 
 var (
 	duration    = flag.Duration("load.duration", 0, "length of one measured round per site (0: a 1s smoke round)")
-	rounds      = flag.Int("load.rounds", 3, "rounds per site, alternating plain and idlink")
+	rounds      = flag.Int("load.rounds", 3, "rounds per path, each site once per round in alternating order")
 	connections = flag.Int("load.connections", 64, "concurrent connections")
-	users       = flag.Int("load.users", 1000, "distinct signed external ids sent round-robin")
+	users       = flag.Int("load.users", 1000, "distinct users, each logged in once; their credentials are sent round-robin")
 	useWrk      = flag.Bool("load.wrk", true, "use wrk when it is installed")
+	pathsFlag   = flag.String("load.paths", "hmac,token,session", "warm paths to measure (comma-separated): hmac, token, session")
+	peersFlag   = flag.String("load.peers", "forward_auth", "peers measured beside plain and idlink (comma-separated): forward_auth, or none")
 )
 
 const secret = "load-test-secret-0123456789"
@@ -68,106 +75,149 @@ func startUpstream(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// A site is one Caddy site under measurement.
+type site struct{ name, url string }
+
 func TestLoad(t *testing.T) {
-	round := *duration
-	n := *rounds
-	if round == 0 {
-		round, n = time.Second, 1
+	round, n, nUsers := *duration, *rounds, *users
+	if round == 0 { // the smoke run: every site and path once, briefly
+		round, n, nUsers = time.Second, 1, min(nUsers, 100)
 	}
-	redisLine := "# embedded store"
-	if r := testenv.StartRedis(t); r != nil {
-		redisLine = "redis " + r.URL()
+	want := strings.Split(*pathsFlag, ",")
+	for _, p := range want {
+		if !slices.Contains(pathNames, p) {
+			t.Fatalf("-load.paths: unknown path %q (known: %v)", p, pathNames)
+		}
 	}
+	b := newBench(t)
 	up := startUpstream(t)
 	plain, guarded := testenv.FreePort(t), testenv.FreePort(t)
-	t.Setenv("IDLINK_LOAD_SECRET", secret)
-	cfg := fmt.Sprintf(`{
-	idlink {
-		%s
-		tenant bench {
-			platform ios {
-				secret {env.IDLINK_LOAD_SECRET}
+	url := func(port int) string { return fmt.Sprintf("http://127.0.0.1:%d/", port) }
+	sites := []site{{"plain reverse_proxy", url(plain)}, {"idlink", url(guarded)}}
+	var more strings.Builder
+	for _, peer := range strings.Split(*peersFlag, ",") {
+		switch peer {
+		case "none", "":
+		case "forward_auth":
+			if b.redis == nil {
+				t.Log("forward_auth peer skipped: it needs a redis-server")
+				continue
 			}
-			default_platform ios
-		}
+			auth := peerauth.Start(t, peerauth.Config{
+				Secret: []byte(secret), RedisURL: b.redis.URL(), Key: b.publicKey,
+				Issuer: "idlink/bench", Tenant: "bench",
+			})
+			port := testenv.FreePort(t)
+			fmt.Fprintf(&more, `http://127.0.0.1:%d {
+	forward_auth %s {
+		uri /auth
+		copy_headers X-Platform-User-Id
 	}
-}
-http://127.0.0.1:%d {
 	reverse_proxy %s
 }
-http://127.0.0.1:%d {
-	idlink bench
-	reverse_proxy %s
-}
-`, redisLine, plain, up, guarded, up)
-	testenv.StartCaddyProcess(t, cfg, fmt.Sprintf("http://127.0.0.1:%d/", plain))
-
-	ids := make([][2]string, *users)
-	for i := range ids {
-		ext := "load-user-" + strconv.Itoa(i)
-		ids[i] = [2]string{ext, sign(ext)}
-	}
-	plainURL := fmt.Sprintf("http://127.0.0.1:%d/", plain)
-	idlinkURL := fmt.Sprintf("http://127.0.0.1:%d/", guarded)
-
-	// Warm-up: every user once through idlink (first sight creates them in
-	// Redis), and both sites for a moment.
-	for _, id := range ids {
-		req, _ := http.NewRequest("GET", idlinkURL, nil)
-		req.Header.Set("X-External-Id", id[0])
-		req.Header.Set("X-External-Id-Signature", id[1])
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
+`, port, auth, up)
+			sites = append(sites, site{"forward_auth + Go/Redis service", url(port)})
+		default:
+			t.Fatalf("-load.peers: unknown peer %q (known: forward_auth, none)", peer)
 		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 || !strings.Contains(string(body), "u_") {
-			t.Fatalf("warm-up: %d %s", resp.StatusCode, body)
+	}
+	testenv.StartCaddyProcess(t, b.caddyfile("", plain, guarded, up, more.String()), url(plain))
+
+	exts := make([]string, nUsers)
+	for i := range exts {
+		exts[i] = "load-user-" + strconv.Itoa(i)
+	}
+	var measured []path
+	for _, p := range paths(t, http.DefaultClient, url(guarded), exts) {
+		if slices.Contains(want, p.name) {
+			measured = append(measured, p)
+		}
+	}
+
+	// Warm-up: every user once through every identifying site and path
+	// (the first sight creates the peer's user; idlink's caches fill).
+	for _, p := range measured {
+		for _, s := range sites[1:] {
+			for _, cred := range p.creds {
+				req, _ := http.NewRequest(http.MethodGet, s.url, nil)
+				for _, h := range cred {
+					req.Header.Set(h[0], h[1])
+				}
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || !strings.Contains(string(body), "u_") {
+					t.Fatalf("warm-up, %s, %s: %d %s", p.name, s.name, resp.StatusCode, body)
+				}
+			}
 		}
 	}
 
 	driver := "go client"
-	run := func(url string, signed bool) result { return goLoad(t, url, ids, signed, round, *connections) }
-	if path, err := exec.LookPath("wrk"); err == nil && *useWrk {
+	run := func(url string, p path) result { return goLoad(url, p.creds, round, *connections) }
+	if wrk, err := exec.LookPath("wrk"); err == nil && *useWrk {
 		driver = "wrk"
-		script := writeWrkScript(t, ids)
-		run = func(url string, signed bool) result {
-			return wrkLoad(t, path, url, script, signed, round, *connections)
+		scripts := map[string]string{}
+		for _, p := range measured {
+			scripts[p.name] = writeWrkScript(t, p)
+		}
+		run = func(url string, p path) result {
+			return wrkLoad(t, wrk, url, scripts[p.name], round, *connections)
 		}
 	}
 
-	// Rounds alternate in ABBA order (plain first, then idlink first) so
-	// that drift in the machine's speed cancels, and the figure is the
-	// median of the per-pair ratios: on a shared machine one round's
+	// Each round runs every site once, in the order of the sites on even
+	// rounds and in reverse on odd ones (ABBA), so that drift in the
+	// machine's speed cancels; a site's ratio is the median of its
+	// per-round ratios to plain: on a shared machine one round's
 	// throughput varies by ±10%, more than what is measured here.
-	var plainRes, idlinkRes []result
-	var ratios []float64
-	for i := 0; i < n; i++ {
-		var p, g result
-		if i%2 == 0 {
-			p, g = run(plainURL, true), run(idlinkURL, true)
-		} else {
-			g, p = run(idlinkURL, true), run(plainURL, true)
-		}
-		if g.errors > 0 || p.errors > 0 {
-			t.Fatalf("errors under load: plain %d, idlink %d", p.errors, g.errors)
-		}
-		plainRes, idlinkRes = append(plainRes, p), append(idlinkRes, g)
-		ratios = append(ratios, g.rps/p.rps)
-		t.Logf("round %d: plain %8.0f req/s, idlink %8.0f req/s, ratio %.3f", i+1, p.rps, g.rps, g.rps/p.rps)
+	t.Logf("driver %s, %d connections, %d rounds of %v per site and path (ABBA), %d users, store: %s", driver, *connections, n, round, nUsers, b.redisLine)
+	type row struct {
+		path, site    string
+		rps           float64
+		p50, p99      time.Duration
+		ratio, lo, hi float64
 	}
-	p, g := median(plainRes), median(idlinkRes)
-	sort.Float64s(ratios)
-	ratio := ratios[len(ratios)/2]
-	if len(ratios)%2 == 0 {
-		ratio = (ratios[len(ratios)/2-1] + ratios[len(ratios)/2]) / 2
+	var table []row
+	for _, p := range measured {
+		res := make([][]result, len(sites))
+		ratios := make([][]float64, len(sites))
+		for i := 0; i < n; i++ {
+			order := make([]int, len(sites))
+			for j := range order {
+				order[j] = j
+			}
+			if i%2 == 1 {
+				slices.Reverse(order)
+			}
+			got := make([]result, len(sites))
+			for _, j := range order {
+				got[j] = run(sites[j].url, p)
+				if got[j].errors > 0 {
+					t.Fatalf("%s, %s: %d errors under load", p.name, sites[j].name, got[j].errors)
+				}
+			}
+			line := fmt.Sprintf("%s round %d:", p.name, i+1)
+			for j := range sites {
+				res[j] = append(res[j], got[j])
+				ratios[j] = append(ratios[j], got[j].rps/got[0].rps)
+				line += fmt.Sprintf("  %s %.0f req/s (%.3f)", sites[j].name, got[j].rps, got[j].rps/got[0].rps)
+			}
+			t.Log(line)
+		}
+		for j, s := range sites {
+			m := median(res[j])
+			table = append(table, row{p.name, s.name, m.rps, m.p50, m.p99, medianOf(ratios[j]), slices.Min(ratios[j]), slices.Max(ratios[j])})
+		}
 	}
-	t.Logf("driver %s, %d connections, %d rounds of %v per site (ABBA), %d signed users, store: %s", driver, *connections, n, round, *users, redisLine)
-	t.Logf("plain reverse_proxy: %10.0f req/s median  (p50 %v, p99 %v)", p.rps, p.p50, p.p99)
-	t.Logf("idlink + proxy:      %10.0f req/s median  (p50 %v, p99 %v)", g.rps, g.p50, g.p99)
-	t.Logf("ratio idlink/plain:  %.3f (median of per-round ratios; range %.3f-%.3f)", ratio, ratios[0], ratios[len(ratios)-1])
-	fmt.Printf("LOAD plain=%.0f idlink=%.0f ratio=%.3f driver=%s\n", p.rps, g.rps, ratio, driver)
+	t.Logf("%-8s %-32s %9s %9s %9s  %s", "path", "site", "req/s", "p50", "p99", "ratio to plain (range)")
+	for _, r := range table {
+		t.Logf("%-8s %-32s %9.0f %9v %9v  %.3f (%.3f-%.3f)", r.path, r.site, r.rps, r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.ratio, r.lo, r.hi)
+		fmt.Printf("LOAD path=%s site=%q rps=%.0f ratio=%.3f driver=%s\n", r.path, r.site, r.rps, r.ratio, driver)
+	}
 }
 
 type result struct {
@@ -181,79 +231,45 @@ func median(rs []result) result {
 	return rs[len(rs)/2]
 }
 
-// goLoad drives url with conns keep-alive connections for d.
-func goLoad(t *testing.T, url string, ids [][2]string, signed bool, d time.Duration, conns int) result {
-	tr := &http.Transport{MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr}
-	var count, errs atomic.Int64
-	var mu sync.Mutex
-	var lat []time.Duration
-	stop := time.Now().Add(d)
-	var wg sync.WaitGroup
-	for c := 0; c < conns; c++ {
-		wg.Add(1)
-		go func(c int) {
-			defer wg.Done()
-			var mine []time.Duration
-			for i := c; time.Now().Before(stop); i += conns {
-				req, _ := http.NewRequest("GET", url, nil)
-				if signed {
-					id := ids[i%len(ids)]
-					req.Header.Set("X-External-Id", id[0])
-					req.Header.Set("X-External-Id-Signature", id[1])
-				}
-				start := time.Now()
-				resp, err := client.Do(req)
-				if err != nil {
-					errs.Add(1)
-					continue
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
-					errs.Add(1)
-				}
-				mine = append(mine, time.Since(start))
-				count.Add(1)
-			}
-			mu.Lock()
-			lat = append(lat, mine...)
-			mu.Unlock()
-		}(c)
-	}
-	wg.Wait()
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	r := result{rps: float64(count.Load()) / d.Seconds(), errors: errs.Load()}
-	if len(lat) > 0 {
-		r.p50, r.p99 = lat[len(lat)/2], lat[len(lat)*99/100]
-	}
-	return r
+// goLoad drives url with conns keep-alive connections for d, sending the
+// credentials round-robin.
+func goLoad(url string, creds [][][2]string, d time.Duration, conns int) result {
+	return goLoadRequests(func(i int) *http.Request {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		for _, h := range creds[i%len(creds)] {
+			req.Header.Set(h[0], h[1])
+		}
+		return req
+	}, d, conns)
 }
 
-// writeWrkScript writes a wrk Lua script that sends the signed ids
-// round-robin and counts non-200 answers.
-func writeWrkScript(t *testing.T, ids [][2]string) string {
+// writeWrkScript writes a wrk Lua script that sends the credentials of p
+// round-robin (wrk counts the non-2xx answers).
+func writeWrkScript(t *testing.T, p path) string {
 	var b strings.Builder
-	b.WriteString("local ids = {\n")
-	for _, id := range ids {
-		fmt.Fprintf(&b, "  {%q, %q},\n", id[0], id[1])
+	b.WriteString("local creds = {\n")
+	for _, cred := range p.creds {
+		b.WriteString("  {")
+		for _, h := range cred {
+			fmt.Fprintf(&b, "{%q, %q}, ", h[0], h[1])
+		}
+		b.WriteString("},\n")
 	}
 	b.WriteString(`}
 local i = 0
 request = function()
   i = i + 1
-  local id = ids[(i % #ids) + 1]
-  wrk.headers["X-External-Id"] = id[1]
-  wrk.headers["X-External-Id-Signature"] = id[2]
+  for _, h in ipairs(creds[(i % #creds) + 1]) do
+    wrk.headers[h[1]] = h[2]
+  end
   return wrk.format("GET")
 end
 `)
-	path := filepath.Join(t.TempDir(), "signed.lua")
-	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+	file := filepath.Join(t.TempDir(), p.name+".lua")
+	if err := os.WriteFile(file, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return path
+	return file
 }
 
 var (
@@ -263,12 +279,9 @@ var (
 	wrkPct    = regexp.MustCompile(`^\s+(50|99)(?:\.000)?%\s+([0-9.]+)(us|ms|s)`)
 )
 
-func wrkLoad(t *testing.T, wrk, url, script string, signed bool, d time.Duration, conns int) result {
-	args := []string{"-t2", "-c" + strconv.Itoa(conns), "-d" + strconv.Itoa(int(d.Seconds())) + "s", "--latency"}
-	if signed {
-		args = append(args, "-s", script)
-	}
-	out, err := exec.Command(wrk, append(args, url)...).CombinedOutput()
+func wrkLoad(t *testing.T, wrk, url, script string, d time.Duration, conns int) result {
+	args := []string{"-t2", "-c" + strconv.Itoa(conns), "-d" + strconv.Itoa(int(d.Seconds())) + "s", "--latency", "-s", script, url}
+	out, err := exec.Command(wrk, args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("wrk: %v\n%s", err, out)
 	}

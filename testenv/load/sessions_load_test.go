@@ -99,7 +99,7 @@ http://127.0.0.1:%d {
 	}
 	run := func(url string, script string, build func(i int) *http.Request) result {
 		if wrk != "" {
-			return wrkLoad(t, wrk, url, script, true, round, *connections)
+			return wrkLoad(t, wrk, url, script, round, *connections)
 		}
 		return goLoadRequests(build, round, *connections)
 	}
