@@ -150,6 +150,22 @@ func (s *cookieSite) upstream() testenv.Recorded {
 	return rec
 }
 
+// login is POST /idlink/sessions on host from its own origin with the
+// signed external id ext, through the site's jar (so the install cookie
+// goes along and the session cookie comes back), failing unless it is 201.
+// It answers the login and the response.
+func (s *cookieSite) login(host, ext string) (startSessionResponse, *http.Response) {
+	s.t.Helper()
+	resp, body := s.do(s.client, "POST", s.url(host, "/idlink/sessions"), [2]string{"Origin", s.origin(host)},
+		[2]string{"X-External-Id", ext}, [2]string{"X-External-Id-Signature", sign(e2eNew, ext)})
+	if resp.StatusCode != 201 {
+		s.t.Fatalf("POST /sessions on %s: %d %s", host, resp.StatusCode, body)
+	}
+	var login startSessionResponse
+	decode(s.t, body, &login)
+	return login, resp
+}
+
 // jarCookie is the value of the jar's cookie name for host ("" if none).
 func (s *cookieSite) jarCookie(host, name string) string {
 	u, _ := url.Parse(s.url(host, "/"))
@@ -220,13 +236,7 @@ func TestCookiesAcrossSubdomains(t *testing.T) {
 	// Login on app, with the install from its cookie: the session cookie
 	// follows to www.
 	ext := "alice"
-	resp, body = s.do(s.client, "POST", s.url("app", "/idlink/sessions"), [2]string{"Origin", s.origin("app")},
-		[2]string{"X-External-Id", ext}, [2]string{"X-External-Id-Signature", sign(e2eNew, ext)})
-	if resp.StatusCode != 201 {
-		t.Fatalf("POST /sessions: %d %s", resp.StatusCode, body)
-	}
-	var login startSessionResponse
-	decode(t, body, &login)
+	login, resp := s.login("app", ext)
 	if got := s.jarCookie("www", sessionCookie); got != login.SessionID {
 		t.Fatalf("session cookie for www %q, want %s (Set-Cookie %v)", got, login.SessionID, resp.Header.Values("Set-Cookie"))
 	}
@@ -340,14 +350,7 @@ func TestCookieOfEndedSessionCleared(t *testing.T) {
 	if resp.StatusCode != 201 {
 		t.Fatalf("POST /installs: %d %s", resp.StatusCode, body)
 	}
-	ext := "carol"
-	resp, body = s.do(s.client, "POST", s.url("www", "/idlink/sessions"), [2]string{"Origin", s.origin("www")},
-		[2]string{"X-External-Id", ext}, [2]string{"X-External-Id-Signature", sign(e2eNew, ext)})
-	if resp.StatusCode != 201 {
-		t.Fatalf("POST /sessions: %d %s", resp.StatusCode, body)
-	}
-	var login startSessionResponse
-	decode(t, body, &login)
+	login, _ := s.login("www", "carol")
 	install := s.jarCookie("app", installCookie)
 
 	// Another client ends the session with its header: the browser's

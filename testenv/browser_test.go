@@ -3,7 +3,6 @@ package testenv
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,36 +35,15 @@ func TestBrowserDemo(t *testing.T) {
 	}
 	dir := t.TempDir()
 	port := FreePort(t)
-	env := append(os.Environ(),
-		"XDG_DATA_HOME="+filepath.Join(dir, "data"),
-		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"),
-		"CADDY_ADMIN="+hostPort(FreePort(t)),
+	p := startCaddyBinary(t, "idlink-demo", bin, root, []string{
 		fmt.Sprintf("IDLINK_DEMO_PORT=%d", port),
 		fmt.Sprintf("IDLINK_EXAMPLE_PORT=%d", FreePort(t)),
 		fmt.Sprintf("IDLINK_ECHO_PORT=%d", FreePort(t)),
 		fmt.Sprintf("IDLINK_DEMO_BACKEND_PORT=%d", FreePort(t)),
 		"IDLINK_DEMO_SECRET=", // the demo makes one up
-	)
-	p, err := startProc("idlink-demo", root, "", env, bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.terminate(processStopGrace) })
+	}, fmt.Sprintf("http://127.0.0.1:%d/", port))
 	www := fmt.Sprintf("http://www.demo.localhost:%d", port)
 	app := fmt.Sprintf("http://app.demo.localhost:%d", port)
-	err = waitFor(processStartTimeout, 50*time.Millisecond, p, func() (bool, string) {
-		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/", port), nil)
-		req.Host = fmt.Sprintf("www.demo.localhost:%d", port)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return false, err.Error()
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200, resp.Status
-	})
-	if err != nil {
-		t.Fatalf("the demo did not start: %v\n%s", err, p.logs())
-	}
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(browser),
@@ -87,7 +65,7 @@ func TestBrowserDemo(t *testing.T) {
 	defer func() {
 		if t.Failed() {
 			saveScreenshot(t, ctx)
-			t.Logf("demo output:\n%s", p.logs())
+			t.Logf("demo output:\n%s", p.Logs())
 		}
 	}()
 

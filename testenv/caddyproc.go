@@ -173,12 +173,22 @@ func StartCaddyProcess(t testing.TB, caddyfile string, waitURL string) *Process 
 	if err := os.WriteFile(file, []byte(caddyfile), 0o644); err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
-	env := append(os.Environ(),
+	return startCaddyBinary(t, "caddy", bin, dir, nil, waitURL, "run", "--config", file, "--adapter", "caddyfile")
+}
+
+// startCaddyBinary runs bin, a Caddy main, with args in the working
+// directory wd, its storage and config under t.TempDir(), CADDY_ADMIN on a
+// free port and the extra environment variables env, waits until waitURL
+// answers (see StartCaddyProcess) and stops it when the test ends.
+func startCaddyBinary(t testing.TB, name, bin, wd string, env []string, waitURL string, args ...string) *Process {
+	t.Helper()
+	dir := t.TempDir()
+	env = append(append(os.Environ(),
 		"XDG_DATA_HOME="+filepath.Join(dir, "data"),
 		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"),
 		"CADDY_ADMIN="+hostPort(FreePort(t)),
-	)
-	p, err := startProc("caddy", dir, "", env, bin, "run", "--config", file, "--adapter", "caddyfile")
+	), env...)
+	p, err := startProc(name, wd, "", env, bin, args...)
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
@@ -188,7 +198,6 @@ func StartCaddyProcess(t testing.TB, caddyfile string, waitURL string) *Process 
 			t.Errorf("testenv: %v", err)
 		}
 	})
-
 	client := &http.Client{
 		Timeout: time.Second,
 		Transport: &http.Transport{
@@ -208,7 +217,7 @@ func StartCaddyProcess(t testing.TB, caddyfile string, waitURL string) *Process 
 		return true, ""
 	})
 	if err != nil {
-		t.Fatalf("testenv: Caddy process did not answer %s: %v\n%s", waitURL, err, p.logs())
+		t.Fatalf("testenv: %s did not answer %s: %v\n%s", name, waitURL, err, p.logs())
 	}
 	return cp
 }
