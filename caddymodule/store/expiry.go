@@ -4,8 +4,6 @@ import (
 	"context"
 	"strconv"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // Expiry of what no link and no verified credential ever touched
@@ -15,8 +13,7 @@ import (
 // forever. What they make expires instead:
 //
 //   - CreateInstall writes the install hash, its anonymous user's hash
-//     (which lists the install), and the global tenant entry of the install with the
-//     Expiry's TTL; ResolveUnverified writes the ext key and the hash of
+//     (which lists the install) with the Expiry's TTL; ResolveUnverified writes the ext key and the hash of
 //     a user it makes with it (both in the external id's shard), and a
 //     session admitted for such a user gives the user's sessions set the
 //     user's TTL.
@@ -97,57 +94,26 @@ func leftOf(ms int64) time.Duration {
 
 // setInstallExpiry renews (ttl > 0) or ends (ttl 0) the expiry of an
 // install and, while the install points to it, of its user if the user
-// lives in the install's shard (an anonymous user always does), and of the
-// install's tenant entry. Only keys that expire are changed, except for
-// an install no link ever touched, which takes the TTL (adopt). It returns
-// how long the install has left (0: never).
+// lives in the install's shard (an anonymous user always does): one
+// script in the install's shard. Only keys that expire are changed, except
+// for an install no link ever touched, which takes the TTL (adopt). It
+// returns how long the install has left (0: never).
 //
-// The tenant entry is another slot: it is changed first, by itself, so
-// that a crash in between leaves at worst a permanent entry beside an
-// install that still expires (a retry finishes the job). On one node
-// without durability both go in one pipeline, which Redis runs in order;
-// on a Cluster (two nodes) or with durability (WAIT follows the script on
-// its connection), one after the other.
+// An install of an earlier release also has a global tenant entry
+// (InstallTenant); it is no longer read on this path nor renewed: it
+// expires with the TTL it had, and it only ever told 403 from 404.
 func (s *Store) setInstallExpiry(ctx context.Context, k *Keys, installID, userID string, ttl time.Duration, adopt bool) (time.Duration, error) {
 	shard, err := ParseID(KindInstall, installID)
 	if err != nil {
 		return 0, ErrInstallNotFound
 	}
-	tenant := []any{"pexpire", InstallTenant(installID), ttlArg(ttl), "xx"}
-	switch {
-	case ttl <= 0:
-		tenant = []any{"persist", InstallTenant(installID)}
-	case adopt:
-		tenant = tenant[:3]
-	}
 	keys := []string{k.Install(shard, installID)}
 	if su, err := ParseID(KindUser, userID); err == nil && su == shard {
 		keys = append(keys, k.User(shard, userID), k.UserInstalls(shard, userID))
 	}
-	args := []any{userID, ttlArg(ttl), boolArg(adopt)}
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	var script *redis.Cmd
-	if _, oneNode := s.rdb.(*redis.Client); oneNode && s.durability.Replicas <= 0 {
-		var first *redis.Cmd
-		_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			first = p.Do(ctx, tenant...)
-			script = installExpiryScript.EvalSha(ctx, p, keys, args...)
-			return nil
-		})
-		if err := first.Err(); err != nil {
-			return 0, wrap(err)
-		}
-		if redis.HasErrorPrefix(script.Err(), "NOSCRIPT") {
-			script = installExpiryScript.Run(ctx, s.rdb, keys, args...)
-		}
-	} else {
-		if err := s.rdb.Do(ctx, tenant...).Err(); err != nil {
-			return 0, wrap(err)
-		}
-		script = s.runWrite(ctx, installExpiryScript, keys, args...)
-	}
-	ms, err := script.Int64()
+	ms, err := s.runWrite(ctx, installExpiryScript, keys, userID, ttlArg(ttl), boolArg(adopt)).Int64()
 	if err != nil {
 		return 0, wrap(err)
 	}

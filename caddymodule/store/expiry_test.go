@@ -73,7 +73,7 @@ func gone(t *testing.T, what string, got map[string]time.Duration) {
 // installKeys are every key of an install and its anonymous user.
 func installKeys(k *Keys, install, user string) []string {
 	sh, _ := ParseID(KindInstall, install)
-	return []string{k.Install(sh, install), k.User(sh, user), InstallTenant(install)}
+	return []string{k.Install(sh, install), k.User(sh, user)}
 }
 
 // shorten sets the TTL of every key to d, as if time had passed since
@@ -187,6 +187,14 @@ func TestLinkPersists(t *testing.T) {
 			t.Fatalf("link = %+v, want the anonymous user %s made alice", r, u)
 		}
 		persistent(t, "an install linked to a new external id, and its user", ttls(t, s, append(installKeys(k, i, u), extKey(t, s, k, "alice"))...))
+		// The same for an install of an earlier release, whose anonymous
+		// user the first step cannot name: step 1b runs by itself.
+		ei, eu := newEarlierInstall(t, s, k)
+		expiring(t, "an install of an earlier release", ttls(t, s, installKeys(k, ei, eu)...), 59*time.Minute, time.Hour)
+		if r := link(t, s, k, ei, "erin"); r.UserID != eu || !r.Created {
+			t.Fatalf("link = %+v, want the anonymous user %s made erin", r, eu)
+		}
+		persistent(t, "an install of an earlier release linked to a new external id, and its user", ttls(t, s, append(installKeys(k, ei, eu), extKey(t, s, k, "erin"))...))
 
 		// A user made for an unverified id, then linked by the backend.
 		bob, created, left, err := s.ResolveUnverified(ctx, k, "bob", testNow, testExpiry)
@@ -206,7 +214,7 @@ func TestLinkPersists(t *testing.T) {
 		sj, _ := ParseID(KindInstall, j)
 		bobKeys[0] = extKey(t, s, k, "bob") // now permanent: in its bucket
 		persistent(t, "an unverified user a link named, and the install", ttls(t, s,
-			append(bobKeys, k.Install(sj, j), InstallTenant(j))...))
+			append(bobKeys, k.Install(sj, j))...))
 	})
 }
 
@@ -232,7 +240,7 @@ func TestLinkDeletesMergedUser(t *testing.T) {
 			}
 			sh, _ := ParseID(KindInstall, i)
 			gone(t, "the merged-away anonymous user", ttls(t, s, k.User(sh, anon), k.UserInstalls(sh, anon)))
-			persistent(t, "the moved install", ttls(t, s, k.Install(sh, i), InstallTenant(i)))
+			persistent(t, "the moved install", ttls(t, s, k.Install(sh, i)))
 			if _, err := s.GetUser(ctx, k, anon); err != ErrUserNotFound {
 				t.Fatalf("GetUser(merged-away user) = %v, want ErrUserNotFound", err)
 			}

@@ -21,33 +21,17 @@ var (
 )
 
 // CreateInstall issues a new install id with a new anonymous user, both in
-// one random shard, and appends user.created to that shard's outbox. With
-// a TTL in e, the install, its user (which lists the install) and the
-// install's tenant entry expire after it unless used or linked
-// (expiry.go).
-//
-// Two steps: the global install → tenant entry (SET NX, so an id is never
-// issued twice), then one script in the install's shard that writes the
-// install, the user (listing the install) and the event. A crash
-// between them leaves an entry naming an install that does not exist,
-// which a link answers with 404 install_not_found, as for any unknown id:
-// the caller never received the id.
+// one random shard, and appends user.created to that shard's outbox: one
+// script in that shard. With a TTL in e, the install and its user (which
+// lists the install) expire after it unless used or linked (expiry.go).
+// An id is 144 random bits, so it is never issued twice; the script
+// refuses one that exists in this tenant all the same.
 func (s *Store) CreateInstall(ctx context.Context, k *Keys, now time.Time, e Expiry) (installID, userID string, err error) {
 	shard := rand.IntN(Shards)
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	for {
-		installID = NewID(KindInstall, shard)
-		ok, err := s.rdb.SetNX(ctx, InstallTenant(installID), k.Tenant(), max(e.TTL, 0)).Result()
-		if err != nil {
-			return "", "", wrap(err)
-		}
-		if ok {
-			break
-		}
-		// 144 random bits: never in practice; try another id.
-	}
-	userID = NewID(KindUser, shard)
+	installID = NewID(KindInstall, shard)
+	userID = AnonymousUserOf(installID)
 	data, _ := json.Marshal(struct {
 		UserID    string `json:"user_id"`
 		InstallID string `json:"install_id"`
@@ -111,18 +95,36 @@ func (s *Store) InstallUser(ctx context.Context, k *Keys, installID string, e Ex
 }
 
 // installTenant tells why an install is missing from a tenant's keys:
-// ErrInstallWrongTenant if the global entry names another tenant, else
-// ErrInstallNotFound.
-func (s *Store) installTenant(ctx context.Context, k *Keys, installID string) error {
+// ErrInstallWrongTenant if it is an install of one of the other tenants
+// (its hash exists in their keys: the id names its shard, so that is one
+// EXISTS each, in one pipeline) or if an earlier release's global tenant
+// entry names another tenant; else ErrInstallNotFound. Only a failed link
+// asks.
+func (s *Store) installTenant(ctx context.Context, k *Keys, installID string, others []*Keys) error {
+	shard, err := ParseID(KindInstall, installID)
+	if err != nil {
+		return ErrInstallNotFound
+	}
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	t, err := s.rdb.Get(ctx, InstallTenant(installID)).Result()
-	switch {
-	case errors.Is(err, redis.Nil):
-		return ErrInstallNotFound
-	case err != nil:
+	exists := make([]*redis.IntCmd, len(others))
+	var legacy *redis.StringCmd
+	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, o := range others {
+			exists[i] = p.Exists(ctx, o.Install(shard, installID))
+		}
+		legacy = p.Get(ctx, InstallTenant(installID))
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
 		return wrap(err)
-	case t != k.Tenant():
+	}
+	for _, e := range exists {
+		if e.Val() == 1 {
+			return ErrInstallWrongTenant
+		}
+	}
+	if t := legacy.Val(); t != "" && t != k.Tenant() {
 		return ErrInstallWrongTenant
 	}
 	return ErrInstallNotFound

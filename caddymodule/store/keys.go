@@ -2,6 +2,7 @@ package store
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -54,6 +55,23 @@ func NewID(kind byte, shard int) string {
 }
 
 const hexDigits = "0123456789abcdef"
+
+// AnonymousUserOf is the id of the anonymous user CreateInstall makes with
+// an install: a user id in the install's shard whose random part is the
+// first 144 bits of SHA-256 of the install id. Whoever knows the install
+// id can tell its anonymous user (as any request carrying the install id
+// could), while a user id, which upstreams and logs see, says nothing of
+// the install id. It lets the first step of a link name that user's keys
+// before reading the install (links.go); installs of earlier releases
+// have a random anonymous user, which a link handles one step later.
+func AnonymousUserOf(installID string) string {
+	sum := sha256.Sum256([]byte("idlink anonymous user\x00" + installID))
+	b := make([]byte, 0, idLen)
+	b = append(b, KindUser, '_')
+	b = append(b, installID[2:4]...)
+	b = base64.RawURLEncoding.AppendEncode(b, sum[:idRandomBytes])
+	return string(b)
+}
 
 // ParseID checks that id is an id of the given kind as NewID makes them and
 // returns the shard it lives in. Everything a client sends as an id goes
@@ -152,7 +170,8 @@ func Bucketed(externalID string) bool { return len(externalID) <= MaxBucketedExt
 //	                                           one external id anon_user may ever
 //	                                           take), and the outcome of the last
 //	                                           link: link_ext, link_user,
-//	                                           link_created (0/1), link_merged_from;
+//	                                           link_created (0/1), link_merged_from
+//	                                           (only when the link merged);
 //	                                           prev (user the install left, while
 //	                                           its installs set may still list it)
 //	idl:{T:SS}:inst:<install id>:lock  string  per-install link lock (random
@@ -166,15 +185,15 @@ func Bucketed(externalID string) bool { return len(externalID) <= MaxBucketedExt
 //	                                           or waiting for a retry, scored by
 //	                                           when they may next be taken (unix ms)
 //	idl:{T:SS}:deadletter              stream  events that kept failing
-//	idl:itenant:<install id>           string  tenant of an install (global,
-//	                                           written before the install; only
-//	                                           tells 403 from 404 on a link)
+//	idl:itenant:<install id>           string  tenant of an install (global;
+//	                                           only earlier releases wrote it;
+//	                                           read on a failed link only)
 //
 // T is the tenant and SS the shard in two hex digits; {T:SS} is the hash
 // tag, so every key of one shard is in one Cluster slot.
 //
 // Expiry (expiry.go): the keys of an install made by CreateInstall (its
-// hash, its anonymous user's hash, and its tenant entry) and of a user
+// hash and its anonymous user's hash) and of a user
 // made by ResolveUnverified (its ext key, its hash, and its
 // sessions set once it has sessions) expire after the tenant's
 // install_ttl, renewed on use, until a link or a verified credential makes
@@ -277,9 +296,10 @@ func (k *Keys) InstallLock(shard int, installID string) string {
 	return k.tags[shard] + "inst:" + installID + ":lock"
 }
 
-// InstallTenant is the global key naming the tenant of an install. It is
-// outside every tenant's keys (so one tenant can tell "another tenant's
-// install" from "no such install") and is only ever read by itself.
+// InstallTenant is the global key naming the tenant of an install, written
+// by earlier releases (104 bytes per install). This release writes none:
+// a failed link reads it, by itself, beside the other tenants' install
+// hashes, to tell "another tenant's install" from "no such install".
 func InstallTenant(installID string) string { return "idl:itenant:" + installID }
 
 // Failures is the failed-verification counter of a client (subject

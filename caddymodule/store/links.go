@@ -22,9 +22,12 @@ import (
 //	                never take another external id); fix the id a new user
 //	                would get (pending_user for pending_ext).
 //	1b persist (sI) only if I expires (made by POST /installs, never
-//	                linked: expiry.go): PERSIST I's tenant entry, then I and
-//	                X (X is then I's own anonymous user, in sI). Nothing
-//	                permanent names an install or a user that may expire.
+//	                linked: expiry.go): PERSIST I and X (X is then I's own
+//	                anonymous user, in sI). In step 1's script when X is
+//	                AnonymousUserOf(I) (every install this release makes);
+//	                else, for an install of an earlier release, by itself
+//	                right after it. Nothing permanent names an install or a
+//	                user that may expire.
 //	  (rare)        X's state when I alone does not tell: GET the ext key of
 //	                an older reservation, or HGET X's ext.
 //	2 claim   (sE)  ext:E exists → U (if ext:E expires, U was made for E
@@ -52,8 +55,7 @@ import (
 //
 //   - before 2: only the reservation and the pending id were written, both
 //     in I, and maybe I and X made permanent (1b, which a retry redoes if
-//     it was cut short: a permanent tenant entry beside an install that
-//     still expires is harmless); a retry with E reuses them. A retry with another E' finds X
+//     it was cut short); a retry with E reuses them. A retry with another E' finds X
 //     reserved for E: if ext:E names X, X is identified (shared device);
 //     else X can never be claimed, so E' gets a new user and X is merged.
 //   - between 2 and 4: ext:E names U (or X, or N with no install yet); I
@@ -96,6 +98,10 @@ type LinkRequest struct {
 	// Channel and Message are published when the install moves to
 	// another user (in the same script as the move).
 	Channel, Message string
+	// OtherTenants are the keys of the other tenants this deployment
+	// serves: an unknown install found in one of them answers
+	// ErrInstallWrongTenant rather than ErrInstallNotFound.
+	OtherTenants []*Keys
 }
 
 // LinkOptions tune Link; the zero value means the defaults.
@@ -191,7 +197,7 @@ func (l *linker) once(ctx context.Context) (res LinkResult, again bool, err erro
 	}()
 	switch st.kind {
 	case "missing":
-		return res, false, l.s.installTenant(ctx, l.k, l.req.InstallID)
+		return res, false, l.s.installTenant(ctx, l.k, l.req.InstallID, l.req.OtherTenants)
 	case "same":
 		return st.remembered(), false, nil
 	case "repair":

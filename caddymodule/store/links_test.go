@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -18,6 +20,26 @@ func newInstall(t *testing.T, s *Store, k *Keys) (string, string) {
 	i, u, err := s.CreateInstall(context.Background(), k, testNow, testExpiry)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return i, u
+}
+
+// newEarlierInstall makes an install as earlier releases did: a random
+// anonymous user (not AnonymousUserOf the install), so a link makes it
+// permanent in a step of its own (1b), and a global tenant entry.
+func newEarlierInstall(t *testing.T, s *Store, k *Keys) (string, string) {
+	t.Helper()
+	ctx := context.Background()
+	shard := rand.IntN(Shards)
+	i, u := NewID(KindInstall, shard), NewID(KindUser, shard)
+	ttl := ttlArg(testExpiry.TTL)
+	if err := s.rdb.Set(ctx, InstallTenant(i), k.Tenant(), testExpiry.TTL).Err(); err != nil {
+		t.Fatal(err)
+	}
+	n, err := installCreateScript.Run(ctx, s.rdb, []string{k.Install(shard, i), k.User(shard, u), k.Events(shard)},
+		i, u, strconv.FormatInt(testNow.UnixMilli(), 10), k.Tenant(), `{"user_id":"`+u+`","install_id":"`+i+`"}`, ttl).Int()
+	if err != nil || n != 1 {
+		t.Fatalf("install of an earlier release: %d, %v", n, err)
 	}
 	return i, u
 }
@@ -63,8 +85,11 @@ func testCreateInstall(t *testing.T, s *Store, k *Keys) {
 	if got, _, err := s.InstallUser(ctx, k, i, testExpiry); err != nil || got != u {
 		t.Fatalf("InstallUser = %q, %v", got, err)
 	}
-	if tn := s.rdb.Get(ctx, InstallTenant(i)).Val(); tn != k.Tenant() {
-		t.Fatalf("registry names %q", tn)
+	if u != AnonymousUserOf(i) {
+		t.Fatalf("anonymous user %s, want AnonymousUserOf(%s) = %s", u, i, AnonymousUserOf(i))
+	}
+	if n := s.rdb.Exists(ctx, InstallTenant(i)).Val(); n != 0 {
+		t.Fatal("CreateInstall wrote a global tenant entry")
 	}
 	evs := events(t, s, k)
 	if len(evs) != 1 || evs[0].Type != EventUserCreated || evs[0].Shard != si ||
@@ -181,20 +206,35 @@ func testLinkOutcomes(t *testing.T, s *Store, k, other *Keys) {
 		t.Fatalf("user.merged %+v", merged)
 	}
 
-	// Unknown, malformed and another tenant's installs.
+	// Unknown, malformed and another tenant's installs: another tenant of
+	// the deployment (OtherTenants) is told by its install hash; one of an
+	// earlier release by its global tenant entry, which this release
+	// only reads.
 	oi, _ := newInstall(t, s, other)
+	legacy := NewID(KindInstall, 5)
+	if err := s.rdb.Set(ctx, InstallTenant(legacy), "elsewhere", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	ownLegacy := NewID(KindInstall, 6)
+	if err := s.rdb.Set(ctx, InstallTenant(ownLegacy), k.Tenant(), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		install string
+		others  []*Keys
 		want    error
 	}{
-		{NewID(KindInstall, 3), ErrInstallNotFound},
-		{"i_not-an-id", ErrInstallNotFound},
-		{a1, ErrInstallNotFound},
-		{oi, ErrInstallWrongTenant},
+		{NewID(KindInstall, 3), []*Keys{other}, ErrInstallNotFound},
+		{"i_not-an-id", []*Keys{other}, ErrInstallNotFound},
+		{a1, []*Keys{other}, ErrInstallNotFound},
+		{oi, []*Keys{other}, ErrInstallWrongTenant},
+		{oi, nil, ErrInstallNotFound}, // a tenant this deployment does not serve
+		{legacy, nil, ErrInstallWrongTenant},
+		{ownLegacy, []*Keys{other}, ErrInstallNotFound}, // its entry outlived it
 	} {
-		_, err := s.Link(ctx, k, LinkRequest{InstallID: c.install, ExternalID: "x", Now: testNow}, LinkOptions{})
+		_, err := s.Link(ctx, k, LinkRequest{InstallID: c.install, ExternalID: "x", Now: testNow, OtherTenants: c.others}, LinkOptions{})
 		if !errors.Is(err, c.want) {
-			t.Errorf("Link(%q) = %v, want %v", c.install, err, c.want)
+			t.Errorf("Link(%q, other tenants %d) = %v, want %v", c.install, len(c.others), err, c.want)
 		}
 	}
 	// The other tenant's install is untouched and still anonymous.
@@ -390,6 +430,14 @@ func testInterrupted(t *testing.T, s *Store, newKeys func() *Keys) {
 			j, _ := newInstall(t, s, k)
 			link(t, s, k, j, "target")
 			i, _ := newInstall(t, s, k)
+			return i
+		}, false, true, map[string]int{EventUserMerged: 1}},
+		{"claim, install of an earlier release", func(t *testing.T, k *Keys) string { i, _ := newEarlierInstall(t, s, k); return i },
+			true, false, map[string]int{EventUserLinked: 1}},
+		{"merge, install of an earlier release", func(t *testing.T, k *Keys) string {
+			j, _ := newInstall(t, s, k)
+			link(t, s, k, j, "target")
+			i, _ := newEarlierInstall(t, s, k)
 			return i
 		}, false, true, map[string]int{EventUserMerged: 1}},
 		{"shared device, new id", func(t *testing.T, k *Keys) string {

@@ -136,9 +136,12 @@ type ClaimsSource func(ctx context.Context, userID, externalID string) (map[stri
 // that credential.
 type Config struct {
 	Tenant string
-	Store  Store
-	Now    func() time.Time
-	Logger *zap.Logger
+	// OtherTenants are the other tenants of the deployment: a link of an
+	// install of one of them answers install_wrong_tenant.
+	OtherTenants []string
+	Store        Store
+	Now          func() time.Time
+	Logger       *zap.Logger
 
 	Platforms        map[string]*Platform
 	DefaultPlatform  string
@@ -171,7 +174,8 @@ type Config struct {
 type Domain struct {
 	cfg       Config
 	keys      *store.Keys
-	strictest string // the strictest mode among platforms: used for unknown platforms
+	otherKeys []*store.Keys // of cfg.OtherTenants
+	strictest string        // the strictest mode among platforms: used for unknown platforms
 	logger    *zap.Logger
 	storeLogs lograte.Limiter
 
@@ -187,6 +191,9 @@ type Domain struct {
 // New builds a tenant's domain.
 func New(cfg Config) *Domain {
 	d := &Domain{cfg: cfg, keys: store.NewKeys(cfg.Tenant), logger: cfg.Logger}
+	for _, o := range cfg.OtherTenants {
+		d.otherKeys = append(d.otherKeys, store.NewKeys(o))
+	}
 	if d.logger == nil {
 		d.logger = zap.NewNop()
 	}

@@ -4,15 +4,21 @@
 -- external id (it can then never take another one). Also fix the id of the
 -- user this link would create (pending_user, for pending_ext): a retry of
 -- an interrupted link reuses it, so it can tell that it made that user.
--- KEYS[1] install hash, KEYS[2] install lock
+-- Once locked, an install that expires (never linked) whose user is the
+-- anonymous user CreateInstall made with it (AnonymousUserOf) is made
+-- permanent here, with that user (step 1b in the same script).
+-- KEYS[1] install hash, KEYS[2] install lock, KEYS[3] the hash and KEYS[4]
+--   the old-schema installs set of the install's anonymous user (all in the
+--   install's shard)
 -- ARGV[1] external id, ARGV[2] lock token, ARGV[3] lock ttl (ms),
--- ARGV[4] a fresh candidate id for a new user
+-- ARGV[4] a fresh candidate id for a new user, ARGV[5] the install's
+--   anonymous user (AnonymousUserOf)
 -- Returns {'missing'}, {'busy'},
 --   {'same', user, link_created, link_merged_from}  (nothing changed, no lock),
 --   {'repair', user, link_created, link_merged_from, prev}  (locked), or
 --   {'locked', user, anon_user, anon_claim, link_ext, link_user, link_created,
 --    link_merged_from, prev, candidate user id, TTL of the install (ms; -1
---    none: the caller makes an install that expires permanent)}
+--    none; else the caller makes the install and its user permanent)}
 local f = redis.call('HMGET', KEYS[1], 'user', 'anon_user', 'anon_claim', 'link_ext',
   'link_user', 'link_created', 'link_merged_from', 'prev', 'pending_ext', 'pending_user')
 if not f[1] then
@@ -48,5 +54,11 @@ if f[9] ~= ARGV[1] or cand == '' then
   cand = ARGV[4]
   redis.call('HSET', KEYS[1], 'pending_ext', ARGV[1], 'pending_user', cand)
 end
-return {'locked', user, anon, claim, lext, luser, lcreated, lmerged, prev, cand,
-  tostring(redis.call('PTTL', KEYS[1]))}
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl >= 0 and user == ARGV[5] then
+  for i = 1, 4 do
+    if i ~= 2 then redis.call('PERSIST', KEYS[i]) end
+  end
+  ttl = -1
+end
+return {'locked', user, anon, claim, lext, luser, lcreated, lmerged, prev, cand, tostring(ttl)}

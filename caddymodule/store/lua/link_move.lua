@@ -28,8 +28,14 @@ if redis.call('HGET', KEYS[1], 'user') ~= ARGV[2] then
   return 0
 end
 redis.call('HSET', KEYS[1], 'user', ARGV[3], 'link_ext', ARGV[4], 'link_user', ARGV[3],
-  'link_created', ARGV[5], 'link_merged_from', ARGV[6])
-redis.call('HDEL', KEYS[1], 'pending_ext', 'pending_user')
+  'link_created', ARGV[5])
+-- An empty link_merged_from is not stored (readers take a missing one as '').
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[1], 'link_merged_from', ARGV[6])
+  redis.call('HDEL', KEYS[1], 'pending_ext', 'pending_user')
+else
+  redis.call('HDEL', KEYS[1], 'pending_ext', 'pending_user', 'link_merged_from')
+end
 if ARGV[8] == '1' then
   redis.call('HDEL', KEYS[5], 'i:' .. ARGV[1])
   redis.call('SREM', KEYS[4], ARGV[1])
