@@ -169,9 +169,11 @@ func Bucketed(externalID string) bool { return len(externalID) <= MaxBucketedExt
 //	                                           with the install), anon_claim (the
 //	                                           one external id anon_user may ever
 //	                                           take), and the outcome of the last
-//	                                           link: link_ext, link_user,
-//	                                           link_created (0/1), link_merged_from
-//	                                           (only when the link merged);
+//	                                           link: link_ext, link_created (0/1),
+//	                                           link_merged_from (only when the
+//	                                           link merged); the last link's user
+//	                                           is the install's user (earlier
+//	                                           releases also kept it as link_user);
 //	                                           prev (user the install left, while
 //	                                           its installs set may still list it)
 //	idl:{T:SS}:inst:<install id>:lock  string  per-install link lock (random

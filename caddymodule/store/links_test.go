@@ -598,3 +598,33 @@ func TestLinkRedisPausedMidway(t *testing.T) {
 		})
 	}
 }
+
+// TestLinkRecordOfEarlierRelease: an install whose last link was recorded
+// by an earlier release (with link_user and an empty link_merged_from) is
+// answered as a repeat, and its next link drops the fields this release
+// no longer stores.
+func TestLinkRecordOfEarlierRelease(t *testing.T) {
+	forEachDeployment(t, func(t *testing.T, s *Store, d testenv.Deployment) {
+		ctx := context.Background()
+		k := NewKeys("acme")
+		i, u := newEarlierInstall(t, s, k)
+		first := link(t, s, k, i, "early")
+		sh, _ := ParseID(KindInstall, i)
+		inst := k.Install(sh, i)
+		if err := s.rdb.HSet(ctx, inst, "link_user", u, "link_merged_from", "").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if r := link(t, s, k, i, "early"); !r.Repeat || r.UserID != first.UserID || r.Created != first.Created {
+			t.Fatalf("repeat = %+v after %+v", r, first)
+		}
+		if r := link(t, s, k, i, "later"); r.Repeat || r.UserID == u || !r.Created {
+			t.Fatalf("link to another id = %+v", r)
+		}
+		if n := s.rdb.HExists(ctx, inst, "link_user").Val() || s.rdb.HExists(ctx, inst, "link_merged_from").Val(); n {
+			t.Fatalf("the install keeps the fields of an earlier release: %v", s.rdb.HGetAll(ctx, inst).Val())
+		}
+		if err := readState(t, s, k).settled(false); err != nil {
+			t.Fatal(err)
+		}
+	})
+}

@@ -10,10 +10,11 @@
 local ok = 1
 if ARGV[3] ~= '' then
   if redis.call('HGET', KEYS[1], 'user') == ARGV[3] then
-    redis.call('HSET', KEYS[1], 'link_ext', ARGV[4], 'link_user', ARGV[3],
-      'link_created', ARGV[5])
-    -- No merge: link_merged_from is not stored (a missing one reads as '').
-    redis.call('HDEL', KEYS[1], 'pending_ext', 'pending_user', 'link_merged_from')
+    -- The last link's user is the install's user (link_user, which
+    -- earlier releases stored, always equals it), and without a merge
+    -- link_merged_from is not stored (a missing one reads as '').
+    redis.call('HSET', KEYS[1], 'link_ext', ARGV[4], 'link_created', ARGV[5])
+    redis.call('HDEL', KEYS[1], 'pending_ext', 'pending_user', 'link_merged_from', 'link_user')
     if ARGV[6] == '1' then
       redis.call('HSET', KEYS[3], 'ext', ARGV[4])
     end

@@ -29,6 +29,11 @@ for i = 2, 10 do
 end
 local user, anon, claim, lext, luser, lcreated, lmerged, prev =
   f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]
+if lext ~= '' and luser == '' then
+  -- The last link's user: the install's user, which every link step that
+  -- records an outcome sets with it (earlier releases also stored it).
+  luser = user
+end
 local same = lext == ARGV[1] and luser == user
 if same and prev == '' then
   return {'same', user, lcreated, lmerged}

@@ -27,14 +27,15 @@ if redis.call('HGET', KEYS[1], 'user') ~= ARGV[2] then
   unlock()
   return 0
 end
-redis.call('HSET', KEYS[1], 'user', ARGV[3], 'link_ext', ARGV[4], 'link_user', ARGV[3],
-  'link_created', ARGV[5])
--- An empty link_merged_from is not stored (readers take a missing one as '').
+-- The last link's user is the install's user: link_user (which earlier
+-- releases stored, always equal to it) is not. An empty link_merged_from
+-- is not stored either (readers take a missing one as '').
+redis.call('HSET', KEYS[1], 'user', ARGV[3], 'link_ext', ARGV[4], 'link_created', ARGV[5])
 if ARGV[6] ~= '' then
   redis.call('HSET', KEYS[1], 'link_merged_from', ARGV[6])
-  redis.call('HDEL', KEYS[1], 'pending_ext', 'pending_user')
+  redis.call('HDEL', KEYS[1], 'pending_ext', 'pending_user', 'link_user')
 else
-  redis.call('HDEL', KEYS[1], 'pending_ext', 'pending_user', 'link_merged_from')
+  redis.call('HDEL', KEYS[1], 'pending_ext', 'pending_user', 'link_merged_from', 'link_user')
 end
 if ARGV[8] == '1' then
   redis.call('HDEL', KEYS[5], 'i:' .. ARGV[1])
