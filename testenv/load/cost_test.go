@@ -44,7 +44,7 @@ var (
 	costWorkers = flag.Int("cost.workers", 64, "concurrent store calls")
 
 	maxUserBytes    = flag.Float64("cost.max.user", 320, "ceiling: bytes per first-sight user without its event")
-	maxInstallBytes = flag.Float64("cost.max.install", 900, "ceiling: bytes per linked install without its events")
+	maxInstallBytes = flag.Float64("cost.max.install", 700, "ceiling: bytes per linked install without its events")
 	maxSessionBytes = flag.Float64("cost.max.session", 650, "ceiling: bytes per live session without its event")
 	maxTombBytes    = flag.Float64("cost.max.tombstone", 450, "ceiling: bytes per ended session without its events")
 )
