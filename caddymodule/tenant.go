@@ -208,15 +208,8 @@ func (t *Tenant) provision(ctx caddy.Context, app *App, name string) error {
 	if err := t.CORS.provision(); err != nil {
 		return err
 	}
-	var others []string
-	for o := range app.Tenants {
-		if o != name {
-			others = append(others, o)
-		}
-	}
-	slices.Sort(others)
 	cfg := identity.Config{
-		Tenant: name, OtherTenants: others, Store: app.store, Now: t.now, Logger: t.logger,
+		Tenant: name, Store: app.store, Now: t.now, Logger: t.logger,
 		Platforms: platforms, DefaultPlatform: t.DefaultPlatform,
 		AnonymousDeny:    t.Anonymous == AnonymousDeny,
 		SignedAttributes: t.SignedAttributes,

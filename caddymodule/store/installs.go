@@ -24,8 +24,11 @@ var (
 // one random shard, and appends user.created to that shard's outbox: one
 // script in that shard. With a TTL in e, the install and its user (which
 // lists the install) expire after it unless used or linked (expiry.go).
+// The anonymous user's id is AnonymousUserOf(install id).
 // An id is 144 random bits, so it is never issued twice; the script
-// refuses one that exists in this tenant all the same.
+// refuses one that exists in this tenant all the same. Before it, the
+// tenant is added to the Tenants set (SADD, in the same round trip on one
+// node without durability; a member already there costs nothing).
 func (s *Store) CreateInstall(ctx context.Context, k *Keys, now time.Time, e Expiry) (installID, userID string, err error) {
 	shard := rand.IntN(Shards)
 	ctx, cancel := s.deadline(ctx)
@@ -36,10 +39,34 @@ func (s *Store) CreateInstall(ctx context.Context, k *Keys, now time.Time, e Exp
 		UserID    string `json:"user_id"`
 		InstallID string `json:"install_id"`
 	}{userID, installID})
-	n, err := s.runWrite(ctx, installCreateScript,
-		[]string{k.Install(shard, installID), k.User(shard, userID), k.Events(shard)},
-		installID, userID, strconv.FormatInt(now.UnixMilli(), 10), k.Tenant(), data, ttlArg(e.TTL),
-	).Int()
+	keys := []string{k.Install(shard, installID), k.User(shard, userID), k.Events(shard)}
+	args := []any{installID, userID, strconv.FormatInt(now.UnixMilli(), 10), k.Tenant(), data, ttlArg(e.TTL)}
+	var script *redis.Cmd
+	if _, oneNode := s.rdb.(*redis.Client); oneNode && s.durability.Replicas <= 0 {
+		// One round trip: Redis runs a pipeline in order, so the tenant is
+		// in the set before its install exists.
+		var reg *redis.IntCmd
+		_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			reg = p.SAdd(ctx, Tenants, k.Tenant())
+			script = installCreateScript.EvalSha(ctx, p, keys, args...)
+			return nil
+		})
+		if err := reg.Err(); err != nil {
+			return "", "", wrap(err)
+		}
+		if redis.HasErrorPrefix(script.Err(), "NOSCRIPT") {
+			script = installCreateScript.Run(ctx, s.rdb, keys, args...)
+		}
+	} else {
+		// Another slot (another node on a Cluster), and with durability
+		// the script's WAIT follows it on its own connection: one after
+		// the other.
+		if err := s.rdb.SAdd(ctx, Tenants, k.Tenant()).Err(); err != nil {
+			return "", "", wrap(err)
+		}
+		script = s.runWrite(ctx, installCreateScript, keys, args...)
+	}
+	n, err := script.Int()
 	if err != nil {
 		return "", "", wrap(err)
 	}
@@ -95,37 +122,47 @@ func (s *Store) InstallUser(ctx context.Context, k *Keys, installID string, e Ex
 }
 
 // installTenant tells why an install is missing from a tenant's keys:
-// ErrInstallWrongTenant if it is an install of one of the other tenants
-// (its hash exists in their keys: the id names its shard, so that is one
-// EXISTS each, in one pipeline) or if an earlier release's global tenant
-// entry names another tenant; else ErrInstallNotFound. Only a failed link
-// asks.
-func (s *Store) installTenant(ctx context.Context, k *Keys, installID string, others []*Keys) error {
+// ErrInstallWrongTenant if it is an install of another tenant of the
+// Tenants set (its hash exists in that tenant's keys: the id names its
+// shard, so that is one EXISTS each, in one pipeline) or if an earlier
+// release's global tenant entry names another tenant; else
+// ErrInstallNotFound. Only a failed link asks: two round trips.
+func (s *Store) installTenant(ctx context.Context, k *Keys, installID string) error {
 	shard, err := ParseID(KindInstall, installID)
 	if err != nil {
 		return ErrInstallNotFound
 	}
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	exists := make([]*redis.IntCmd, len(others))
+	var tenants *redis.StringSliceCmd
 	var legacy *redis.StringCmd
 	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, o := range others {
-			exists[i] = p.Exists(ctx, o.Install(shard, installID))
-		}
+		tenants = p.SMembers(ctx, Tenants)
 		legacy = p.Get(ctx, InstallTenant(installID))
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return wrap(err)
 	}
+	if t := legacy.Val(); t != "" && t != k.Tenant() {
+		return ErrInstallWrongTenant
+	}
+	var exists []*redis.IntCmd
+	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, t := range tenants.Val() {
+			if t != k.Tenant() {
+				exists = append(exists, p.Exists(ctx, NewKeys(t).Install(shard, installID)))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return wrap(err)
+	}
 	for _, e := range exists {
 		if e.Val() == 1 {
 			return ErrInstallWrongTenant
 		}
-	}
-	if t := legacy.Val(); t != "" && t != k.Tenant() {
-		return ErrInstallWrongTenant
 	}
 	return ErrInstallNotFound
 }

@@ -187,6 +187,8 @@ func Bucketed(externalID string) bool { return len(externalID) <= MaxBucketedExt
 //	                                           or waiting for a retry, scored by
 //	                                           when they may next be taken (unix ms)
 //	idl:{T:SS}:deadletter              stream  events that kept failing
+//	idl:tenants                        set     tenants that issued installs
+//	                                           (global; read on a failed link)
 //	idl:itenant:<install id>           string  tenant of an install (global;
 //	                                           only earlier releases wrote it;
 //	                                           read on a failed link only)
@@ -298,10 +300,16 @@ func (k *Keys) InstallLock(shard int, installID string) string {
 	return k.tags[shard] + "inst:" + installID + ":lock"
 }
 
+// Tenants is the global set of the tenants that issued installs (one
+// member per tenant, added again by each CreateInstall): a
+// failed link looks for the install in each of them to tell "another
+// tenant's install" from "no such install".
+const Tenants = "idl:tenants"
+
 // InstallTenant is the global key naming the tenant of an install, written
 // by earlier releases (104 bytes per install). This release writes none:
-// a failed link reads it, by itself, beside the other tenants' install
-// hashes, to tell "another tenant's install" from "no such install".
+// a failed link reads it beside the Tenants set, to tell "another tenant's
+// install" from "no such install".
 func InstallTenant(installID string) string { return "idl:itenant:" + installID }
 
 // Failures is the failed-verification counter of a client (subject

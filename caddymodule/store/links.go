@@ -98,10 +98,6 @@ type LinkRequest struct {
 	// Channel and Message are published when the install moves to
 	// another user (in the same script as the move).
 	Channel, Message string
-	// OtherTenants are the keys of the other tenants this deployment
-	// serves: an unknown install found in one of them answers
-	// ErrInstallWrongTenant rather than ErrInstallNotFound.
-	OtherTenants []*Keys
 }
 
 // LinkOptions tune Link; the zero value means the defaults.
@@ -197,7 +193,7 @@ func (l *linker) once(ctx context.Context) (res LinkResult, again bool, err erro
 	}()
 	switch st.kind {
 	case "missing":
-		return res, false, l.s.installTenant(ctx, l.k, l.req.InstallID, l.req.OtherTenants)
+		return res, false, l.s.installTenant(ctx, l.k, l.req.InstallID)
 	case "same":
 		return st.remembered(), false, nil
 	case "repair":

@@ -206,11 +206,14 @@ func testLinkOutcomes(t *testing.T, s *Store, k, other *Keys) {
 		t.Fatalf("user.merged %+v", merged)
 	}
 
-	// Unknown, malformed and another tenant's installs: another tenant of
-	// the deployment (OtherTenants) is told by its install hash; one of an
-	// earlier release by its global tenant entry, which this release
-	// only reads.
+	// Unknown, malformed and another tenant's installs: another tenant is
+	// told by its install hash (it is in the Tenants set since it made
+	// one); an install of an earlier release by its global tenant entry,
+	// which this release only reads.
 	oi, _ := newInstall(t, s, other)
+	if ok, err := s.rdb.SIsMember(ctx, Tenants, other.Tenant()).Result(); err != nil || !ok {
+		t.Fatalf("tenant %s not in %s: %v", other.Tenant(), Tenants, err)
+	}
 	legacy := NewID(KindInstall, 5)
 	if err := s.rdb.Set(ctx, InstallTenant(legacy), "elsewhere", 0).Err(); err != nil {
 		t.Fatal(err)
@@ -221,20 +224,18 @@ func testLinkOutcomes(t *testing.T, s *Store, k, other *Keys) {
 	}
 	for _, c := range []struct {
 		install string
-		others  []*Keys
 		want    error
 	}{
-		{NewID(KindInstall, 3), []*Keys{other}, ErrInstallNotFound},
-		{"i_not-an-id", []*Keys{other}, ErrInstallNotFound},
-		{a1, []*Keys{other}, ErrInstallNotFound},
-		{oi, []*Keys{other}, ErrInstallWrongTenant},
-		{oi, nil, ErrInstallNotFound}, // a tenant this deployment does not serve
-		{legacy, nil, ErrInstallWrongTenant},
-		{ownLegacy, []*Keys{other}, ErrInstallNotFound}, // its entry outlived it
+		{NewID(KindInstall, 3), ErrInstallNotFound},
+		{"i_not-an-id", ErrInstallNotFound},
+		{a1, ErrInstallNotFound},
+		{oi, ErrInstallWrongTenant},
+		{legacy, ErrInstallWrongTenant},
+		{ownLegacy, ErrInstallNotFound}, // its entry outlived it
 	} {
-		_, err := s.Link(ctx, k, LinkRequest{InstallID: c.install, ExternalID: "x", Now: testNow, OtherTenants: c.others}, LinkOptions{})
+		_, err := s.Link(ctx, k, LinkRequest{InstallID: c.install, ExternalID: "x", Now: testNow}, LinkOptions{})
 		if !errors.Is(err, c.want) {
-			t.Errorf("Link(%q, other tenants %d) = %v, want %v", c.install, len(c.others), err, c.want)
+			t.Errorf("Link(%q) = %v, want %v", c.install, err, c.want)
 		}
 	}
 	// The other tenant's install is untouched and still anonymous.

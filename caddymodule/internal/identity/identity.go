@@ -136,12 +136,9 @@ type ClaimsSource func(ctx context.Context, userID, externalID string) (map[stri
 // that credential.
 type Config struct {
 	Tenant string
-	// OtherTenants are the other tenants of the deployment: a link of an
-	// install of one of them answers install_wrong_tenant.
-	OtherTenants []string
-	Store        Store
-	Now          func() time.Time
-	Logger       *zap.Logger
+	Store  Store
+	Now    func() time.Time
+	Logger *zap.Logger
 
 	Platforms        map[string]*Platform
 	DefaultPlatform  string
@@ -174,8 +171,7 @@ type Config struct {
 type Domain struct {
 	cfg       Config
 	keys      *store.Keys
-	otherKeys []*store.Keys // of cfg.OtherTenants
-	strictest string        // the strictest mode among platforms: used for unknown platforms
+	strictest string // the strictest mode among platforms: used for unknown platforms
 	logger    *zap.Logger
 	storeLogs lograte.Limiter
 
@@ -191,9 +187,6 @@ type Domain struct {
 // New builds a tenant's domain.
 func New(cfg Config) *Domain {
 	d := &Domain{cfg: cfg, keys: store.NewKeys(cfg.Tenant), logger: cfg.Logger}
-	for _, o := range cfg.OtherTenants {
-		d.otherKeys = append(d.otherKeys, store.NewKeys(o))
-	}
 	if d.logger == nil {
 		d.logger = zap.NewNop()
 	}

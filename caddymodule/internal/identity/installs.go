@@ -63,8 +63,6 @@ func (in *installs) link(ctx context.Context, installID, externalID string) (sto
 		Now:        d.cfg.Now(),
 		Channel:    store.InvalidationChannel,
 		Message:    store.InvalidationMessage(d.cfg.Tenant, InvalidateInstall, installID),
-
-		OtherTenants: d.otherKeys,
 	}, store.LinkOptions{})
 	d.observeLink(res, err)
 	if res.Moved {
