@@ -37,9 +37,9 @@ func TestHandlerWarmAllocations(t *testing.T) {
 		source  string
 		headers map[string]string
 	}{
-		{"hmac", 7, "hmac", map[string]string{hdrExternalID: "alloc-user", hdrExternalIDSig: sign(testSecret, "alloc-user"), hdrPlatform: "ios"}},
-		{"contact token", 8, "contact_token", map[string]string{hdrAuthorization: "Bearer " + s.ContactToken}},
-		{"session id", 8, "session", map[string]string{hdrSessionID: s.SessionID}},
+		{"hmac", 4, "hmac", map[string]string{hdrExternalID: "alloc-user", hdrExternalIDSig: sign(testSecret, "alloc-user"), hdrPlatform: "ios"}},
+		{"contact token", 5, "contact_token", map[string]string{hdrAuthorization: "Bearer " + s.ContactToken}},
+		{"session id", 5, "session", map[string]string{hdrSessionID: s.SessionID}},
 	} {
 		r := httptest.NewRequest(http.MethodGet, "/profile", nil)
 		r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
