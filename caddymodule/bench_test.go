@@ -35,19 +35,25 @@ func BenchmarkHandlerWarm(b *testing.B) {
 		serve(h, signedRequest(ext, "ios", testSecret)) // warm the cache
 	}
 	reqs := make([]*http.Request, users)
+	// The request's own header value slices (net/http allocates them for
+	// every request, whoever handles it) are built once: what is measured
+	// is the handler's own.
+	vals := make([][3][]string, users)
 	for i := range reqs {
 		reqs[i] = benchRequest(sigs[i][0])
+		vals[i] = [3][]string{{""}, {""}, {""}}
 	}
 	w := httptest.NewRecorder()
 	b.ReportAllocs()
 	b.ResetTimer()
 	i := 0
 	for b.Loop() {
-		r := reqs[i%users]
+		r, v := reqs[i%users], &vals[i%users]
 		// Restore what the handler consumed, as a fresh request would carry.
-		r.Header[hdrExternalID] = []string{sigs[i%users][0]}
-		r.Header[hdrExternalIDSig] = []string{sigs[i%users][1]}
-		r.Header[hdrPlatform] = []string{"ios"}
+		v[0][0], v[1][0], v[2][0] = sigs[i%users][0], sigs[i%users][1], "ios"
+		r.Header[hdrExternalID] = v[0]
+		r.Header[hdrExternalIDSig] = v[1]
+		r.Header[hdrPlatform] = v[2]
 		if err := h.ServeHTTP(w, r, nopNext); err != nil {
 			b.Fatal(err)
 		}

@@ -229,13 +229,46 @@ func underPrefix(p, prefix string) (string, bool) {
 // request read it (before stripping), for idlink handlers further in: the
 // credential headers and the Cookie header (each tenant reads its own
 // cookies from it).
+//
+// It is itself the context that carries it to them: it embeds the
+// request's context and answers presentedKey{} (as context.WithValue's
+// value would, in one allocation instead of two). The identity header
+// values that the handler that read it sets share that allocation too
+// (vals).
 type presented struct {
-	creds   identity.Credentials
-	bad     *apiError
-	cookies []string // the Cookie lines
+	context.Context // the request's context before the first idlink handler
+	creds           identity.Credentials
+	bad             *apiError
+	cookies         []string // the Cookie lines
+	// vals backs the identity and claim header values of the handler that
+	// made this presented (applyIdentity); handlers further in use arrays
+	// of their own, so no handler writes where another's values are.
+	vals [12]string
 }
 
 type presentedKey struct{}
+
+// Value answers presentedKey{} with p, and every other key from the
+// request's context.
+func (p *presented) Value(key any) any {
+	if _, ok := key.(presentedKey); ok {
+		return p
+	}
+	return p.Context.Value(key)
+}
+
+// String describes the context as context.WithValue's does, naming the
+// value without printing it: the credentials are never formatted (a %v of
+// the struct would print them).
+func (p *presented) String() string {
+	if s, ok := p.Context.(fmt.Stringer); ok {
+		return s.String() + ".WithValue(idlink presented credentials)"
+	}
+	return "context.WithValue(idlink presented credentials)"
+}
+
+// GoString is String, for %#v.
+func (p *presented) GoString() string { return p.String() }
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
@@ -264,10 +297,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// the request reads them from the one presented value, unless this
 	// tenant adds its own cookies to them.
 	p, ok := r.Context().Value(presentedKey{}).(*presented)
+	var vals []string // the identity header values' backing array
 	if !ok {
-		p = &presented{cookies: r.Header["Cookie"]}
+		p = &presented{Context: r.Context(), cookies: r.Header["Cookie"]}
 		p.creds, p.bad = readCredentials(r.Header)
-		r = r.WithContext(context.WithValue(r.Context(), presentedKey{}, p))
+		r = r.WithContext(p)
+		vals = p.vals[:0]
 	}
 	creds, bad := &p.creds, p.bad
 	if bad == nil && h.tenant.Cookie != nil && len(p.cookies) > 0 {
@@ -320,7 +355,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		spans.End(span, outcome, false)
 	}
 	h.tenant.countAccepted(creds, &id)
-	applyIdentity(&id, r.Header, repl)
+	applyIdentity(&id, r.Header, repl, vals)
 	return next.ServeHTTP(w, r)
 }
 
@@ -343,16 +378,20 @@ var (
 // (which were all deleted before) and the placeholders.
 //
 // It runs on every accepted request, so it allocates little: the header
-// values share one backing array, each value a slice of its own element
+// values share one backing array (vals, empty and unused by anyone else,
+// or a new one when vals is nil), each value a slice of its own element
 // with capacity 1 (an append by a later handler copies, never writes into
-// a neighbour), and the placeholders that can only take a few constant
-// values are set from constants (no boxing into an interface).
-func applyIdentity(id *identity.Identity, h http.Header, repl *caddy.Replacer) {
+// a neighbour); the placeholders that can only take a few constant values
+// are set from constants (no boxing into an interface), and the user id is
+// boxed once for both of its placeholders.
+func applyIdentity(id *identity.Identity, h http.Header, repl *caddy.Replacer, vals []string) {
 	verified := "false"
 	if id.Verified {
 		verified = "true"
 	}
-	vals := make([]string, 0, 8)
+	if vals == nil {
+		vals = make([]string, 0, 8+len(id.ClaimHeaders))
+	}
 	put := func(name, v string) {
 		vals = append(vals, v)
 		h[name] = vals[len(vals)-1 : len(vals) : len(vals)]
@@ -371,7 +410,7 @@ func applyIdentity(id *identity.Identity, h http.Header, repl *caddy.Replacer) {
 	set(hdrVerifiedEmail, id.VerifiedEmail)
 	set(hdrVerifiedPhone, id.VerifiedPhone)
 	for _, hv := range id.ClaimHeaders {
-		h[hv.Name] = []string{hv.Value}
+		put(hv.Name, hv.Value)
 	}
 
 	repl.Set("idlink.source", constantSource(id.Source))
@@ -380,12 +419,13 @@ func applyIdentity(id *identity.Identity, h http.Header, repl *caddy.Replacer) {
 	} else {
 		repl.Set("idlink.verified", "false")
 	}
-	repl.Set("idlink.user_id", id.UserID)
+	userID := any(id.UserID)
+	repl.Set("idlink.user_id", userID)
 	repl.Set("idlink.external_id", id.ExternalID)
 	repl.Set("idlink.install_id", id.InstallID)
 	repl.Set("idlink.session_id", id.SessionID)
 	if id.UserID != "" {
-		repl.Set("http.auth.user.id", id.UserID)
+		repl.Set("http.auth.user.id", userID)
 	}
 }
 

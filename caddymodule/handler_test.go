@@ -1,12 +1,17 @@
 package caddymodule
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/idlink/idlink/caddymodule/internal/apierr"
 )
 
@@ -290,5 +295,79 @@ func testResolveConcurrentFirstSight(t *testing.T, url string) {
 		if u == "" || u != users[0] {
 			t.Fatalf("request %d resolved to %q, request 0 to %q", i, u, users[0])
 		}
+	}
+}
+
+// TestPresentedContext: the value nested idlink handlers share is the
+// request's context itself (presented embeds its parent). It passes on the
+// parent's values, deadline and cancellation, never prints the credentials
+// when formatted, and an inner handler's identity header values do not
+// land where the outer handler's are (each has its own backing array).
+func TestPresentedContext(t *testing.T) {
+	app := newTestApp(t, "", func(a *App) {
+		// Another tenant with the same platform: another user id.
+		a.Tenants["beta"] = &Tenant{Platforms: map[string]*Platform{"ios": {Secrets: []string{testSecret}, Mode: ModeEnforce}}}
+	})
+	outer := newTestHandler(t, app, nil)
+	inner := newTestHandler(t, app, func(h *Handler) { h.Tenant = "beta" })
+	sig := sign(testSecret, "ctx-user")
+	r := signedRequest("ctx-user", "ios", testSecret)
+	type parentKey struct{}
+	parent, cancel := context.WithCancel(context.WithValue(r.Context(), parentKey{}, "from the parent"))
+	repl := caddy.NewReplacer()
+	r = r.WithContext(context.WithValue(parent, caddy.ReplacerCtxKey, repl))
+
+	var outerVals [][]string // the outer handler's header values, as it set them
+	var innerCtx context.Context
+	last := &recordingNext{}
+	innerNext := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		innerCtx = r.Context()
+		return last.ServeHTTP(w, r)
+	})
+	outerNext := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		for _, name := range []string{hdrIdentitySource, hdrIdentityVerified, hdrPlatformUserID, hdrExternalID} {
+			vs := r.Header[name]
+			outerVals = append(outerVals, vs, append([]string(nil), vs...))
+		}
+		return inner.ServeHTTP(w, r, innerNext)
+	})
+	w := httptest.NewRecorder()
+	if err := outer.ServeHTTP(w, r, outerNext); err != nil || w.Code != http.StatusOK || !last.called {
+		t.Fatalf("nested handlers: %v %d, upstream reached: %v", err, w.Code, last.called)
+	}
+	if got := last.header.Get(hdrIdentitySource); got != SourceHMAC {
+		t.Fatalf("the inner handler did not verify the credentials the outer one read: source %q", got)
+	}
+	if got := last.header.Get(hdrPlatformUserID); got == "" || got == outerVals[5][0] {
+		t.Fatalf("the inner tenant's user id %q is not its own (the outer's: %q)", got, outerVals[5][0])
+	}
+	for i := 0; i < len(outerVals); i += 2 {
+		if len(outerVals[i]) != 1 || outerVals[i][0] != outerVals[i+1][0] {
+			t.Errorf("the inner handler wrote into the outer one's header values: %q, was %q", outerVals[i], outerVals[i+1])
+		}
+	}
+
+	if _, ok := innerCtx.Value(presentedKey{}).(*presented); !ok {
+		t.Fatal("the request's context does not carry the presented credentials")
+	}
+	if innerCtx.Value(parentKey{}) != "from the parent" || innerCtx.Value(caddy.ReplacerCtxKey) != repl {
+		t.Error("the parent context's values are lost")
+	}
+	for _, f := range []string{"%v", "%+v", "%#v", "%s"} {
+		if s := fmt.Sprintf(f, innerCtx); strings.Contains(s, sig) || strings.Contains(s, "ctx-user") {
+			t.Errorf("formatting the context with %s prints the credentials: %s", f, s)
+		}
+	}
+	child, stop := context.WithCancel(innerCtx)
+	defer stop()
+	cancel()
+	select {
+	case <-innerCtx.Done():
+	default:
+		t.Fatal("cancelling the parent does not end the request's context")
+	}
+	<-child.Done() // a context derived from it ends too
+	if !errors.Is(innerCtx.Err(), context.Canceled) {
+		t.Errorf("Err: %v", innerCtx.Err())
 	}
 }

@@ -197,7 +197,7 @@ type testHandler struct {
 
 func newTokenHandler(a *App, tenant string, forward bool) *testHandler {
 	t := a.Tenants[tenant]
-	h := &Handler{Tenant: tenant, ForwardCredentials: forward, tenant: t, app: a, logger: zap.NewNop()}
+	h := &Handler{Tenant: tenant, tenantName: tenant, ForwardCredentials: forward, tenant: t, app: a, logger: zap.NewNop()}
 	h.strip = t.strip
 	if forward {
 		h.strip = t.identityStrip

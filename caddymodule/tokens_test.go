@@ -772,11 +772,13 @@ func BenchmarkHandlerContactTokenWarm(b *testing.B) {
 	if err := h.ServeHTTP(w, r, nopNext); err != nil || w.Code != 200 {
 		b.Fatal(err, w.Code)
 	}
+	authorization := []string{""} // the request's own, built once: what is measured is the handler's own
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
 		clear(r.Header) // what the previous round set for the upstream
-		r.Header[hdrAuthorization] = []string{bearer}
+		authorization[0] = bearer
+		r.Header[hdrAuthorization] = authorization
 		if err := h.ServeHTTP(w, r, nopNext); err != nil {
 			b.Fatal(err)
 		}

@@ -13,10 +13,12 @@ import (
 )
 
 // A credentialCheck verifies one kind of credential of a request. It
-// returns nil, nil when the request does not present that kind; a claim
-// when it verified (or, in report/off mode, accepted) it; an error when
-// the request must be refused.
-type credentialCheck func(d *Domain, ctx context.Context, c *Credentials) (*Identity, error)
+// returns a zero Identity (no Source) and no error when the request does
+// not present that kind; a claim when it verified (or, in report/off
+// mode, accepted) it; an error when the request must be refused. Claims
+// are values: a pointer returned through the table's function values
+// would put every claim on the heap, one allocation per request.
+type credentialCheck func(d *Domain, ctx context.Context, c *Credentials) (Identity, error)
 
 // credentialChecks in SPEC.md's order of precedence: contact token, HMAC
 // external id, SSO token, session id, install id. The first that is
@@ -58,10 +60,10 @@ func (d *Domain) Authenticate(ctx context.Context, c *Credentials) (Identity, *a
 // Identify verifies the credentials of a request and resolves the user;
 // errors are refusals (*apierr.Error) or store failures.
 func (d *Domain) Identify(ctx context.Context, c *Credentials) (Identity, error) {
-	var id *Identity
+	var id Identity // no Source: no claim yet
 	traced := spans.Recording(ctx)
 	for _, cc := range credentialChecks {
-		var claim *Identity
+		var claim Identity
 		var err error
 		if traced && cc.present(c) {
 			claim, err = d.tracedCheck(ctx, cc.name, cc.check, c)
@@ -71,10 +73,10 @@ func (d *Domain) Identify(ctx context.Context, c *Credentials) (Identity, error)
 		if err != nil {
 			return Identity{}, err
 		}
-		if claim == nil {
+		if claim.Source == "" {
 			continue
 		}
-		if id == nil {
+		if id.Source == "" {
 			id = claim
 			continue
 		}
@@ -85,14 +87,14 @@ func (d *Domain) Identify(ctx context.Context, c *Credentials) (Identity, error)
 			// than refusing the request (which report mode must not do).
 			switch {
 			// Enforce mode would have refused it: that is still counted.
-			case unverifiedExternal(id):
+			case unverifiedExternal(&id):
 				d.debug("unverified external id ignored: another credential names another user", zap.String("other", claim.Source))
 				if claim.WouldRefuse == "" {
 					claim.WouldRefuse = id.WouldRefuse
 				}
 				id = claim
 				continue
-			case unverifiedExternal(claim):
+			case unverifiedExternal(&claim):
 				d.debug("unverified external id ignored: another credential names another user", zap.String("primary", id.Source))
 				if id.WouldRefuse == "" {
 					id.WouldRefuse = claim.WouldRefuse
@@ -122,11 +124,11 @@ func (d *Domain) Identify(ctx context.Context, c *Credentials) (Identity, error)
 			id.WouldRefuse = claim.WouldRefuse
 		}
 	}
-	if id == nil {
+	if id.Source == "" {
 		if d.cfg.AnonymousDeny {
 			return Identity{}, apierr.AuthRequired("this endpoint needs an identified user")
 		}
-		id = &Identity{Source: SourceAnonymous}
+		id = Identity{Source: SourceAnonymous}
 	}
 	// Signed email/phone on the request win over the ones a session's
 	// login stored for the user; they count only beside a verified
@@ -145,7 +147,7 @@ func (d *Domain) Identify(ctx context.Context, c *Credentials) (Identity, error)
 	} else if c.EmailSig != "" || c.PhoneSig != "" {
 		d.debug("signed email/phone ignored: no verified external id on the request")
 	}
-	return *id, nil
+	return id, nil
 }
 
 // unverifiedExternal reports a claim made by an external id whose
@@ -155,7 +157,7 @@ func unverifiedExternal(id *Identity) bool { return id.Source == SourceHMAC && !
 // tracedCheck runs a credential check in its span idlink.verify.<name>,
 // ended with its outcome: verified, unverified, a refusal's code, or
 // store_error. Never the credential.
-func (d *Domain) tracedCheck(ctx context.Context, name string, check credentialCheck, c *Credentials) (*Identity, error) {
+func (d *Domain) tracedCheck(ctx context.Context, name string, check credentialCheck, c *Credentials) (Identity, error) {
 	ctx, span := spans.StartTenant(ctx, "idlink.verify."+name, d.cfg.Tenant)
 	claim, err := check(d, ctx, c)
 	switch ae := (*apierr.Error)(nil); {
@@ -163,7 +165,7 @@ func (d *Domain) tracedCheck(ctx context.Context, name string, check credentialC
 		spans.End(span, ae.Code, true)
 	case err != nil:
 		spans.End(span, "store_error", true)
-	case claim != nil && claim.Verified:
+	case claim.Source != "" && claim.Verified:
 		spans.End(span, "verified", false)
 	default:
 		spans.End(span, "unverified", false)
@@ -220,13 +222,13 @@ func (d *Domain) verifyAttributes(c *Credentials, externalID string) (email, pho
 // checkHMAC verifies X-External-Id with X-External-Id-Signature under the
 // platform's secrets and resolves the user of the external id. A tenant
 // without platforms does not accept external ids.
-func (d *Domain) checkHMAC(ctx context.Context, c *Credentials) (*Identity, error) {
+func (d *Domain) checkHMAC(ctx context.Context, c *Credentials) (Identity, error) {
 	if c.ExternalID == "" || len(d.cfg.Platforms) == 0 {
-		return nil, nil
+		return Identity{}, nil
 	}
 	verified, mode, why := d.verifyExternalID(c)
 	if !verified && mode == ModeEnforce {
-		return nil, d.badSignature(why)
+		return Identity{}, d.badSignature(why)
 	}
 	if !verified && mode == ModeReport {
 		d.logger.Info("report mode: unverified external id passed", zap.String("reason", why))
@@ -237,9 +239,9 @@ func (d *Domain) checkHMAC(ctx context.Context, c *Credentials) (*Identity, erro
 	}
 	userID, err := resolve(ctx, c.ExternalID)
 	if err != nil {
-		return nil, err
+		return Identity{}, err
 	}
-	id := &Identity{Source: SourceHMAC, Verified: verified, UserID: userID, ExternalID: c.ExternalID}
+	id := Identity{Source: SourceHMAC, Verified: verified, UserID: userID, ExternalID: c.ExternalID}
 	if !verified && mode == ModeReport {
 		id.WouldRefuse = apierr.CodeInvalidSignature
 	}
@@ -290,38 +292,38 @@ func (d *Domain) badSignature(why string) *apierr.Error {
 // contact tokens. A token signed by the tenant's own key names the platform
 // user in "sub" and its session in "sid"; another issuer's token names an
 // external id (user_claim), resolved like the HMAC path.
-func (d *Domain) checkContactToken(ctx context.Context, c *Credentials) (*Identity, error) {
+func (d *Domain) checkContactToken(ctx context.Context, c *Credentials) (Identity, error) {
 	raw := c.ContactToken
 	if c.Bearer != "" && d.cfg.Tokens != nil {
 		if raw != "" && raw != c.Bearer {
-			return nil, apierr.InvalidRequest("Authorization and X-Contact-Token carry different tokens")
+			return Identity{}, apierr.InvalidRequest("Authorization and X-Contact-Token carry different tokens")
 		}
 		raw = c.Bearer
 	}
 	if raw == "" {
-		return nil, nil
+		return Identity{}, nil
 	}
 	if d.cfg.Tokens == nil {
-		return nil, apierr.Token("this tenant does not accept contact tokens")
+		return Identity{}, apierr.Token("this tenant does not accept contact tokens")
 	}
 	vt, err := d.verifyToken(ctx, raw)
 	if err != nil {
-		return nil, err
+		return Identity{}, err
 	}
-	id := &Identity{
+	id := Identity{
 		Source: SourceContactToken, Verified: true,
 		UserID: vt.UserID, ExternalID: vt.ExternalID, SessionID: vt.SessionID,
 		ClaimHeaders: vt.Headers,
 	}
 	if !vt.Own {
 		if id.UserID, err = d.users.resolve(ctx, vt.ExternalID); err != nil {
-			return nil, err
+			return Identity{}, err
 		}
 	}
 	if vt.SessionID != "" {
 		e, err := d.tokenSession(ctx, vt)
 		if err != nil {
-			return nil, err
+			return Identity{}, err
 		}
 		id.InstallID = e.installID
 		// A token says no more than its session knows.
@@ -373,12 +375,12 @@ func (d *Domain) verifyToken(ctx context.Context, raw string) (*verify.Token, er
 // checkSSO verifies X-Sso-Token against the tenant's token-info URL. Its
 // sub is the user's external id (resolved like the HMAC path); its email
 // counts as verified when the answer says email_verified: true.
-func (d *Domain) checkSSO(ctx context.Context, c *Credentials) (*Identity, error) {
+func (d *Domain) checkSSO(ctx context.Context, c *Credentials) (Identity, error) {
 	if c.SSOToken == "" {
-		return nil, nil
+		return Identity{}, nil
 	}
 	if d.cfg.SSO == nil {
-		return nil, apierr.Token("this tenant does not accept SSO tokens")
+		return Identity{}, apierr.Token("this tenant does not accept SSO tokens")
 	}
 	res, err := d.cfg.SSO.Check(ctx, c.SSOToken)
 	var refused *verify.Refusal
@@ -386,15 +388,15 @@ func (d *Domain) checkSSO(ctx context.Context, c *Credentials) (*Identity, error
 	case err == nil: // first: errors.As's target would escape, an allocation on every hit
 	case errors.As(err, &refused):
 		d.debug("SSO token refused", zap.String("reason", refused.Reason))
-		return nil, apierr.Token(refused.Reason)
+		return Identity{}, apierr.Token(refused.Reason)
 	default:
-		return nil, apierr.SSOUnavailable()
+		return Identity{}, apierr.SSOUnavailable()
 	}
 	userID, err := d.users.resolve(ctx, res.ExternalID)
 	if err != nil {
-		return nil, err
+		return Identity{}, err
 	}
-	return &Identity{Source: SourceSSO, Verified: true, UserID: userID,
+	return Identity{Source: SourceSSO, Verified: true, UserID: userID,
 		ExternalID: res.ExternalID, VerifiedEmail: res.Email}, nil
 }
 
@@ -408,15 +410,15 @@ func (d *Domain) checkSSO(ctx context.Context, c *Credentials) (*Identity, error
 // started it verified its credential (a session id is an unguessable
 // bearer credential that idlink issued only after that verification),
 // false for a session started by an unverified report-mode login.
-func (d *Domain) checkSession(ctx context.Context, c *Credentials) (*Identity, error) {
+func (d *Domain) checkSession(ctx context.Context, c *Credentials) (Identity, error) {
 	if c.SessionID == "" {
-		return nil, nil
+		return Identity{}, nil
 	}
 	e, err := d.sessions.live(ctx, c.SessionID)
 	if err != nil {
-		return nil, err
+		return Identity{}, err
 	}
-	return &Identity{
+	return Identity{
 		Source: SourceSession, Verified: e.verified, UserID: e.userID,
 		ExternalID: e.externalID, InstallID: e.installID, SessionID: c.SessionID,
 		VerifiedEmail: e.email, VerifiedPhone: e.phone,
@@ -426,17 +428,17 @@ func (d *Domain) checkSession(ctx context.Context, c *Credentials) (*Identity, e
 // checkInstall identifies a request by X-Install-Id: the install's user,
 // unverified (an install id is a device's bearer id, not a proof of who
 // uses it). With a stronger credential it only has to agree with it.
-func (d *Domain) checkInstall(ctx context.Context, c *Credentials) (*Identity, error) {
+func (d *Domain) checkInstall(ctx context.Context, c *Credentials) (Identity, error) {
 	if c.InstallID == "" {
-		return nil, nil
+		return Identity{}, nil
 	}
 	u, err := d.installs.user(ctx, c.InstallID)
 	if errors.Is(err, store.ErrInstallNotFound) {
 		d.debug("unknown install id refused")
-		return nil, apierr.UnknownInstall()
+		return Identity{}, apierr.UnknownInstall()
 	}
 	if err != nil {
-		return nil, err
+		return Identity{}, err
 	}
-	return &Identity{Source: SourceInstall, UserID: u, InstallID: c.InstallID}, nil
+	return Identity{Source: SourceInstall, UserID: u, InstallID: c.InstallID}, nil
 }

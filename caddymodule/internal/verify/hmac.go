@@ -21,21 +21,56 @@ type HMACKey struct {
 	pool sync.Pool
 }
 
+// hmacState is a keyed HMAC with the buffers of one computation: the
+// message as bytes (Write takes a []byte, and converting a string to one
+// for an interface call allocates) and the sum (which Sum, an interface
+// method, would otherwise take from the heap).
+type hmacState struct {
+	mac hash.Hash
+	msg []byte
+	sum [sha256.Size]byte
+}
+
+// maxPooledMsg bounds the message buffer a pooled state keeps (messages
+// are header values, far below it).
+const maxPooledMsg = 4096
+
 // NewHMACKey returns the key of a secret.
 func NewHMACKey(secret []byte) *HMACKey {
 	k := &HMACKey{}
 	key := append([]byte(nil), secret...)
-	k.pool.New = func() any { return hmac.New(sha256.New, key) }
+	k.pool.New = func() any { return &hmacState{mac: hmac.New(sha256.New, key)} }
 	return k
+}
+
+// compute takes a state from the pool with HMAC-SHA256(secret, msg) in
+// its sum; the caller puts it back.
+func (k *HMACKey) compute(msg string) *hmacState {
+	s := k.pool.Get().(*hmacState)
+	s.mac.Reset()
+	s.msg = append(s.msg[:0], msg...)
+	s.mac.Write(s.msg)
+	s.mac.Sum(s.sum[:0])
+	if cap(s.msg) > maxPooledMsg {
+		s.msg = nil
+	}
+	return s
 }
 
 // Sum computes HMAC-SHA256(secret, msg) into out.
 func (k *HMACKey) Sum(msg string, out *[sha256.Size]byte) {
-	m := k.pool.Get().(hash.Hash)
-	m.Reset()
-	m.Write([]byte(msg))
-	m.Sum(out[:0])
-	k.pool.Put(m)
+	s := k.compute(msg)
+	*out = s.sum
+	k.pool.Put(s)
+}
+
+// equal reports, in constant time, whether want is HMAC-SHA256(secret,
+// msg).
+func (k *HMACKey) equal(msg string, want *[sha256.Size]byte) bool {
+	s := k.compute(msg)
+	ok := hmac.Equal(s.sum[:], want[:])
+	k.pool.Put(s)
+	return ok
 }
 
 // DecodeSignature decodes a 64-digit hex signature of either case. It
@@ -72,14 +107,13 @@ func unhex(c byte) (byte, bool) {
 // constant-time, so timing tells neither how much of a signature matched
 // nor which secret did.
 func HMAC(keys []*HMACKey, msg, sigHex string) bool {
-	var want, got [sha256.Size]byte
+	var want [sha256.Size]byte
 	if !DecodeSignature(sigHex, &want) {
 		return false
 	}
 	ok := 0
 	for _, k := range keys {
-		k.Sum(msg, &got)
-		ok |= boolToInt(hmac.Equal(got[:], want[:]))
+		ok |= boolToInt(k.equal(msg, &want))
 	}
 	return ok == 1
 }

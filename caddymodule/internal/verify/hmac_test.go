@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"strings"
 	"testing"
+
+	"github.com/idlink/idlink/testenv"
 )
 
 func sign(secret, msg string) string {
@@ -95,5 +97,23 @@ func BenchmarkVerifyHMAC(b *testing.B) {
 		if !HMAC(keys, "user-12345", sig) {
 			b.Fatal("no")
 		}
+	}
+}
+
+// TestVerifyHMACAllocations: a verification allocates nothing once the
+// pool holds a state (the message and the sum live in the state).
+func TestVerifyHMACAllocations(t *testing.T) {
+	if testenv.RaceEnabled {
+		t.Skip("the race detector allocates and empties pools: the count is for normal builds")
+	}
+	keys := []*HMACKey{NewHMACKey([]byte("old-secret-0123456789")), NewHMACKey([]byte("new-secret-0123456789"))}
+	msg := strings.Repeat("m", 300)
+	sig := sign("new-secret-0123456789", msg)
+	if n := testing.AllocsPerRun(200, func() {
+		if !HMAC(keys, msg, sig) {
+			t.Fatal("no")
+		}
+	}); n != 0 {
+		t.Errorf("HMAC allocates %.0f times per verification, 0 expected", n)
 	}
 }
