@@ -424,23 +424,24 @@ func testInterrupted(t *testing.T, s *Store, newKeys func() *Keys) {
 		created, merged bool
 		events          map[string]int
 	}
-	scenarios := []scenario{
-		{"claim", func(t *testing.T, k *Keys) string { i, _ := newInstall(t, s, k); return i },
-			true, false, map[string]int{EventUserLinked: 1}},
-		{"merge", func(t *testing.T, k *Keys) string {
-			j, _ := newInstall(t, s, k)
-			link(t, s, k, j, "target")
-			i, _ := newInstall(t, s, k)
-			return i
-		}, false, true, map[string]int{EventUserMerged: 1}},
-		{"claim, install of an earlier release", func(t *testing.T, k *Keys) string { i, _ := newEarlierInstall(t, s, k); return i },
-			true, false, map[string]int{EventUserLinked: 1}},
-		{"merge, install of an earlier release", func(t *testing.T, k *Keys) string {
-			j, _ := newInstall(t, s, k)
-			link(t, s, k, j, "target")
-			i, _ := newEarlierInstall(t, s, k)
-			return i
-		}, false, true, map[string]int{EventUserMerged: 1}},
+	var scenarios []scenario
+	// A claim and a merge of an install made by this release (step 1b in
+	// step 1) and of one made by an earlier release (1b by itself).
+	for _, made := range []struct {
+		suffix string
+		make   func(t *testing.T, s *Store, k *Keys) (string, string)
+	}{{"", newInstall}, {", install of an earlier release", newEarlierInstall}} {
+		scenarios = append(scenarios,
+			scenario{"claim" + made.suffix, func(t *testing.T, k *Keys) string { i, _ := made.make(t, s, k); return i },
+				true, false, map[string]int{EventUserLinked: 1}},
+			scenario{"merge" + made.suffix, func(t *testing.T, k *Keys) string {
+				j, _ := newInstall(t, s, k)
+				link(t, s, k, j, "target")
+				i, _ := made.make(t, s, k)
+				return i
+			}, false, true, map[string]int{EventUserMerged: 1}})
+	}
+	scenarios = append(scenarios, []scenario{
 		{"shared device, new id", func(t *testing.T, k *Keys) string {
 			i, _ := newInstall(t, s, k)
 			link(t, s, k, i, "first")
@@ -477,7 +478,7 @@ func testInterrupted(t *testing.T, s *Store, newKeys func() *Keys) {
 				}
 			}
 		}, true, false, map[string]int{EventUserCreated: 1, EventUserLinked: 1}},
-	}
+	}...)
 	steps := []string{"locked", "persisted", "dropped", "claimed", "adopted", "moved", "finished"}
 	for _, sc := range scenarios {
 		for _, step := range steps {
