@@ -135,8 +135,11 @@ func (m masters) sampleKeys(t *testing.T) {
 				if i := strings.LastIndexByte(class, ':'); i >= 0 && !strings.Contains(class, "*") {
 					class = class[:i+1] + "<n>" // a bucket or an external id
 				}
-				if strings.HasPrefix(key, "idl:itenant:") {
+				switch {
+				case strings.HasPrefix(key, "idl:itenant:"): // earlier releases
 					class = "itenant:*"
+				case key == "idl:tenants":
+					class = key
 				}
 				mu.Lock()
 				st := stats[class]
