@@ -113,7 +113,7 @@ func (s *Store) setInstallExpiry(ctx context.Context, k *Keys, installID, userID
 	}
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	ms, err := s.runWrite(ctx, installExpiryScript, keys, userID, ttlArg(ttl), boolArg(adopt)).Int64()
+	ms, err := s.runWrite(ctx, installExpiryScript, keys, userID, ttlArg(ttl), boolArg(adopt), AnonymousUserOf(installID)).Int64()
 	if err != nil {
 		return 0, wrap(err)
 	}

@@ -111,6 +111,9 @@ func (s *Store) InstallUser(ctx context.Context, k *Keys, installID string, e Ex
 	}
 	left := leftOf(ms)
 	anon, _ := v[1].(string)
+	if anon == "" {
+		anon = AnonymousUserOf(installID) // not stored (earlier releases did)
+	}
 	untouched := left == 0 && e.TTL > 0 && u == anon && v[2] == nil
 	if e.RenewDue(left) || untouched {
 		left, err = s.setInstallExpiry(ctx, k, installID, u, e.TTL, untouched)

@@ -165,10 +165,12 @@ func Bucketed(externalID string) bool { return len(externalID) <= MaxBucketedExt
 //	                                           state (live|ended), reason, by
 //	                                           (evicting session), ended (unix ms)
 //	idl:{T:SS}:inst:<install id>       hash    user, created (unix ms),
-//	                                           anon_user (the anonymous user made
-//	                                           with the install), anon_claim (the
-//	                                           one external id anon_user may ever
-//	                                           take), and the outcome of the last
+//	                                           anon_claim (the one external id
+//	                                           the install's anonymous user,
+//	                                           AnonymousUserOf(install id), may
+//	                                           ever take; earlier releases made a
+//	                                           random one, named by anon_user),
+//	                                           and the outcome of the last
 //	                                           link: link_ext, link_created (0/1),
 //	                                           link_merged_from (only when the
 //	                                           link merged); the last link's user

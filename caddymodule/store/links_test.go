@@ -25,8 +25,9 @@ func newInstall(t *testing.T, s *Store, k *Keys) (string, string) {
 }
 
 // newEarlierInstall makes an install as earlier releases did: a random
-// anonymous user (not AnonymousUserOf the install), so a link makes it
-// permanent in a step of its own (1b), and a global tenant entry.
+// anonymous user (not AnonymousUserOf the install) named by the install's
+// anon_user field, so a link makes it permanent in a step of its own (1b),
+// and a global tenant entry.
 func newEarlierInstall(t *testing.T, s *Store, k *Keys) (string, string) {
 	t.Helper()
 	ctx := context.Background()
@@ -40,6 +41,9 @@ func newEarlierInstall(t *testing.T, s *Store, k *Keys) (string, string) {
 		i, u, strconv.FormatInt(testNow.UnixMilli(), 10), k.Tenant(), `{"user_id":"`+u+`","install_id":"`+i+`"}`, ttl).Int()
 	if err != nil || n != 1 {
 		t.Fatalf("install of an earlier release: %d, %v", n, err)
+	}
+	if err := s.rdb.HSet(ctx, k.Install(shard, i), "anon_user", u).Err(); err != nil {
+		t.Fatal(err)
 	}
 	return i, u
 }

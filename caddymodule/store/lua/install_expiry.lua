@@ -4,11 +4,16 @@
 --   installs set, when the user lives in this shard (all in one slot)
 -- ARGV[1] the user the install points to, ARGV[2] TTL (ms; '0': make them
 -- permanent), ARGV[3] '1' to give the TTL to an install no link ever
--- touched (it points to its anonymous user, which no link has reserved)
+-- touched (it points to its anonymous user, which no link has reserved),
+-- ARGV[4] the install's anonymous user when it has no anon_user field
+-- (AnonymousUserOf the install id)
 -- Only keys that expire are changed (PEXPIRE XX), but for such an install;
 -- the user's keys only while the install points to the user.
 -- Returns the install's TTL afterwards (ms; -1 none, -2 no install).
 local f = redis.call('HMGET', KEYS[1], 'user', 'anon_user', 'anon_claim')
+if not f[2] then
+  f[2] = ARGV[4] -- not stored: the derived anonymous user
+end
 if f[1] ~= ARGV[1] then
   return redis.call('PTTL', KEYS[1])
 end

@@ -11,8 +11,9 @@
 --   the old-schema installs set of the install's anonymous user (all in the
 --   install's shard)
 -- ARGV[1] external id, ARGV[2] lock token, ARGV[3] lock ttl (ms),
--- ARGV[4] a fresh candidate id for a new user, ARGV[5] the install's
---   anonymous user (AnonymousUserOf)
+-- ARGV[4] a fresh candidate id for a new user, ARGV[5] AnonymousUserOf(the
+--   install id): the anonymous user of an install without an anon_user
+--   field (every one this release makes)
 -- Returns {'missing'}, {'busy'},
 --   {'same', user, link_created, link_merged_from}  (nothing changed, no lock),
 --   {'repair', user, link_created, link_merged_from, prev}  (locked), or
@@ -29,6 +30,10 @@ for i = 2, 10 do
 end
 local user, anon, claim, lext, luser, lcreated, lmerged, prev =
   f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]
+if anon == '' then
+  -- Not stored since installs have a derived anonymous user.
+  anon = ARGV[5]
+end
 if lext ~= '' and luser == '' then
   -- The last link's user: the install's user, which every link step that
   -- records an outcome sets with it (earlier releases also stored it).
