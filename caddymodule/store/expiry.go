@@ -12,11 +12,11 @@ import (
 // resolves any external id it is sent, so both would let anyone grow Redis
 // forever. What they make expires instead:
 //
-//   - CreateInstall writes the install hash, its anonymous user's hash
-//     (which lists the install) with the Expiry's TTL; ResolveUnverified writes the ext key and the hash of
-//     a user it makes with it (both in the external id's shard), and a
-//     session admitted for such a user gives the user's sessions set the
-//     user's TTL.
+//   - CreateInstall writes the install hash and its anonymous user's hash
+//     (which lists the install) with the Expiry's TTL; ResolveUnverified
+//     writes the ext key and the hash of a user it makes with it (both in
+//     the external id's shard), and a session admitted for such a user
+//     gives the user's sessions set the user's TTL.
 //   - A use renews them: InstallUser (a request with the install id),
 //     ResolveUnverified (a request with the external id) and RenewUser (a
 //     request on a session of the user) set the TTL anew once a tenth of

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -183,16 +184,30 @@ func TestLinkPersists(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r := link(t, s, k, i, "alice"); r.UserID != u || !r.Created {
-			t.Fatalf("link = %+v, want the anonymous user %s made alice", r, u)
+		// The first step makes it permanent in its own script: no step 1b
+		// of its own (one round trip fewer).
+		var steps []string
+		r, err := s.Link(ctx, k, LinkRequest{InstallID: i, ExternalID: "alice", Now: testNow},
+			LinkOptions{hook: func(step string) error { steps = append(steps, step); return nil }})
+		if err != nil || r.UserID != u || !r.Created {
+			t.Fatalf("link = %+v, %v, want the anonymous user %s made alice", r, err, u)
+		}
+		if slices.Contains(steps, "persisted") {
+			t.Fatalf("steps %v: a new install was made permanent in a step of its own", steps)
 		}
 		persistent(t, "an install linked to a new external id, and its user", ttls(t, s, append(installKeys(k, i, u), extKey(t, s, k, "alice"))...))
 		// The same for an install of an earlier release, whose anonymous
 		// user the first step cannot name: step 1b runs by itself.
 		ei, eu := newEarlierInstall(t, s, k)
 		expiring(t, "an install of an earlier release", ttls(t, s, installKeys(k, ei, eu)...), 59*time.Minute, time.Hour)
-		if r := link(t, s, k, ei, "erin"); r.UserID != eu || !r.Created {
-			t.Fatalf("link = %+v, want the anonymous user %s made erin", r, eu)
+		steps = nil
+		r, err = s.Link(ctx, k, LinkRequest{InstallID: ei, ExternalID: "erin", Now: testNow},
+			LinkOptions{hook: func(step string) error { steps = append(steps, step); return nil }})
+		if err != nil || r.UserID != eu || !r.Created {
+			t.Fatalf("link = %+v, %v, want the anonymous user %s made erin", r, err, eu)
+		}
+		if !slices.Contains(steps, "persisted") {
+			t.Fatalf("steps %v: an install of an earlier release was not made permanent by step 1b", steps)
 		}
 		persistent(t, "an install of an earlier release linked to a new external id, and its user", ttls(t, s, append(installKeys(k, ei, eu), extKey(t, s, k, "erin"))...))
 

@@ -44,13 +44,12 @@ func (l *linker) lock(ctx context.Context) (installState, error) {
 func (l *linker) lockOnce(ctx context.Context, candidate string) (installState, error) {
 	ctx, cancel := l.s.deadline(ctx)
 	defer cancel()
-	anon := AnonymousUserOf(l.req.InstallID)
 	// A write (the reservation, and maybe step 1b): with durability it
 	// waits for its replicas like the other steps.
 	r, err := l.s.runWrite(ctx, linkLockScript,
 		[]string{l.k.Install(l.sI, l.req.InstallID), l.k.InstallLock(l.sI, l.req.InstallID),
-			l.k.User(l.sI, anon), l.k.UserInstalls(l.sI, anon)},
-		l.req.ExternalID, l.token, l.o.LockTTL.Milliseconds(), candidate, anon,
+			l.k.User(l.sI, l.anon), l.k.UserInstalls(l.sI, l.anon)},
+		l.req.ExternalID, l.token, l.o.LockTTL.Milliseconds(), candidate, l.anon,
 	).StringSlice()
 	if err != nil {
 		return installState{}, wrap(err)

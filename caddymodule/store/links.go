@@ -138,7 +138,8 @@ func (s *Store) Link(ctx context.Context, k *Keys, req LinkRequest, o LinkOption
 	if o.LockWait <= 0 {
 		o.LockWait = DefaultLinkLockWait
 	}
-	l := &linker{s: s, k: k, req: req, o: o, sI: sI, sE: ExternalShard(req.ExternalID)}
+	l := &linker{s: s, k: k, req: req, o: o, sI: sI, sE: ExternalShard(req.ExternalID),
+		anon: AnonymousUserOf(req.InstallID)}
 	for range maxLinkAttempts {
 		res, again, err := l.once(ctx)
 		if err != nil || !again {
@@ -155,6 +156,7 @@ type linker struct {
 	req    LinkRequest
 	o      LinkOptions
 	sI, sE int
+	anon   string // AnonymousUserOf the install: its keys are step 1's
 
 	token    string
 	lockedAt time.Time

@@ -95,6 +95,9 @@ func testCreateInstall(t *testing.T, s *Store, k *Keys) {
 	if n := s.rdb.Exists(ctx, InstallTenant(i)).Val(); n != 0 {
 		t.Fatal("CreateInstall wrote a global tenant entry")
 	}
+	if s.rdb.HExists(ctx, k.Install(si, i), "anon_user").Val() {
+		t.Fatal("CreateInstall stored the anonymous user, which the install id tells")
+	}
 	evs := events(t, s, k)
 	if len(evs) != 1 || evs[0].Type != EventUserCreated || evs[0].Shard != si ||
 		evs[0].Data["user_id"] != u || evs[0].Data["install_id"] != i {

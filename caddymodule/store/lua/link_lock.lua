@@ -66,8 +66,8 @@ if f[9] ~= ARGV[1] or cand == '' then
 end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl >= 0 and user == ARGV[5] then
-  for i = 1, 4 do
-    if i ~= 2 then redis.call('PERSIST', KEYS[i]) end
+  for _, key in ipairs({KEYS[1], KEYS[3], KEYS[4]}) do -- not the lock
+    redis.call('PERSIST', key)
   end
   ttl = -1
 end
